@@ -104,10 +104,8 @@ mod tests {
         let health = Health::new();
         let metrics = Metrics::new();
         let shutdown = Shutdown::new();
-        let api = Router::new().route(
-            "/api/fail",
-            get(|| async { WireError::with_detail(ErrorKind::QueueFull, "FX") }),
-        );
+        let api = Router::new()
+            .route("/api/fail", get(|| async { WireError::with_detail(ErrorKind::QueueFull, "FX") }));
         let server = tokio::spawn(serve(listener, api, health.clone(), metrics, shutdown.clone()));
 
         assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
