@@ -26,6 +26,12 @@ use crate::value::{Atom, Attr, Dict, Function, K, Symbols, Table, Vector, types}
 /// Why enumerations are refused (see the module documentation).
 pub(crate) const ENUM_REASON: &str = "enumerations have no documented IPC layout (q sends their values) and KX's deserializer accepts none we tried";
 
+/// Why a dynamic load (type 112) is refused.
+const DYNAMIC_LOAD_REASON: &str = "dynamic loads (2: of a C function) cannot be sent over IPC; KX's deserializer rejects them";
+
+/// A boolean byte other than 0 or 1 (KX's deserializer rejects these too).
+const BAD_BOOLEAN: DecodeError = DecodeError::Malformed { what: "boolean", detail: "byte other than 0 or 1" };
+
 /// Decodes one object that must fill `body` exactly.
 pub fn decode_body(body: &[u8], little_endian: bool) -> Result<K, DecodeError> {
     let mut r = Reader { buf: body, pos: 0, le: little_endian };
@@ -344,6 +350,7 @@ impl<'a> Reader<'a> {
                 self.pos += 1;
                 Ok(K::GenericNull)
             }
+            types::DYNAMIC_LOAD => Err(DecodeError::Unsupported { ty, reason: DYNAMIC_LOAD_REASON }),
             types::LAMBDA..=types::DYNAMIC_LOAD => {
                 self.pos = at;
                 let mut w = Walker { buf: self.buf, pos: at, le: self.le, visit: NoVisit };
@@ -362,7 +369,11 @@ impl<'a> Reader<'a> {
 
     fn atom(&mut self, ty: i8, at: usize) -> Result<Atom, DecodeError> {
         Ok(match -ty {
-            types::BOOLEAN => Atom::Boolean(self.u8()? != 0),
+            types::BOOLEAN => match self.u8()? {
+                0 => Atom::Boolean(false),
+                1 => Atom::Boolean(true),
+                _ => return Err(BAD_BOOLEAN),
+            },
             types::GUID => Atom::Guid(self.array()?),
             types::BYTE => Atom::Byte(self.u8()?),
             types::SHORT => Atom::Short(self.i16()?),
@@ -390,7 +401,13 @@ impl<'a> Reader<'a> {
         }
         let (attr, n) = self.attr_count()?;
         let v = match ty {
-            types::BOOLEAN => Vector::Boolean(self.elems(n, 1)?.iter().map(|&b| b != 0).collect()),
+            types::BOOLEAN => {
+                let bytes = self.elems(n, 1)?;
+                if bytes.iter().any(|&b| b > 1) {
+                    return Err(BAD_BOOLEAN);
+                }
+                Vector::Boolean(bytes.iter().map(|&b| b != 0).collect())
+            }
             types::GUID => Vector::Guid(copy_pod(self.elems(n, 16)?)),
             types::BYTE => Vector::Byte(self.elems(n, 1)?.to_vec()),
             types::SHORT => Vector::Short(self.nums(n)?),
@@ -606,6 +623,10 @@ impl<V: Visit> Walker<'_, V> {
             -19..=-1 if ty != -3 => match -ty {
                 types::SYMBOL => self.cstr(),
                 types::GUID => self.skip(16),
+                types::BOOLEAN => match self.byte()? {
+                    0 | 1 => Ok(()),
+                    _ => Err(BAD_BOOLEAN),
+                },
                 t => self.numbers(elem_width(t).expect("atom types 1..=19 have widths"), 1),
             },
             1..=19 if ty != 3 => {
@@ -619,6 +640,14 @@ impl<V: Visit> Walker<'_, V> {
                         Ok(())
                     }
                     types::GUID => self.skip(16 * n),
+                    types::BOOLEAN => {
+                        let at = self.pos;
+                        self.skip(n)?;
+                        if self.buf[at..self.pos].iter().any(|&b| b > 1) {
+                            return Err(BAD_BOOLEAN);
+                        }
+                        Ok(())
+                    }
                     t => self.numbers(elem_width(t).expect("vector types 1..=19 have widths"), n),
                 }
             }
@@ -652,6 +681,7 @@ impl<V: Visit> Walker<'_, V> {
                 let n = self.checked_count(n)?;
                 self.objects(n, depth + 1)
             }
+            types::DYNAMIC_LOAD => Err(DecodeError::Unsupported { ty, reason: DYNAMIC_LOAD_REASON }),
             types::EACH..=types::DYNAMIC_LOAD => self.object(depth + 1),
             types::ENUM_FIRST..=types::ENUM_LAST | -76..=-20 => {
                 Err(DecodeError::Unsupported { ty, reason: ENUM_REASON })
