@@ -1,0 +1,81 @@
+//! The query service: the process that holds data and answers queries.
+//!
+//! This is the "service" of the KX query-routing whitepaper done natively:
+//! named tables held in memory as Apache Arrow record batches, queried in SQL
+//! through [DataFusion](datafusion), answered as kdb+ tables. A whole estate
+//! can run without a kdb+ licence, and a real q process can stand in the
+//! place of any instance.
+//!
+//! * [`mapping`]: kdb+ ⇄ Arrow, column by column (the table below).
+//! * [`store`]: named tables, append without row-by-row copies, the schema
+//!   checked before anything changes; all ingest goes through [`Ingest`].
+//! * [`engine`]: SQL through DataFusion with a per-query timeout that cancels
+//!   the plan, a per-query memory pool and a bound on result size.
+//! * [`demo`]: a data set in the shape of the whitepaper's `egTrade` and
+//!   `egQuote`; [`load`]: tables from Parquet or CSV files.
+//! * [`service`]: the process: kdb+ IPC (sync SQL strings, `upd`,
+//!   `queryService`), registration with the load balancer, `POST /query`.
+//!
+//! # kdb+ ⇄ Arrow
+//!
+//! Every field carries the kdb+ type name in its metadata under `kdb.type`
+//! (see [`mapping::KDB_TYPE_KEY`]), so that kdb+ types sharing an Arrow type
+//! come back as they went. kdb+ nulls are Arrow nulls both ways; infinities
+//! (`0W`, `-0W`) are kept as the extreme values of the Arrow type, so they
+//! still sort first and last. Temporals are moved from the kdb+ epoch
+//! (2000.01.01) to the Unix epoch (1970.01.01) that Arrow and SQL use.
+//!
+//! | kdb+ (type) | Arrow | null | notes |
+//! |---|---|---|---|
+//! | boolean (1) | `Boolean` | — | kdb+ booleans have no null; an Arrow null comes back as `0b` |
+//! | guid (2) | `FixedSizeBinary(16)`, extension `arrow.uuid` | `0Ng` (all zero) | bytes in wire order |
+//! | byte (4) | `UInt8` | — | an Arrow null comes back as `0x00` |
+//! | short (5) | `Int16` | `0Nh` | |
+//! | int (6) | `Int32` | `0Ni` | |
+//! | long (7) | `Int64` | `0N` | |
+//! | real (8) | `Float32` | `0Ne` (any NaN) | a NaN's bits are kept under the null |
+//! | float (9) | `Float64` | `0n` (any NaN) | as SQL aggregates skip nulls, `avg` behaves like q's |
+//! | char (10), as a column | `Utf8`, one character a row | `" "` | bytes read as Latin-1 (byte *b* is U+00*b*), so every byte has a character and comes back |
+//! | symbol (11) | `Dictionary(Int32, Utf8)` | `` ` `` (empty) | a column with a name that is not UTF-8 is `Dictionary(Int32, Binary)` |
+//! | string (list of char vectors) | `Utf8` | — | a column with bytes that are not UTF-8 is `Binary`; an Arrow null comes back as `""` |
+//! | list of byte vectors | `Binary` | — | |
+//! | timestamp (12) | `Timestamp(Nanosecond)` | `0Np` | +946684800 s; kdb+ times after 2262.04.11 are refused (Arrow's range) |
+//! | month (13) | `Date32`, the month's first day, `kdb.type=month` | `0Nm` | a date inside the month comes back as that month |
+//! | date (14) | `Date32` | `0Nd` | +10957 days |
+//! | datetime (15) | `Timestamp(Nanosecond)`, `kdb.type=datetime` | `0Nz` | the double is multiplied out exactly and rounded once to the nanosecond; coming back, the double that maps to that nanosecond is chosen. Exact for every millisecond value (all q prints) and for any double 64 days or more from 2000.01.01 |
+//! | timespan (16) | `Duration(Nanosecond)` | `0Nn` | |
+//! | minute (17) | `Time32(Second)`, `kdb.type=minute` | `0Nu` | ×60 |
+//! | second (18) | `Time32(Second)` | `0Nv` | |
+//! | time (19) | `Time32(Millisecond)` | `0Nt` | |
+//!
+//! Not mapped (refused with a `type` error naming the column): nested lists,
+//! enumerations (send symbols), dictionaries and functions as columns.
+//! Attributes (`` `s# `` …) are not kept: Arrow has none, and a sort order
+//! claimed for a computed result could be false.
+//!
+//! **Text.** kdb+ symbols and strings are bytes; SQL text is UTF-8. Text that
+//! is UTF-8 (all of it, in practice) maps to `Utf8`; a column holding any
+//! other bytes maps to `Binary` (dictionary values for symbols) rather than
+//! being altered, so the round trip stays exact, but SQL string functions do
+//! not apply to it. A table's schema is fixed by its first data, so an `upd`
+//! that brings non-UTF-8 bytes into a `Utf8` column is refused as a
+//! mismatch.
+//!
+//! **Arrow types computed by SQL** map to their natural kdb+ type: `Int8` →
+//! short, `UInt16` → int, `UInt32`/`UInt64` → long, `Float16` → real,
+//! decimals → float, `LargeUtf8`/`Utf8View` → string, `Date64` → date,
+//! `Time64` → timespan, `Duration(*)` → timespan, `Timestamp(*, tz)` →
+//! timestamp (UTC). Other types (lists, structs, maps, intervals) are a
+//! `type` error naming the column.
+//!
+//! **SQL names** are case-sensitive, as in q: `select bidSize from egQuote`.
+
+pub mod demo;
+pub mod engine;
+pub mod load;
+pub mod mapping;
+pub mod store;
+
+pub use engine::{Engine, Limits, QueryError, QueryOutput};
+pub use mapping::{KdbType, MapError};
+pub use store::{Ingest, Store, StoreError};
