@@ -16,11 +16,13 @@
 
 pub mod compress;
 pub mod decode;
+pub mod display;
 pub mod encode;
 pub mod error;
 pub mod header;
 pub mod limits;
 pub mod message;
+pub mod temporal;
 pub mod value;
 
 pub use compress::{compress, decompress};
