@@ -1,4 +1,104 @@
-//! qmesh-ipc (work in progress).
+//! kdb+ IPC connections over tokio: the one place in qmesh that touches
+//! sockets for kdb+ IPC.
+//!
+//! # Client
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), qmesh_ipc::IpcError> {
+//! use qmesh_ipc::{Address, ClientOptions, Connection, Incoming};
+//! use qmesh_codec::K;
+//!
+//! let addr = Address::parse(":localhost:5001:user:password")?; // or ":unix://5001"
+//! let conn = Connection::connect(&addr, ClientOptions::default()).await?;
+//! let two = conn.query("1+1").await?;                       // h"1+1" → K
+//! let msg = conn.call(&K::list(vec![K::sym("f"), K::long(1)])).await?; // q error → Err(IpcError::Remote(text))
+//! conn.send_async(&K::string("x:1"))?;                       // neg[h]
+//! conn.flush().await?;                                       // neg[h][]
+//! let (sender, mut receiver) = conn.split();                // Sender is Clone; calls may overlap
+//! while let Some(m) = receiver.recv().await {               // what the server pushes
+//!     match m { Incoming::Async(msg) => {} Incoming::Sync(msg, responder) => { let _ = responder.reply(K::long(0)); } }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! [`client::Reconnecting`] reconnects with [`client::Backoff`] when the
+//! connection drops.
+//!
+//! # Server
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), qmesh_ipc::IpcError> {
+//! use qmesh_ipc::{Handler, Peer, Responder, Server, ServerConfig, pykx};
+//! use qmesh_codec::Message;
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     async fn on_sync(&self, _peer: &Peer, msg: Message, responder: Responder) {
+//!         let Some(responder) = pykx::try_answer(&msg, responder) else { return };
+//!         let _ = responder.forward(&msg); // or .reply(K), .error("type"), or move it to another task
+//!     }
+//! }
+//! let server = Server::bind(ServerConfig::loopback()).await?;
+//! println!("listening {}", server.local_addr().expect("tcp"));
+//! let connections = server.handle(); // push to any connection: connections.peer(id)?.send_async(&k)
+//! server.run(Echo, async { /* shutdown signal */ }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Handler`] has q's hooks as `async fn`s: [`Handler::authenticate`]
+//! (`.z.pw`, after the `-u` [`auth::PasswordFile`] check set in
+//! [`ServerConfig::authenticator`]), [`Handler::on_open`] (`.z.po`),
+//! [`Handler::on_sync`] (`.z.pg`), [`Handler::on_async`] (`.z.ps`),
+//! [`Handler::on_close`] (`.z.pc`). A connection is a [`Peer`] (cloneable,
+//! usable from any task) with a [`ConnId`] that plays `.z.w` and is never
+//! reused. A sync request comes with a [`Responder`]: answer it once, now or
+//! later from any task (q's `-30!` deferred response); answers on one
+//! connection leave in request order; a dropped responder answers with the
+//! error [`link::DROPPED_RESPONSE_TEXT`].
+//!
+//! # Guarantees
+//!
+//! * Handshake: both forms (with and without the capability byte) are
+//!   accepted; the reply is `min(client, ours)`, one byte written alone;
+//!   a refusal closes without a byte.
+//! * Bounded: connections ([`ServerConfig::max_connections`]), the hello
+//!   ([`handshake::MAX_HELLO_LEN`]), message size (checked from the header
+//!   before the body is read; a sync request gets `'message too large`),
+//!   each connection's outbound queue (a slow reader is disconnected, with a
+//!   log line), unanswered requests per connection.
+//! * A malformed message closes that connection only (logged).
+//! * Messages are compressed, by q's rule, only to peers that are neither
+//!   loopback nor Unix sockets ([`ServerConfig::force_compression`] for
+//!   tests). TCP_NODELAY is set; each connection has one writer task that
+//!   writes everything queued with vectored writes.
+//! * Bodies are never copied on the way in ([`qmesh_codec::Message`] slices
+//!   the read buffer) and raw bodies are not copied on the way out
+//!   ([`Responder::reply_raw`], [`Peer::send_raw`], [`Peer::send_frame`]).
+//!
+//! # Modules
+//!
+//! * [`address`]: `host:port`, `:host:port:user:password`, `:unix://port`.
+//! * [`handshake`]: the handshake, sans-IO.
+//! * [`auth`]: the [`auth::Authenticator`] trait and `-u` password files
+//!   (plain, MD5 or SHA-1 of the password, as q accepts).
+//! * [`framing`]: the `tokio_util` codec for whole messages.
+//! * [`client`], [`server`]: the two ends; [`link`]: what they share.
+//! * [`pykx`]: answers PyKX's connect-time probes.
+
 pub mod address;
 pub mod auth;
+pub mod client;
+pub mod error;
+pub mod framing;
 pub mod handshake;
+pub mod link;
+pub mod pykx;
+pub mod server;
+mod stream;
+
+pub use address::{Address, AddressError, Endpoint};
+pub use auth::{Authenticator, PasswordFile};
+pub use client::{Backoff, ClientOptions, Connection, Incoming, Receiver, Reconnecting, Sender};
+pub use error::IpcError;
+pub use link::{ConnId, ConnInfo, Peer, RemoteAddr, Responder};
+pub use server::{Handler, Server, ServerConfig, ServerHandle};
