@@ -1,0 +1,1264 @@
+//! The load balancer as a state machine (sans-IO).
+//!
+//! It plays the whitepaper's load balancer: a registry of service instances
+//! (`registerResource`), a subscriber list of gateways (`registerGW`, told of
+//! new instances with `addResource`), and an allocator that hands a *free*
+//! instance to one `(gateway, seq)` at a time (`requestService` →
+//! `serviceAlloc`), queueing requests FIFO per service while every instance
+//! is busy.
+//!
+//! What it does differently from the published script:
+//!
+//! * **A lease per allocation.** Every `serviceAlloc` creates a lease tied to
+//!   `(gateway, seq)`. A gateway's `returnService[seq]` ends only the lease it
+//!   names, so a late or repeated release is ignored (and counted) instead of
+//!   freeing an instance that now runs someone else's query.
+//! * **Busy until really free.** When a gateway dies its leases become
+//!   *orphaned*, not free: the instance is handed out again only once the
+//!   service reports back with `returnService`. A lease nobody ever ends (the
+//!   gateway died before dispatching, or the service is stuck) is ended at its
+//!   request deadline plus [`LbConfig::stuck_grace`] by dropping the instance:
+//!   the connection is closed and it leaves the pool until it registers again
+//!   (a whitepaper service does so from its reconnect timer, i.e. when idle).
+//! * **Exact accounting with qmesh gateways.** A whitepaper service's
+//!   `returnService[name]` does not say which query finished. A qmesh gateway
+//!   therefore reports `serviceDone[seq]` when the result arrives (it knows
+//!   the seq from `returnRes`); that ends the lease at once and the service's
+//!   own anonymous `returnService` is then matched against it (an *echo*).
+//!   Returns that arrive before the gateway's report are held as *credit*.
+//!   Only an orphaned lease (or a lease of a whitepaper gateway, which sends
+//!   no reports) is ended by a service's return itself.
+//! * **Bounded, expiring queues.** At most [`LbConfig::queue_limit`] requests
+//!   wait per service; beyond it the request is denied with `queue full`.
+//!   Every queued request has a deadline; a dead gateway's queued requests
+//!   are dropped.
+//! * **Clear refusals.** Unknown service, no instance and queue full are told
+//!   to qmesh gateways (`serviceDenied[seq;"…"]`); a whitepaper gateway has no
+//!   message for that, so those are only logged.
+//! * **Pinned requests** (a request for one named instance, used by fan-out
+//!   to every instance) wait in the same FIFO and are served only by that
+//!   instance.
+//!
+//! Time is a value passed in (`now`); the caller runs [`LoadBalancer::tick`]
+//! at [`LoadBalancer::next_timer`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::types::{Address, Failure, LeaseId, PeerId, Seq, ServiceName};
+
+/// Default bound on requests waiting for one service (count). Beyond it a
+/// request is refused with `queue full` rather than letting memory and
+/// latency grow without limit.
+pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
+
+/// Default deadline (wall time) for a request whose gateway gives none (a
+/// whitepaper gateway). Matches the usual 30 s kdb+ gateway timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default time (after a lease's request deadline) before an instance that
+/// has not reported back is considered stuck and dropped from the pool.
+pub const DEFAULT_STUCK_GRACE: Duration = Duration::from_secs(30);
+
+/// Settings of the load balancer.
+#[derive(Debug, Clone)]
+pub struct LbConfig {
+    /// Bound on queued requests per service.
+    pub queue_limit: usize,
+    /// Deadline of a request whose gateway gave none.
+    pub default_timeout: Duration,
+    /// Time after a lease's deadline before its instance is dropped.
+    pub stuck_grace: Duration,
+}
+
+impl Default for LbConfig {
+    fn default() -> LbConfig {
+        LbConfig {
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+            default_timeout: DEFAULT_REQUEST_TIMEOUT,
+            stuck_grace: DEFAULT_STUCK_GRACE,
+        }
+    }
+}
+
+/// Which dialect a gateway speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayProtocol {
+    /// The whitepaper's gateway: no refusals, no `serviceDone` reports.
+    Whitepaper,
+    /// A qmesh gateway: understands `serviceDenied` and `removeResource`,
+    /// reports `serviceDone`, sends deadlines.
+    Qmesh,
+}
+
+/// A gateway's `requestService`.
+#[derive(Debug, Clone)]
+pub struct ServiceRequest {
+    pub seq: Seq,
+    pub service: ServiceName,
+    /// Only this instance may serve it (fan-out to every instance).
+    pub target: Option<Address>,
+    /// Time the gateway will wait; `None` uses [`LbConfig::default_timeout`].
+    pub timeout: Option<Duration>,
+}
+
+/// Why an instance is dropped from the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A lease outlived its deadline plus the stuck grace.
+    Stuck,
+    /// Another connection registered the same address.
+    Replaced,
+}
+
+/// What the load balancer wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LbAction {
+    /// Send `serviceAlloc[seq;address]` to the gateway.
+    Alloc { gw: PeerId, seq: Seq, address: Address },
+    /// Send `serviceDenied[seq;"text"]` to a qmesh gateway.
+    Deny { gw: PeerId, seq: Seq, failure: Failure },
+    /// Send `addResource` (one row) to a subscribed gateway.
+    AddResource { gw: PeerId, service: ServiceName, address: Address },
+    /// Send `removeResource` to a subscribed qmesh gateway.
+    RemoveResource { gw: PeerId, service: ServiceName, address: Address },
+    /// Close this service connection; the instance has left the pool.
+    DropInstance { peer: PeerId, service: ServiceName, address: Address, reason: DropReason },
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct LbStats {
+    pub allocations: u64,
+    pub queued: u64,
+    pub denied_queue_full: u64,
+    pub denied_unknown: u64,
+    pub denied_no_instance: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    /// Gateway releases that named no current lease (late or repeated).
+    pub stale_gateway_releases: u64,
+    /// Service returns with nothing to end (instance already free).
+    pub stray_service_returns: u64,
+    pub dropped_stuck: u64,
+    pub duplicate_requests: u64,
+}
+
+/// One service as seen in [`LoadBalancer::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSnapshot {
+    pub service: ServiceName,
+    pub instances: usize,
+    pub free: usize,
+    pub busy: usize,
+    pub queued: usize,
+}
+
+#[derive(Debug)]
+struct Lease {
+    id: LeaseId,
+    gw: PeerId,
+    seq: Seq,
+    /// The gateway is gone; the service's own return ends the lease.
+    orphaned: bool,
+    /// The gateway sends no `serviceDone`; the service's return ends it.
+    service_ends: bool,
+}
+
+#[derive(Debug)]
+struct Instance {
+    service: ServiceName,
+    address: Address,
+    lease: Option<Lease>,
+    /// Service returns still to come for leases a gateway already ended.
+    pending_echo: u32,
+    /// Service returns received before the gateway's `serviceDone`.
+    credit: u32,
+}
+
+#[derive(Debug)]
+struct Queued {
+    gw: PeerId,
+    seq: Seq,
+    target: Option<PeerId>,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Service {
+    /// Registration order.
+    instances: Vec<PeerId>,
+    /// Free instances, the longest-free first (spreads load evenly).
+    free: VecDeque<PeerId>,
+    queue: VecDeque<Queued>,
+}
+
+#[derive(Debug)]
+struct Gateway {
+    proto: GatewayProtocol,
+    /// Registered with `registerGW` (receives `addResource`).
+    subscribed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Where {
+    Queued(ServiceName),
+    Leased(PeerId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Queue { gw: PeerId, seq: Seq },
+    Lease { instance: PeerId, lease: LeaseId },
+}
+
+/// The load balancer state. See the module docs.
+#[derive(Debug)]
+pub struct LoadBalancer {
+    cfg: LbConfig,
+    services: HashMap<ServiceName, Service>,
+    instances: HashMap<PeerId, Instance>,
+    gateways: HashMap<PeerId, Gateway>,
+    requests: HashMap<(PeerId, Seq), Where>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    next_lease: u64,
+    stats: LbStats,
+}
+
+impl LoadBalancer {
+    pub fn new(cfg: LbConfig) -> LoadBalancer {
+        LoadBalancer {
+            cfg,
+            services: HashMap::new(),
+            instances: HashMap::new(),
+            gateways: HashMap::new(),
+            requests: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_lease: 1,
+            stats: LbStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &LbConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &LbStats {
+        &self.stats
+    }
+
+    /// Whether `peer` is a registered service instance.
+    pub fn is_instance(&self, peer: PeerId) -> bool {
+        self.instances.contains_key(&peer)
+    }
+
+    /// Whether `peer` is a known gateway.
+    pub fn is_gateway(&self, peer: PeerId) -> bool {
+        self.gateways.contains_key(&peer)
+    }
+
+    /// `registerGW`: subscribe the gateway and return every registered
+    /// instance as `(source, address)` rows, in registration order per
+    /// service.
+    pub fn register_gateway(&mut self, gw: PeerId, proto: GatewayProtocol) -> Vec<(ServiceName, Address)> {
+        info!(gateway = gw.0, ?proto, "gateway registered");
+        self.gateways.insert(gw, Gateway { proto, subscribed: true });
+        let mut names: Vec<&ServiceName> = self.services.keys().collect();
+        names.sort();
+        let mut rows = Vec::new();
+        for name in names {
+            for peer in &self.services[name].instances {
+                let inst = &self.instances[peer];
+                rows.push((inst.service.clone(), inst.address.clone()));
+            }
+        }
+        rows
+    }
+
+    /// `registerResource[name;address]` from a service connection.
+    pub fn register_resource(
+        &mut self,
+        peer: PeerId,
+        service: ServiceName,
+        address: Address,
+        now: Instant,
+        out: &mut Vec<LbAction>,
+    ) {
+        if let Some(existing) = self.instances.get(&peer) {
+            if existing.service == service && existing.address == address {
+                debug!(peer = peer.0, %service, %address, "repeated registerResource ignored");
+                return;
+            }
+            self.remove_instance(peer, now, out);
+        }
+        let replaced: Vec<PeerId> =
+            self.instances.iter().filter(|(_, i)| i.address == address).map(|(p, _)| *p).collect();
+        for old in replaced {
+            warn!(%service, %address, old = old.0, new = peer.0, "address registered again; dropping the old connection");
+            if let Some(inst) = self.remove_instance(old, now, out) {
+                out.push(LbAction::DropInstance {
+                    peer: old,
+                    service: inst.service,
+                    address: inst.address,
+                    reason: DropReason::Replaced,
+                });
+            }
+        }
+        info!(peer = peer.0, %service, %address, "instance registered");
+        self.instances.insert(
+            peer,
+            Instance {
+                service: service.clone(),
+                address: address.clone(),
+                lease: None,
+                pending_echo: 0,
+                credit: 0,
+            },
+        );
+        self.services.entry(service.clone()).or_default().instances.push(peer);
+        for (gw, g) in &self.gateways {
+            if g.subscribed {
+                out.push(LbAction::AddResource {
+                    gw: *gw,
+                    service: service.clone(),
+                    address: address.clone(),
+                });
+            }
+        }
+        self.make_available(peer, now, out);
+    }
+
+    /// `requestService[seq;service]` (and the qmesh form with a target and a
+    /// timeout) from a gateway.
+    pub fn request_service(
+        &mut self,
+        gw: PeerId,
+        req: ServiceRequest,
+        now: Instant,
+        out: &mut Vec<LbAction>,
+    ) {
+        self.gateways.entry(gw).or_insert(Gateway { proto: GatewayProtocol::Whitepaper, subscribed: false });
+        if self.requests.contains_key(&(gw, req.seq)) {
+            warn!(gateway = gw.0, seq = req.seq.0, "duplicate requestService ignored");
+            self.stats.duplicate_requests += 1;
+            return;
+        }
+        let Some(svc) = self.services.get(&req.service) else {
+            self.stats.denied_unknown += 1;
+            self.deny(gw, req.seq, Failure::UnknownService(req.service), out);
+            return;
+        };
+        if svc.instances.is_empty() {
+            self.stats.denied_no_instance += 1;
+            self.deny(gw, req.seq, Failure::NoInstance(req.service), out);
+            return;
+        }
+        let target = match &req.target {
+            None => None,
+            Some(addr) => {
+                match svc.instances.iter().find(|p| self.instances.get(p).is_some_and(|i| &i.address == addr))
+                {
+                    Some(p) => Some(*p),
+                    None => {
+                        self.stats.denied_no_instance += 1;
+                        self.deny(gw, req.seq, Failure::NoInstance(req.service), out);
+                        return;
+                    }
+                }
+            }
+        };
+        let deadline = now + req.timeout.unwrap_or(self.cfg.default_timeout);
+        let svc = self.services.get_mut(&req.service).expect("checked above");
+        let free = match target {
+            None => svc.free.pop_front(),
+            Some(t) => match svc.free.iter().position(|p| *p == t) {
+                Some(i) => svc.free.remove(i),
+                None => None,
+            },
+        };
+        if let Some(instance) = free {
+            self.grant(instance, gw, req.seq, deadline, out);
+            return;
+        }
+        if svc.queue.len() >= self.cfg.queue_limit {
+            self.stats.denied_queue_full += 1;
+            self.deny(gw, req.seq, Failure::QueueFull(req.service), out);
+            return;
+        }
+        svc.queue.push_back(Queued { gw, seq: req.seq, target, deadline });
+        self.stats.queued += 1;
+        self.requests.insert((gw, req.seq), Where::Queued(req.service));
+        self.timers.push(Reverse((deadline, Timer::Queue { gw, seq: req.seq })));
+    }
+
+    /// `returnService[seq]` from a gateway: the whitepaper's "this allocation
+    /// was not used" (the user went away). Also cancels a queued request.
+    /// Ends only the lease `(gw, seq)`; anything else is a stale release and
+    /// is ignored.
+    pub fn gateway_release(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
+        match self.requests.get(&(gw, seq)).cloned() {
+            Some(Where::Queued(service)) => {
+                self.requests.remove(&(gw, seq));
+                if let Some(svc) = self.services.get_mut(&service) {
+                    svc.queue.retain(|q| !(q.gw == gw && q.seq == seq));
+                }
+                self.stats.cancelled += 1;
+            }
+            Some(Where::Leased(instance)) => {
+                self.stats.cancelled += 1;
+                self.end_lease(instance, now, out);
+            }
+            None => {
+                debug!(gateway = gw.0, seq = seq.0, "release names no current request; ignored");
+                self.stats.stale_gateway_releases += 1;
+            }
+        }
+    }
+
+    /// `serviceDone[seq]` from a qmesh gateway: the query dispatched under
+    /// this lease has answered (or its service connection was lost). Ends the
+    /// lease; the service's own `returnService` for it is expected as an echo.
+    pub fn gateway_done(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
+        match self.requests.get(&(gw, seq)).cloned() {
+            Some(Where::Leased(instance)) => {
+                if let Some(inst) = self.instances.get_mut(&instance) {
+                    if inst.credit > 0 {
+                        inst.credit -= 1;
+                    } else {
+                        inst.pending_echo += 1;
+                    }
+                }
+                self.end_lease(instance, now, out);
+            }
+            Some(Where::Queued(_)) => {
+                warn!(gateway = gw.0, seq = seq.0, "serviceDone for a queued request; treated as a cancel");
+                self.gateway_release(gw, seq, now, out);
+            }
+            None => {
+                debug!(gateway = gw.0, seq = seq.0, "serviceDone names no current lease; ignored");
+                self.stats.stale_gateway_releases += 1;
+            }
+        }
+    }
+
+    /// `returnService[name]` from a service instance: it finished a query.
+    pub fn service_return(&mut self, peer: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+        let Some(inst) = self.instances.get_mut(&peer) else {
+            warn!(
+                peer = peer.0,
+                "returnService from a connection that is not a registered instance; ignored"
+            );
+            self.stats.stray_service_returns += 1;
+            return;
+        };
+        if inst.pending_echo > 0 {
+            inst.pending_echo -= 1;
+            return;
+        }
+        match &inst.lease {
+            Some(l) if l.orphaned || l.service_ends => self.end_lease(peer, now, out),
+            Some(_) => inst.credit += 1,
+            None => {
+                debug!(peer = peer.0, "returnService while free; ignored");
+                self.stats.stray_service_returns += 1;
+            }
+        }
+    }
+
+    /// A connection closed: a gateway, an instance, or neither.
+    pub fn connection_closed(&mut self, peer: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+        if self.gateways.contains_key(&peer) {
+            self.gateway_closed(peer, now, out);
+        }
+        if self.instances.contains_key(&peer) {
+            self.remove_instance(peer, now, out);
+        }
+    }
+
+    /// Expires queued requests and drops stuck instances whose time is due.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<LbAction>) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            match timer {
+                Timer::Queue { gw, seq } => {
+                    if let Some(Where::Queued(service)) = self.requests.get(&(gw, seq)).cloned() {
+                        self.requests.remove(&(gw, seq));
+                        if let Some(svc) = self.services.get_mut(&service) {
+                            svc.queue.retain(|q| !(q.gw == gw && q.seq == seq));
+                        }
+                        debug!(gateway = gw.0, seq = seq.0, %service, "queued request expired");
+                        self.stats.expired += 1;
+                    }
+                }
+                Timer::Lease { instance, lease } => {
+                    let stuck = self
+                        .instances
+                        .get(&instance)
+                        .and_then(|i| i.lease.as_ref())
+                        .is_some_and(|l| l.id == lease);
+                    if stuck && let Some(inst) = self.remove_instance(instance, now, out) {
+                        warn!(peer = instance.0, service = %inst.service, address = %inst.address,
+                            "instance did not report back within its deadline plus the stuck grace; dropped");
+                        self.stats.dropped_stuck += 1;
+                        out.push(LbAction::DropInstance {
+                            peer: instance,
+                            service: inst.service,
+                            address: inst.address,
+                            reason: DropReason::Stuck,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// When [`LoadBalancer::tick`] next has something to do (it may be early).
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Per-service gauges.
+    pub fn snapshot(&self) -> Vec<ServiceSnapshot> {
+        let mut out: Vec<ServiceSnapshot> = self
+            .services
+            .iter()
+            .map(|(name, s)| ServiceSnapshot {
+                service: name.clone(),
+                instances: s.instances.len(),
+                free: s.free.len(),
+                busy: s.instances.len() - s.free.len(),
+                queued: s.queue.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
+    fn deny(&mut self, gw: PeerId, seq: Seq, failure: Failure, out: &mut Vec<LbAction>) {
+        let proto = self.gateways.get(&gw).map_or(GatewayProtocol::Whitepaper, |g| g.proto);
+        match proto {
+            GatewayProtocol::Qmesh => out.push(LbAction::Deny { gw, seq, failure }),
+            GatewayProtocol::Whitepaper => {
+                warn!(gateway = gw.0, seq = seq.0, %failure, "request refused; a whitepaper gateway cannot be told")
+            }
+        }
+    }
+
+    fn grant(&mut self, instance: PeerId, gw: PeerId, seq: Seq, deadline: Instant, out: &mut Vec<LbAction>) {
+        let id = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        let service_ends = self.gateways.get(&gw).is_none_or(|g| g.proto == GatewayProtocol::Whitepaper);
+        let stuck_at = deadline + self.cfg.stuck_grace;
+        let inst = self.instances.get_mut(&instance).expect("granting a registered instance");
+        debug_assert!(inst.lease.is_none(), "granting a leased instance");
+        inst.lease = Some(Lease { id, gw, seq, orphaned: false, service_ends });
+        let address = inst.address.clone();
+        self.requests.insert((gw, seq), Where::Leased(instance));
+        self.timers.push(Reverse((stuck_at, Timer::Lease { instance, lease: id })));
+        self.stats.allocations += 1;
+        out.push(LbAction::Alloc { gw, seq, address });
+    }
+
+    fn end_lease(&mut self, instance: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+        let Some(inst) = self.instances.get_mut(&instance) else { return };
+        if let Some(lease) = inst.lease.take() {
+            self.requests.remove(&(lease.gw, lease.seq));
+        }
+        self.make_available(instance, now, out);
+    }
+
+    /// Gives a just-freed instance to the first eligible queued request, or
+    /// puts it at the back of the free list.
+    fn make_available(&mut self, instance: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+        let Some(inst) = self.instances.get(&instance) else { return };
+        let service = inst.service.clone();
+        let Some(svc) = self.services.get_mut(&service) else { return };
+        loop {
+            let pos = svc.queue.iter().position(|q| q.target.is_none_or(|t| t == instance));
+            let Some(pos) = pos else {
+                svc.free.push_back(instance);
+                return;
+            };
+            let q = svc.queue.remove(pos).expect("position is in range");
+            self.requests.remove(&(q.gw, q.seq));
+            if q.deadline <= now {
+                debug!(gateway = q.gw.0, seq = q.seq.0, %service, "queued request expired");
+                self.stats.expired += 1;
+                continue;
+            }
+            self.grant(instance, q.gw, q.seq, q.deadline, out);
+            return;
+        }
+    }
+
+    fn gateway_closed(&mut self, gw: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+        info!(gateway = gw.0, "gateway disconnected");
+        self.gateways.remove(&gw);
+        // Queued requests first, so that a lease ended below cannot be
+        // handed to a request of the gateway that is going away.
+        for svc in self.services.values_mut() {
+            svc.queue.retain(|q| q.gw != gw);
+        }
+        self.requests.retain(|(g, _), w| !(*g == gw && matches!(w, Where::Queued(_))));
+        let leased: Vec<(Seq, PeerId)> = self
+            .requests
+            .iter()
+            .filter_map(|((g, s), w)| match w {
+                Where::Leased(i) if *g == gw => Some((*s, *i)),
+                _ => None,
+            })
+            .collect();
+        for (seq, instance) in leased {
+            let Some(inst) = self.instances.get_mut(&instance) else { continue };
+            let Some(lease) = inst.lease.as_mut() else { continue };
+            lease.orphaned = true;
+            if inst.credit > 0 {
+                // The service already reported back; the gateway's report
+                // will never come.
+                inst.credit -= 1;
+                self.end_lease(instance, now, out);
+            } else {
+                debug!(
+                    peer = instance.0,
+                    seq = seq.0,
+                    "lease orphaned; waiting for the service to report back"
+                );
+            }
+        }
+    }
+
+    /// Removes an instance from the pool; returns it. Requests that only it
+    /// could serve are refused.
+    fn remove_instance(&mut self, peer: PeerId, _now: Instant, out: &mut Vec<LbAction>) -> Option<Instance> {
+        let inst = self.instances.remove(&peer)?;
+        info!(peer = peer.0, service = %inst.service, address = %inst.address, "instance left the pool");
+        if let Some(lease) = &inst.lease {
+            self.requests.remove(&(lease.gw, lease.seq));
+        }
+        let mut refused = Vec::new();
+        if let Some(svc) = self.services.get_mut(&inst.service) {
+            svc.instances.retain(|p| *p != peer);
+            svc.free.retain(|p| *p != peer);
+            let none_left = svc.instances.is_empty();
+            svc.queue.retain(|q| {
+                let orphan = none_left || q.target == Some(peer);
+                if orphan {
+                    refused.push((q.gw, q.seq));
+                }
+                !orphan
+            });
+        }
+        for (gw, seq) in refused {
+            self.requests.remove(&(gw, seq));
+            self.stats.denied_no_instance += 1;
+            self.deny(gw, seq, Failure::NoInstance(inst.service.clone()), out);
+        }
+        for (gw, g) in &self.gateways {
+            if g.subscribed && g.proto == GatewayProtocol::Qmesh {
+                out.push(LbAction::RemoveResource {
+                    gw: *gw,
+                    service: inst.service.clone(),
+                    address: inst.address.clone(),
+                });
+            }
+        }
+        Some(inst)
+    }
+
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        for (name, svc) in &self.services {
+            for p in &svc.free {
+                let inst = &self.instances[p];
+                assert!(inst.lease.is_none(), "free instance {p:?} of {name:?} holds a lease");
+                assert!(
+                    !svc.queue.iter().any(|q| q.target.is_none_or(|t| t == *p)),
+                    "instance {p:?} is free while a request it could serve waits"
+                );
+            }
+            for p in &svc.instances {
+                let inst = &self.instances[p];
+                assert_eq!(&inst.service, name);
+                assert_eq!(inst.lease.is_none(), svc.free.contains(p), "free list out of step for {p:?}");
+            }
+            for q in &svc.queue {
+                assert_eq!(self.requests.get(&(q.gw, q.seq)), Some(&Where::Queued(name.clone())));
+            }
+        }
+        for (p, inst) in &self.instances {
+            if let Some(l) = &inst.lease {
+                assert_eq!(self.requests.get(&(l.gw, l.seq)), Some(&Where::Leased(*p)));
+            }
+        }
+        let queued: usize = self.services.values().map(|s| s.queue.len()).sum();
+        let leased = self.instances.values().filter(|i| i.lease.is_some()).count();
+        assert_eq!(self.requests.len(), queued + leased, "request index out of step");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GW: PeerId = PeerId(100);
+    const GW2: PeerId = PeerId(101);
+    const A: PeerId = PeerId(1);
+    const B: PeerId = PeerId(2);
+
+    fn svc(s: &str) -> ServiceName {
+        ServiceName::new(s)
+    }
+
+    fn addr(s: &str) -> Address {
+        Address::new(s)
+    }
+
+    fn req(seq: i64, s: &str) -> ServiceRequest {
+        ServiceRequest { seq: Seq(seq), service: svc(s), target: None, timeout: None }
+    }
+
+    struct Fixture {
+        lb: LoadBalancer,
+        t0: Instant,
+        out: Vec<LbAction>,
+    }
+
+    impl Fixture {
+        fn new(cfg: LbConfig) -> Fixture {
+            Fixture { lb: LoadBalancer::new(cfg), t0: Instant::now(), out: Vec::new() }
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+
+        fn take(&mut self) -> Vec<LbAction> {
+            self.lb.check_invariants();
+            std::mem::take(&mut self.out)
+        }
+
+        fn register(&mut self, peer: PeerId, s: &str, a: &str) -> Vec<LbAction> {
+            let now = self.at(0);
+            self.lb.register_resource(peer, svc(s), addr(a), now, &mut self.out);
+            self.take()
+        }
+
+        fn request(&mut self, gw: PeerId, seq: i64, s: &str) -> Vec<LbAction> {
+            let now = self.at(0);
+            self.lb.request_service(gw, req(seq, s), now, &mut self.out);
+            self.take()
+        }
+
+        fn done(&mut self, gw: PeerId, seq: i64) -> Vec<LbAction> {
+            let now = self.at(0);
+            self.lb.gateway_done(gw, Seq(seq), now, &mut self.out);
+            self.take()
+        }
+
+        fn release(&mut self, gw: PeerId, seq: i64) -> Vec<LbAction> {
+            let now = self.at(0);
+            self.lb.gateway_release(gw, Seq(seq), now, &mut self.out);
+            self.take()
+        }
+
+        fn service_return(&mut self, peer: PeerId) -> Vec<LbAction> {
+            let now = self.at(0);
+            self.lb.service_return(peer, now, &mut self.out);
+            self.take()
+        }
+
+        fn closed(&mut self, peer: PeerId) -> Vec<LbAction> {
+            let now = self.at(0);
+            self.lb.connection_closed(peer, now, &mut self.out);
+            self.take()
+        }
+
+        fn tick(&mut self, ms: u64) -> Vec<LbAction> {
+            let now = self.at(ms);
+            self.lb.tick(now, &mut self.out);
+            self.take()
+        }
+    }
+
+    fn alloc(gw: PeerId, seq: i64, a: &str) -> LbAction {
+        LbAction::Alloc { gw, seq: Seq(seq), address: addr(a) }
+    }
+
+    fn deny(gw: PeerId, seq: i64, failure: Failure) -> LbAction {
+        LbAction::Deny { gw, seq: Seq(seq), failure }
+    }
+
+    fn qmesh() -> Fixture {
+        let mut f = Fixture::new(LbConfig::default());
+        assert!(f.lb.register_gateway(GW, GatewayProtocol::Qmesh).is_empty());
+        f
+    }
+
+    #[test]
+    fn registration_broadcasts_and_lists() {
+        let mut f = qmesh();
+        let acts = f.register(A, "EQ", ":h:1");
+        assert_eq!(acts, vec![LbAction::AddResource { gw: GW, service: svc("EQ"), address: addr(":h:1") }]);
+        f.register(B, "FX", ":h:2");
+        let rows = f.lb.register_gateway(GW2, GatewayProtocol::Whitepaper);
+        assert_eq!(rows, vec![(svc("EQ"), addr(":h:1")), (svc("FX"), addr(":h:2"))]);
+        // repeated registration on the same connection is a no-op
+        assert!(f.register(A, "EQ", ":h:1").is_empty());
+    }
+
+    #[test]
+    fn allocates_free_instances_then_queues_fifo() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.register(B, "EQ", ":h:2");
+        assert_eq!(f.request(GW, 1, "EQ"), vec![alloc(GW, 1, ":h:1")]);
+        assert_eq!(f.request(GW, 2, "EQ"), vec![alloc(GW, 2, ":h:2")]);
+        assert!(f.request(GW, 3, "EQ").is_empty());
+        assert!(f.request(GW2, 4, "EQ").is_empty());
+        assert_eq!(f.lb.snapshot()[0].queued, 2);
+        // B finishes first: the oldest queued request gets it
+        assert_eq!(f.done(GW, 2), vec![alloc(GW, 3, ":h:2")]);
+        assert_eq!(f.done(GW, 1), vec![alloc(GW2, 4, ":h:1")]);
+        assert_eq!(
+            f.lb.snapshot()[0],
+            ServiceSnapshot { service: svc("EQ"), instances: 2, free: 0, busy: 2, queued: 0 }
+        );
+    }
+
+    #[test]
+    fn least_recently_freed_instance_is_used_first() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.register(B, "EQ", ":h:2");
+        assert_eq!(f.request(GW, 1, "EQ"), vec![alloc(GW, 1, ":h:1")]);
+        f.done(GW, 1);
+        // A went to the back of the free list: B is next
+        assert_eq!(f.request(GW, 2, "EQ"), vec![alloc(GW, 2, ":h:2")]);
+    }
+
+    #[test]
+    fn refusals_are_told_to_qmesh_gateways() {
+        let mut f = Fixture::new(LbConfig { queue_limit: 1, ..LbConfig::default() });
+        f.lb.register_gateway(GW, GatewayProtocol::Qmesh);
+        assert_eq!(f.request(GW, 1, "NOPE"), vec![deny(GW, 1, Failure::UnknownService(svc("NOPE")))]);
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 2, "EQ");
+        assert!(f.request(GW, 3, "EQ").is_empty());
+        assert_eq!(f.request(GW, 4, "EQ"), vec![deny(GW, 4, Failure::QueueFull(svc("EQ")))]);
+        assert_eq!(f.lb.stats().denied_queue_full, 1);
+        // the service leaves: the queued request is refused, the name stays known
+        let acts = f.closed(A);
+        assert!(acts.contains(&deny(GW, 3, Failure::NoInstance(svc("EQ")))));
+        assert!(acts.contains(&LbAction::RemoveResource {
+            gw: GW,
+            service: svc("EQ"),
+            address: addr(":h:1")
+        }));
+        assert_eq!(f.request(GW, 5, "EQ"), vec![deny(GW, 5, Failure::NoInstance(svc("EQ")))]);
+    }
+
+    #[test]
+    fn whitepaper_gateways_are_not_sent_refusals_or_removals() {
+        let mut f = Fixture::new(LbConfig::default());
+        f.lb.register_gateway(GW, GatewayProtocol::Whitepaper);
+        assert!(f.request(GW, 1, "NOPE").is_empty());
+        f.register(A, "EQ", ":h:1");
+        assert!(f.closed(A).is_empty());
+    }
+
+    #[test]
+    fn unregistered_gateway_is_served_as_whitepaper() {
+        let mut f = Fixture::new(LbConfig::default());
+        f.register(A, "EQ", ":h:1");
+        assert_eq!(f.request(GW, 1, "EQ"), vec![alloc(GW, 1, ":h:1")]);
+        // a whitepaper gateway sends no serviceDone: the service's return frees
+        f.service_return(A);
+        assert_eq!(f.request(GW, 2, "EQ"), vec![alloc(GW, 2, ":h:1")]);
+    }
+
+    #[test]
+    fn new_instance_takes_queued_request_after_add_resource() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        assert!(f.request(GW, 2, "EQ").is_empty());
+        let acts = f.register(B, "EQ", ":h:2");
+        assert_eq!(
+            acts,
+            vec![
+                LbAction::AddResource { gw: GW, service: svc("EQ"), address: addr(":h:2") },
+                alloc(GW, 2, ":h:2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn gateway_release_ends_only_the_named_lease() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW2, 7, "EQ");
+        // user gone before dispatch: seq 1 released, seq 7 gets A
+        assert_eq!(f.release(GW, 1), vec![alloc(GW2, 7, ":h:1")]);
+        // the same release again (late or duplicate) must not free A from GW2
+        assert!(f.release(GW, 1).is_empty());
+        assert_eq!(f.lb.stats().stale_gateway_releases, 1);
+        assert!(f.request(GW, 2, "EQ").is_empty(), "A is still GW2's");
+        // a release with another gateway's seq number does nothing either
+        assert!(f.release(GW, 7).is_empty());
+        assert!(f.request(GW, 3, "EQ").is_empty());
+    }
+
+    #[test]
+    fn release_of_a_queued_request_cancels_it() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW, 2, "EQ");
+        f.request(GW, 3, "EQ");
+        assert!(f.release(GW, 2).is_empty());
+        assert_eq!(f.done(GW, 1), vec![alloc(GW, 3, ":h:1")]);
+    }
+
+    #[test]
+    fn service_return_echo_and_credit_accounting() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW, 2, "EQ");
+        // gateway reports first: lease ends, A goes to seq 2
+        assert_eq!(f.done(GW, 1), vec![alloc(GW, 2, ":h:1")]);
+        // the service's own return for seq 1 is an echo: seq 2 keeps A
+        assert!(f.service_return(A).is_empty());
+        assert!(f.request(GW, 3, "EQ").is_empty());
+        // now the service's return for seq 2 arrives before the gateway's report: credit
+        assert!(f.service_return(A).is_empty());
+        assert_eq!(f.done(GW, 2), vec![alloc(GW, 3, ":h:1")]);
+        // and a stray return on top of all that: seq 3's lease survives
+        f.done(GW, 3);
+        f.service_return(A);
+        assert!(f.service_return(A).is_empty());
+        assert_eq!(f.lb.stats().stray_service_returns, 1);
+    }
+
+    #[test]
+    fn duplicate_service_return_cannot_free_a_busy_instance() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.done(GW, 1);
+        f.service_return(A); // the echo
+        f.service_return(A); // a duplicate: A is free, ignored
+        assert_eq!(f.request(GW, 2, "EQ"), vec![alloc(GW, 2, ":h:1")]);
+        // a further duplicate while seq 2 runs is only credit, never a release
+        assert!(f.service_return(A).is_empty());
+        assert!(f.request(GW2, 9, "EQ").is_empty(), "A must stay with seq 2");
+    }
+
+    #[test]
+    fn dead_gateway_leaves_instance_busy_until_service_reports() {
+        // §8-5: gateway dies mid-query, a new query arrives, then the old one finishes.
+        let mut f = qmesh();
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.take();
+        assert_eq!(f.request(GW, 1, "EQ"), vec![alloc(GW, 1, ":h:1")]);
+        f.request(GW, 2, "EQ"); // queued, must vanish with GW
+        assert!(f.closed(GW).is_empty());
+        assert!(f.request(GW2, 1, "EQ").is_empty(), "A still runs the orphaned query");
+        // the old query finishes: A goes to GW2
+        assert_eq!(f.service_return(A), vec![alloc(GW2, 1, ":h:1")]);
+        // GW2 finishes and reports; the echo is absorbed; A is free
+        f.done(GW2, 1);
+        assert!(f.service_return(A).is_empty());
+        assert_eq!(f.request(GW2, 2, "EQ"), vec![alloc(GW2, 2, ":h:1")]);
+    }
+
+    #[test]
+    fn dead_gateway_whose_service_already_returned_frees_at_once() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.service_return(A); // credit: the service answered before GW reported
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.closed(GW);
+        assert_eq!(f.request(GW2, 1, "EQ"), vec![alloc(GW2, 1, ":h:1")]);
+    }
+
+    #[test]
+    fn orphan_never_reported_is_dropped_after_deadline_and_grace() {
+        let cfg = LbConfig {
+            default_timeout: Duration::from_millis(100),
+            stuck_grace: Duration::from_millis(50),
+            ..LbConfig::default()
+        };
+        let mut f = Fixture::new(cfg);
+        f.lb.register_gateway(GW, GatewayProtocol::Qmesh);
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.register(B, "EQ", ":h:2");
+        f.request(GW, 1, "EQ");
+        f.closed(GW); // died before dispatching: nobody will ever report
+        assert!(f.tick(149).is_empty());
+        let acts = f.tick(150);
+        assert!(acts.contains(&LbAction::DropInstance {
+            peer: A,
+            service: svc("EQ"),
+            address: addr(":h:1"),
+            reason: DropReason::Stuck
+        }));
+        assert!(acts.contains(&LbAction::RemoveResource {
+            gw: GW2,
+            service: svc("EQ"),
+            address: addr(":h:1")
+        }));
+        assert!(!f.lb.is_instance(A));
+        assert_eq!(f.lb.stats().dropped_stuck, 1);
+        // the service comes back (re-registers when idle) and is free
+        f.register(A, "EQ", ":h:1");
+        assert_eq!(f.lb.snapshot()[0].free, 2);
+    }
+
+    #[test]
+    fn lease_ended_in_time_is_not_dropped() {
+        let cfg = LbConfig {
+            default_timeout: Duration::from_millis(100),
+            stuck_grace: Duration::from_millis(50),
+            ..LbConfig::default()
+        };
+        let mut f = Fixture::new(cfg);
+        f.lb.register_gateway(GW, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.done(GW, 1);
+        let later = f.at(100);
+        f.lb.request_service(GW, req(2, "EQ"), later, &mut f.out);
+        assert!(f.tick(150).iter().all(|a| !matches!(a, LbAction::DropInstance { .. })));
+        assert!(f.lb.is_instance(A));
+    }
+
+    #[test]
+    fn queued_requests_expire_at_their_deadline() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        let now = f.at(0);
+        f.lb.request_service(
+            GW,
+            ServiceRequest {
+                seq: Seq(2),
+                service: svc("EQ"),
+                target: None,
+                timeout: Some(Duration::from_millis(10)),
+            },
+            now,
+            &mut f.out,
+        );
+        f.request(GW, 3, "EQ");
+        assert!(f.tick(10).is_empty());
+        assert_eq!(f.lb.stats().expired, 1);
+        assert_eq!(f.done(GW, 1), vec![alloc(GW, 3, ":h:1")]);
+    }
+
+    #[test]
+    fn expired_entry_is_skipped_when_an_instance_frees_before_the_timer() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        let now = f.at(0);
+        f.lb.request_service(
+            GW,
+            ServiceRequest {
+                seq: Seq(2),
+                service: svc("EQ"),
+                target: None,
+                timeout: Some(Duration::from_millis(10)),
+            },
+            now,
+            &mut f.out,
+        );
+        f.request(GW, 3, "EQ");
+        let later = f.at(20);
+        f.lb.gateway_done(GW, Seq(1), later, &mut f.out);
+        assert_eq!(f.take(), vec![alloc(GW, 3, ":h:1")]);
+    }
+
+    #[test]
+    fn pinned_requests_wait_for_their_instance_only() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.register(B, "EQ", ":h:2");
+        f.request(GW, 1, "EQ"); // A
+        let now = f.at(0);
+        let pin = |seq, a: &str| ServiceRequest {
+            seq: Seq(seq),
+            service: svc("EQ"),
+            target: Some(addr(a)),
+            timeout: None,
+        };
+        f.lb.request_service(GW, pin(2, ":h:1"), now, &mut f.out);
+        assert!(f.take().is_empty(), "A busy: pinned request waits even though B is free");
+        f.lb.request_service(GW, pin(3, ":h:2"), now, &mut f.out);
+        assert_eq!(f.take(), vec![alloc(GW, 3, ":h:2")]);
+        f.request(GW, 4, "EQ"); // queued behind the pinned one
+        // B frees: seq 2 is pinned to A, so seq 4 takes B
+        assert_eq!(f.done(GW, 3), vec![alloc(GW, 4, ":h:2")]);
+        assert_eq!(f.done(GW, 1), vec![alloc(GW, 2, ":h:1")]);
+        f.lb.request_service(GW, pin(5, ":h:9"), now, &mut f.out);
+        assert_eq!(f.take(), vec![deny(GW, 5, Failure::NoInstance(svc("EQ")))]);
+    }
+
+    #[test]
+    fn pinned_request_refused_when_its_instance_leaves() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.register(B, "EQ", ":h:2");
+        f.request(GW, 1, "EQ");
+        let now = f.at(0);
+        f.lb.request_service(
+            GW,
+            ServiceRequest { seq: Seq(2), service: svc("EQ"), target: Some(addr(":h:1")), timeout: None },
+            now,
+            &mut f.out,
+        );
+        f.take();
+        let acts = f.closed(A);
+        assert!(acts.contains(&deny(GW, 2, Failure::NoInstance(svc("EQ")))));
+    }
+
+    #[test]
+    fn service_death_mid_query_sends_queue_to_other_instances() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.register(B, "EQ", ":h:2");
+        f.request(GW, 1, "EQ"); // A
+        f.request(GW, 2, "EQ"); // B
+        f.request(GW, 3, "EQ"); // queued
+        let acts = f.closed(A);
+        assert!(!acts.iter().any(|a| matches!(a, LbAction::Deny { .. })), "B remains: nothing refused");
+        // the gateway reports seq 1 done (it lost the service): nothing to end
+        assert!(f.done(GW, 1).is_empty());
+        assert_eq!(f.done(GW, 2), vec![alloc(GW, 3, ":h:2")]);
+    }
+
+    #[test]
+    fn same_address_from_a_new_connection_replaces_the_old() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        let acts = f.register(B, "EQ", ":h:1");
+        assert!(acts.contains(&LbAction::DropInstance {
+            peer: A,
+            service: svc("EQ"),
+            address: addr(":h:1"),
+            reason: DropReason::Replaced
+        }));
+        assert_eq!(f.lb.snapshot()[0].instances, 1);
+    }
+
+    #[test]
+    fn duplicate_request_is_ignored() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        assert!(f.request(GW, 1, "EQ").is_empty());
+        assert_eq!(f.lb.stats().duplicate_requests, 1);
+    }
+
+    #[test]
+    fn rebuilds_from_re_registrations_after_restart() {
+        // A fresh LB (restart): services and gateways register again in any order.
+        let mut f = Fixture::new(LbConfig::default());
+        f.register(A, "EQ", ":h:1");
+        let rows = f.lb.register_gateway(GW, GatewayProtocol::Qmesh);
+        assert_eq!(rows, vec![(svc("EQ"), addr(":h:1"))]);
+        assert_eq!(f.request(GW, 41, "EQ"), vec![alloc(GW, 41, ":h:1")]);
+    }
+
+    /// A deterministic pseudo-random walk over all events, checking the
+    /// invariants after every step and that no instance is ever leased twice.
+    #[test]
+    fn random_walk_keeps_invariants() {
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let cfg = LbConfig {
+            queue_limit: 4,
+            default_timeout: Duration::from_millis(50),
+            stuck_grace: Duration::from_millis(20),
+        };
+        let mut f = Fixture::new(cfg);
+        let gws = [PeerId(100), PeerId(101), PeerId(102)];
+        let insts = [PeerId(1), PeerId(2), PeerId(3), PeerId(4)];
+        let mut seq = 0i64;
+        let mut ms = 0u64;
+        for _ in 0..20_000 {
+            let now = f.at(ms);
+            match next() % 9 {
+                0 => {
+                    let g = gws[(next() % 3) as usize];
+                    let proto =
+                        if next() % 4 == 0 { GatewayProtocol::Whitepaper } else { GatewayProtocol::Qmesh };
+                    f.lb.register_gateway(g, proto);
+                }
+                1 => {
+                    let i = insts[(next() % 4) as usize];
+                    let s = if next() % 2 == 0 { "EQ" } else { "FX" };
+                    let a = format!(":h:{}", next() % 5);
+                    f.lb.register_resource(i, svc(s), addr(&a), now, &mut f.out);
+                }
+                2 | 3 => {
+                    seq += 1;
+                    let g = gws[(next() % 3) as usize];
+                    let s = if next() % 2 == 0 { "EQ" } else { "FX" };
+                    let target =
+                        if next() % 5 == 0 { Some(addr(&format!(":h:{}", next() % 5))) } else { None };
+                    f.lb.request_service(
+                        g,
+                        ServiceRequest { seq: Seq(seq), service: svc(s), target, timeout: None },
+                        now,
+                        &mut f.out,
+                    );
+                }
+                4 => {
+                    let g = gws[(next() % 3) as usize];
+                    let s = Seq((next() % (seq as u64 + 1)) as i64);
+                    f.lb.gateway_done(g, s, now, &mut f.out);
+                }
+                5 => {
+                    let g = gws[(next() % 3) as usize];
+                    let s = Seq((next() % (seq as u64 + 1)) as i64);
+                    f.lb.gateway_release(g, s, now, &mut f.out);
+                }
+                6 => {
+                    let i = insts[(next() % 4) as usize];
+                    f.lb.service_return(i, now, &mut f.out);
+                }
+                7 => {
+                    let p = if next() % 2 == 0 {
+                        gws[(next() % 3) as usize]
+                    } else {
+                        insts[(next() % 4) as usize]
+                    };
+                    f.lb.connection_closed(p, now, &mut f.out);
+                }
+                _ => {
+                    ms += next() % 15;
+                    let now = f.at(ms);
+                    f.lb.tick(now, &mut f.out);
+                }
+            }
+            f.take();
+        }
+        assert!(f.lb.stats().allocations > 100);
+    }
+}

@@ -1,0 +1,556 @@
+//! A whole-estate simulation of the two cores (tests only).
+//!
+//! One load balancer, several gateways, several single-threaded service
+//! instances that behave like the whitepaper's `service.q` (run one query at a
+//! time, answer `returnRes` to the gateway, then `returnService` to the load
+//! balancer; re-register from a timer only when idle). Messages travel over
+//! simulated connections that keep FIFO order per connection and have random
+//! latency. Gateways and services are killed and restarted at random.
+//!
+//! Checked on every step: an instance is never given a query while it is
+//! running (or has queued) another one — the double booking the whitepaper's
+//! load balancer allows — and at the end every client request got exactly one
+//! reply.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::gw::{ClientRequest, Gateway, GatewayConfig, GwAction, LinkId};
+use crate::lb::{GatewayProtocol, LbAction, LbConfig, LoadBalancer, ServiceRequest};
+use crate::types::{Address, ClientId, PeerId, Seq, ServiceName};
+
+type Core = Gateway<u64, u64>;
+
+#[derive(Debug, Clone)]
+enum ToLb {
+    RegisterResource { address: Address },
+    ReturnService,
+    Request(ServiceRequest),
+    Release(Seq),
+    Done(Seq),
+    Closed,
+}
+
+#[derive(Debug)]
+enum Ev {
+    ClientQuery { gw: usize, timeout_ms: u64 },
+    ToLb { from: PeerId, msg: ToLb },
+    LbToGw { gw: usize, epoch: u32, act: LbAction },
+    ToSvc { svc: usize, life: u32, gw: usize, gw_epoch: u32, seq: Seq },
+    SvcToGw { gw: usize, epoch: u32, from: Address, seq: Seq, result: u64 },
+    LinkUp { gw: usize, epoch: u32, address: Address, link: LinkId },
+    SvcFinish { svc: usize, life: u32 },
+    SvcRegister { svc: usize, life: u32 },
+    KillGw { gw: usize },
+    StartGw { gw: usize },
+    KillSvc { svc: usize },
+    StartSvc { svc: usize },
+    Tick,
+}
+
+struct SimGw {
+    core: Option<Core>,
+    epoch: u32,
+    peer: PeerId,
+}
+
+struct SimSvc {
+    address: Address,
+    alive: bool,
+    life: u32,
+    /// Current connection to the load balancer, if registered.
+    lb_peer: Option<PeerId>,
+    running: Option<(usize, u32, Seq)>,
+    inbox: VecDeque<(usize, u32, Seq)>,
+    register_pending: bool,
+}
+
+struct Sim {
+    rng: u64,
+    t: u64,
+    n: u64,
+    events: BinaryHeap<Reverse<(u64, u64)>>,
+    payloads: HashMap<u64, Ev>,
+    /// Last delivery time per directed connection, for FIFO order.
+    chan: HashMap<(u64, u64), u64>,
+    base: Instant,
+    lb: LoadBalancer,
+    gws: Vec<SimGw>,
+    svcs: Vec<SimSvc>,
+    next_peer: u64,
+    next_client: u64,
+    /// client request id → replies received
+    replies: BTreeMap<u64, u32>,
+    issued: u64,
+    violations: Vec<String>,
+    completed_ok: u64,
+}
+
+impl Sim {
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.t)
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.n += 1;
+        self.events.push(Reverse((t, self.n)));
+        self.payloads.insert(self.n, ev);
+    }
+
+    /// Sends over the connection `chan` with FIFO order and 1–3 ms latency.
+    fn send(&mut self, chan: (u64, u64), ev: Ev) {
+        let lat = 1 + self.rand() % 3;
+        let last = self.chan.get(&chan).copied().unwrap_or(0);
+        let t = (self.t + lat).max(last);
+        self.chan.insert(chan, t);
+        self.at(t, ev);
+    }
+
+    fn lb_chan(from: PeerId) -> (u64, u64) {
+        (from.0, 0)
+    }
+
+    fn new_peer(&mut self) -> PeerId {
+        self.next_peer += 1;
+        PeerId(self.next_peer)
+    }
+
+    fn run_lb(&mut self, acts: Vec<LbAction>) {
+        for act in acts {
+            match &act {
+                LbAction::Alloc { gw, .. }
+                | LbAction::Deny { gw, .. }
+                | LbAction::AddResource { gw, .. }
+                | LbAction::RemoveResource { gw, .. } => {
+                    if let Some(i) = self.gws.iter().position(|g| g.peer == *gw && g.core.is_some()) {
+                        let epoch = self.gws[i].epoch;
+                        self.send((0, gw.0), Ev::LbToGw { gw: i, epoch, act });
+                    }
+                }
+                LbAction::DropInstance { peer, .. } => {
+                    if let Some(i) = self.svcs.iter().position(|s| s.lb_peer == Some(*peer)) {
+                        // the service sees its LB connection close: it will
+                        // register again from its timer, when idle
+                        self.svcs[i].lb_peer = None;
+                        self.schedule_register(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn schedule_register(&mut self, svc: usize) {
+        if self.svcs[svc].register_pending {
+            return;
+        }
+        self.svcs[svc].register_pending = true;
+        let life = self.svcs[svc].life;
+        let t = self.t + 5 + self.rand() % 20;
+        self.at(t, Ev::SvcRegister { svc, life });
+    }
+
+    fn run_gw(&mut self, gw: usize, acts: Vec<GwAction<u64, u64>>) {
+        let peer = self.gws[gw].peer;
+        let epoch = self.gws[gw].epoch;
+        for act in acts {
+            match act {
+                GwAction::RequestService { seq, service, target, timeout } => self.send(
+                    Self::lb_chan(peer),
+                    Ev::ToLb {
+                        from: peer,
+                        msg: ToLb::Request(ServiceRequest { seq, service, target, timeout: Some(timeout) }),
+                    },
+                ),
+                GwAction::Release { seq } => {
+                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Release(seq) })
+                }
+                GwAction::Done { seq } => {
+                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Done(seq) })
+                }
+                GwAction::Dispatch { address, seq, query: _ } => {
+                    let svc = self.svcs.iter().position(|s| s.address == address).expect("known address");
+                    let life = self.svcs[svc].life;
+                    let chan = (peer.0 * 1000 + svc as u64, 1);
+                    self.send(chan, Ev::ToSvc { svc, life, gw, gw_epoch: epoch, seq });
+                }
+                GwAction::Reply { reply, outcome, .. } => {
+                    *self.replies.entry(reply).or_default() += 1;
+                    if outcome.is_ok() {
+                        self.completed_ok += 1;
+                    }
+                }
+                GwAction::Connect { address, link } => {
+                    let t = self.t + 1;
+                    self.at(t, Ev::LinkUp { gw, epoch, address, link });
+                }
+                GwAction::Disconnect { .. } => {}
+            }
+        }
+    }
+
+    fn start_query(&mut self, svc: usize) {
+        let s = &mut self.svcs[svc];
+        if s.running.is_some() {
+            return;
+        }
+        let Some(next) = s.inbox.pop_front() else {
+            if s.lb_peer.is_none() && s.alive {
+                self.schedule_register(svc);
+            }
+            return;
+        };
+        s.running = Some(next);
+        let life = s.life;
+        // mostly quick, sometimes slow enough to time out, rarely stuck
+        let r = self.rand() % 100;
+        let dur = if r < 85 {
+            1 + self.rand() % 10
+        } else if r < 98 {
+            40 + self.rand() % 80
+        } else {
+            400
+        };
+        let t = self.t + dur;
+        self.at(t, Ev::SvcFinish { svc, life });
+    }
+
+    fn step(&mut self, ev: Ev) {
+        let now = self.now();
+        match ev {
+            Ev::ClientQuery { gw, timeout_ms } => {
+                let Some(core) = self.gws[gw].core.as_mut() else { return };
+                self.issued += 1;
+                let id = self.issued;
+                self.replies.entry(id).or_default();
+                self.next_client += 1;
+                let mut out = Vec::new();
+                core.client_query(
+                    now,
+                    ClientRequest {
+                        client: ClientId(self.next_client),
+                        reply: id,
+                        services: vec![ServiceName::new("EQ")],
+                        all_instances: false,
+                        query: id,
+                        timeout: Some(Duration::from_millis(timeout_ms)),
+                    },
+                    &mut out,
+                );
+                self.run_gw(gw, out);
+            }
+            Ev::ToLb { from, msg } => {
+                let mut out = Vec::new();
+                match msg {
+                    ToLb::RegisterResource { address } => {
+                        self.lb.register_resource(from, ServiceName::new("EQ"), address, now, &mut out)
+                    }
+                    ToLb::ReturnService => self.lb.service_return(from, now, &mut out),
+                    ToLb::Request(r) => self.lb.request_service(from, r, now, &mut out),
+                    ToLb::Release(seq) => self.lb.gateway_release(from, seq, now, &mut out),
+                    ToLb::Done(seq) => self.lb.gateway_done(from, seq, now, &mut out),
+                    ToLb::Closed => self.lb.connection_closed(from, now, &mut out),
+                }
+                self.run_lb(out);
+            }
+            Ev::LbToGw { gw, epoch, act } => {
+                if self.gws[gw].epoch != epoch {
+                    return;
+                }
+                let Some(core) = self.gws[gw].core.as_mut() else { return };
+                let mut out = Vec::new();
+                match act {
+                    LbAction::Alloc { seq, address, .. } => core.service_alloc(now, seq, address, &mut out),
+                    LbAction::Deny { seq, failure, .. } => core.service_denied(now, seq, failure, &mut out),
+                    LbAction::AddResource { service, address, .. } => {
+                        core.add_resource(service, address, &mut out)
+                    }
+                    LbAction::RemoveResource { address, .. } => core.remove_resource(now, &address, &mut out),
+                    LbAction::DropInstance { .. } => {}
+                }
+                self.run_gw(gw, out);
+            }
+            Ev::LinkUp { gw, epoch, address, link } => {
+                if self.gws[gw].epoch != epoch {
+                    return;
+                }
+                let alive = self.svcs.iter().any(|s| s.address == address && s.alive);
+                let Some(core) = self.gws[gw].core.as_mut() else { return };
+                let mut out = Vec::new();
+                if alive {
+                    core.link_up(now, &address, link, &mut out);
+                } else {
+                    core.link_down(now, &address, link, &mut out);
+                    let t = self.t + 10;
+                    self.at(t, Ev::LinkUp { gw, epoch, address, link });
+                }
+                self.run_gw(gw, out);
+            }
+            Ev::ToSvc { svc, life, gw, gw_epoch, seq } => {
+                let s = &mut self.svcs[svc];
+                if s.life != life || !s.alive {
+                    return;
+                }
+                if s.running.is_some() || !s.inbox.is_empty() {
+                    self.violations.push(format!(
+                        "t={} instance {} given seq {} while busy with {:?} (inbox {})",
+                        self.t,
+                        s.address,
+                        seq.0,
+                        s.running,
+                        s.inbox.len()
+                    ));
+                }
+                s.inbox.push_back((gw, gw_epoch, seq));
+                self.start_query(svc);
+            }
+            Ev::SvcFinish { svc, life } => {
+                let s = &mut self.svcs[svc];
+                if s.life != life || !s.alive {
+                    return;
+                }
+                let Some((gw, gw_epoch, seq)) = s.running.take() else { return };
+                let address = s.address.clone();
+                let lb_peer = s.lb_peer;
+                if self.gws[gw].epoch == gw_epoch && self.gws[gw].core.is_some() {
+                    let chan = (svc as u64 + 5000, gw as u64 * 1000 + u64::from(gw_epoch));
+                    self.send(
+                        chan,
+                        Ev::SvcToGw { gw, epoch: gw_epoch, from: address, seq, result: seq.0 as u64 },
+                    );
+                }
+                if let Some(p) = lb_peer {
+                    self.send(Self::lb_chan(p), Ev::ToLb { from: p, msg: ToLb::ReturnService });
+                }
+                self.start_query(svc);
+            }
+            Ev::SvcToGw { gw, epoch, from, seq, result } => {
+                if self.gws[gw].epoch != epoch {
+                    return;
+                }
+                let Some(core) = self.gws[gw].core.as_mut() else { return };
+                let mut out = Vec::new();
+                core.return_res(now, &from, seq, Ok(result), &mut out);
+                self.run_gw(gw, out);
+            }
+            Ev::SvcRegister { svc, life } => {
+                let s = &mut self.svcs[svc];
+                s.register_pending = false;
+                if s.life != life || !s.alive || s.lb_peer.is_some() {
+                    return;
+                }
+                if s.running.is_some() || !s.inbox.is_empty() {
+                    // q's timer cannot fire while a query runs: try later
+                    self.schedule_register(svc);
+                    return;
+                }
+                let peer = self.new_peer();
+                self.svcs[svc].lb_peer = Some(peer);
+                let address = self.svcs[svc].address.clone();
+                self.send(
+                    Self::lb_chan(peer),
+                    Ev::ToLb { from: peer, msg: ToLb::RegisterResource { address } },
+                );
+            }
+            Ev::KillGw { gw } => {
+                if self.gws[gw].core.take().is_none() {
+                    return;
+                }
+                let peer = self.gws[gw].peer;
+                self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Closed });
+                // its clients are gone with it: their requests count as answered
+                let t = self.t + 50 + self.rand() % 100;
+                self.at(t, Ev::StartGw { gw });
+            }
+            Ev::StartGw { gw } => {
+                let peer = self.new_peer();
+                let g = &mut self.gws[gw];
+                g.epoch += 1;
+                g.peer = peer;
+                let mut core = Core::new(
+                    GatewayConfig {
+                        abandon_horizon: Duration::from_millis(2_000),
+                        ..GatewayConfig::default()
+                    },
+                    true,
+                );
+                let rows = self.lb.register_gateway(peer, GatewayProtocol::Qmesh);
+                let mut out = Vec::new();
+                core.lb_connected(rows, &mut out);
+                self.gws[gw].core = Some(core);
+                self.run_gw(gw, out);
+            }
+            Ev::KillSvc { svc } => {
+                let s = &mut self.svcs[svc];
+                if !s.alive {
+                    return;
+                }
+                s.alive = false;
+                s.life += 1;
+                s.running = None;
+                s.inbox.clear();
+                let lb_peer = s.lb_peer.take();
+                let address = s.address.clone();
+                if let Some(p) = lb_peer {
+                    self.send(Self::lb_chan(p), Ev::ToLb { from: p, msg: ToLb::Closed });
+                }
+                for gw in 0..self.gws.len() {
+                    let epoch = self.gws[gw].epoch;
+                    let Some(core) = self.gws[gw].core.as_mut() else { continue };
+                    let Some(link) = core_link(core, &address) else { continue };
+                    let mut out = Vec::new();
+                    core.link_down(now, &address, link, &mut out);
+                    self.run_gw(gw, out);
+                    let t = self.t + 10;
+                    self.at(t, Ev::LinkUp { gw, epoch, address: address.clone(), link });
+                }
+                let t = self.t + 30 + self.rand() % 100;
+                self.at(t, Ev::StartSvc { svc });
+            }
+            Ev::StartSvc { svc } => {
+                let s = &mut self.svcs[svc];
+                s.alive = true;
+                s.life += 1;
+                s.register_pending = false;
+                self.schedule_register(svc);
+            }
+            Ev::Tick => {
+                let mut out = Vec::new();
+                self.lb.tick(now, &mut out);
+                self.run_lb(out);
+                for gw in 0..self.gws.len() {
+                    let Some(core) = self.gws[gw].core.as_mut() else { continue };
+                    let mut out = Vec::new();
+                    core.tick(now, &mut out);
+                    self.run_gw(gw, out);
+                }
+            }
+        }
+    }
+}
+
+fn core_link(core: &Core, address: &Address) -> Option<LinkId> {
+    core.link_of(address)
+}
+
+fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool) -> Sim {
+    let mut sim = Sim {
+        rng: seed,
+        t: 0,
+        n: 0,
+        events: BinaryHeap::new(),
+        payloads: HashMap::new(),
+        chan: HashMap::new(),
+        base: Instant::now(),
+        lb: LoadBalancer::new(LbConfig {
+            queue_limit: 64,
+            default_timeout: Duration::from_millis(200),
+            stuck_grace: Duration::from_millis(300),
+        }),
+        gws: Vec::new(),
+        svcs: Vec::new(),
+        next_peer: 10,
+        next_client: 0,
+        replies: BTreeMap::new(),
+        issued: 0,
+        violations: Vec::new(),
+        completed_ok: 0,
+    };
+    for i in 0..3 {
+        sim.svcs.push(SimSvc {
+            address: Address::new(format!(":h:{i}")),
+            alive: true,
+            life: 0,
+            lb_peer: None,
+            running: None,
+            inbox: VecDeque::new(),
+            register_pending: false,
+        });
+        sim.schedule_register(i);
+    }
+    for gw in 0..2 {
+        sim.gws.push(SimGw { core: None, epoch: 0, peer: PeerId(0) });
+        sim.at(30, Ev::StartGw { gw });
+    }
+    let mut t = 40;
+    while t < steps_ms {
+        let gw = (sim.rand() % 2) as usize;
+        let timeout_ms = 50 + sim.rand() % 200;
+        sim.at(t, Ev::ClientQuery { gw, timeout_ms });
+        if kill_gateways && sim.rand().is_multiple_of(400) {
+            sim.at(t, Ev::KillGw { gw });
+        }
+        if kill_services && sim.rand().is_multiple_of(500) {
+            let svc = (sim.rand() % 3) as usize;
+            sim.at(t, Ev::KillSvc { svc });
+        }
+        if t % 5 == 0 {
+            sim.at(t, Ev::Tick);
+        }
+        t += 1 + sim.rand() % 3;
+    }
+    // drain: keep ticking well past every deadline and grace
+    let end = steps_ms + 5_000;
+    let mut tt = steps_ms;
+    while tt < end {
+        sim.at(tt, Ev::Tick);
+        tt += 5;
+    }
+    while let Some(Reverse((t, n))) = sim.events.pop() {
+        sim.t = t;
+        let ev = sim.payloads.remove(&n).expect("event payload");
+        sim.step(ev);
+    }
+    sim
+}
+
+fn check(sim: &Sim, label: &str) {
+    assert!(
+        sim.violations.is_empty(),
+        "{label}: {} double bookings, first: {}",
+        sim.violations.len(),
+        sim.violations[0]
+    );
+    // every request got at most one reply; those whose gateway survived got exactly one
+    let twice: Vec<_> = sim.replies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{label}: requests answered twice: {twice:?}");
+    for g in &sim.gws {
+        if let Some(core) = &g.core {
+            assert_eq!(core.request_count(), 0, "{label}: requests left hanging");
+        }
+    }
+    assert!(sim.completed_ok > 100, "{label}: only {} requests succeeded", sim.completed_ok);
+}
+
+#[test]
+fn estate_without_failures_never_double_books() {
+    for seed in [1u64, 2, 3] {
+        let sim = run(0x1234_5678 + seed, 4_000, false, false);
+        check(&sim, "steady");
+        let unanswered = sim.replies.values().filter(|n| **n == 0).count();
+        assert_eq!(unanswered, 0, "every request answered when nothing dies");
+    }
+}
+
+#[test]
+fn estate_with_gateway_deaths_never_double_books() {
+    for seed in [11u64, 12, 13, 14] {
+        let sim = run(0xdead_beef + seed, 6_000, true, false);
+        check(&sim, "gateway deaths");
+    }
+}
+
+#[test]
+fn estate_with_gateway_and_service_deaths_never_double_books() {
+    for seed in [21u64, 22, 23, 24] {
+        let sim = run(0xfeed_f00d + seed, 6_000, true, true);
+        check(&sim, "gateway and service deaths");
+    }
+}

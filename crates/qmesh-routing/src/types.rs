@@ -1,0 +1,228 @@
+//! Identifiers and the error catalogue shared by the load balancer and the
+//! gateway cores.
+//!
+//! Every identifier is its own type so that a sequence number can never be
+//! used where a lease or a connection is expected — the whitepaper's
+//! int/long confusion (`sq:` declared `int`, `SEQ` a long) is impossible here.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+/// A service name, the symbol instances register under (`EQUITY_MARKET_RDB`).
+///
+/// Kept as bytes: q symbols need not be UTF-8.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(Bytes);
+
+impl ServiceName {
+    pub fn new(name: impl AsRef<[u8]>) -> ServiceName {
+        ServiceName(Bytes::copy_from_slice(name.as_ref()))
+    }
+
+    pub fn from_bytes(name: Bytes) -> ServiceName {
+        ServiceName(name)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The name as text (lossy for non-UTF-8 symbols), for errors and logs.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl fmt::Debug for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{self}")
+    }
+}
+
+/// An instance address exactly as the service registered it
+/// (`` `:host:port `` in the whitepaper's `registerResource`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address(Bytes);
+
+impl Address {
+    pub fn new(addr: impl AsRef<[u8]>) -> Address {
+        Address(Bytes::copy_from_slice(addr.as_ref()))
+    }
+
+    pub fn from_bytes(addr: Bytes) -> Address {
+        Address(addr)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{self}")
+    }
+}
+
+/// A gateway's sequence number for one service request (one part of a client
+/// request). Unique within one gateway process and never reused; a q long on
+/// the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Seq(pub i64);
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The load balancer's identifier of one allocation. A lease is granted with
+/// `serviceAlloc` and ended exactly once.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct LeaseId(pub u64);
+
+/// A peer of the load balancer: one connection (a gateway or a service
+/// instance), or the gateway living in the same process ([`PeerId::LOCAL`]).
+/// Never reused within a process, unlike q's handle numbers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PeerId(pub u64);
+
+impl PeerId {
+    /// The in-process gateway of `qmesh gateway --embedded-lb`.
+    pub const LOCAL: PeerId = PeerId(u64::MAX);
+}
+
+/// A client of the gateway (one IPC connection or one HTTP request). Never
+/// reused, so a result can never reach a later client that happens to get the
+/// same socket.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ClientId(pub u64);
+
+/// One client request inside the gateway (it may have several parts when it
+/// fans out).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ReqId(pub u64);
+
+/// Why a request failed. Each variant is one word of the error catalogue
+/// (see the crate docs); [`Failure::to_q_text`] gives the text a q client
+/// sees after `'`.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum Failure {
+    /// The request's deadline passed before a result arrived.
+    #[error("timeout")]
+    Timeout,
+    /// The service's queue at the load balancer is at its limit.
+    #[error("queue full: {0}")]
+    QueueFull(ServiceName),
+    /// No instance of this name has ever registered.
+    #[error("unknown service: {0}")]
+    UnknownService(ServiceName),
+    /// The service is known but no instance is registered (or reachable) now.
+    #[error("no instance: {0}")]
+    NoInstance(ServiceName),
+    /// The service evaluated the query and reported an error.
+    #[error("service error: {service}: {text}")]
+    ServiceError { service: ServiceName, text: String },
+    /// The instance running the query went away before answering.
+    #[error("service disconnected: {0}")]
+    ServiceDisconnected(ServiceName),
+    /// The gateway has no connection to a load balancer.
+    #[error("lb unavailable")]
+    LbUnavailable,
+    /// A gateway-wide bound was hit (requests in flight, fan-out width).
+    #[error("limit: {0}")]
+    Limit(String),
+    /// The request itself is malformed (wrong shape or types).
+    #[error("type: {0}")]
+    Type(String),
+    /// The parts of a fan-out arrived but could not be joined.
+    #[error("join: {0}")]
+    Join(String),
+    /// The gateway is shutting down.
+    #[error("shutdown")]
+    Shutdown,
+}
+
+impl Failure {
+    /// The leading word of the error, as in the shared catalogue.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::QueueFull(_) => "queue full",
+            Failure::UnknownService(_) => "unknown service",
+            Failure::NoInstance(_) => "no instance",
+            Failure::ServiceError { .. } => "service error",
+            Failure::ServiceDisconnected(_) => "service disconnected",
+            Failure::LbUnavailable => "lb unavailable",
+            Failure::Limit(_) => "limit",
+            Failure::Type(_) => "type",
+            Failure::Join(_) => "join",
+            Failure::Shutdown => "shutdown",
+        }
+    }
+
+    /// The detail after the colon, if any.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Failure::Timeout | Failure::LbUnavailable | Failure::Shutdown => None,
+            Failure::QueueFull(s)
+            | Failure::UnknownService(s)
+            | Failure::NoInstance(s)
+            | Failure::ServiceDisconnected(s) => Some(s.text()),
+            Failure::ServiceError { service, text } => Some(format!("{service}: {text}")),
+            Failure::Limit(d) | Failure::Type(d) | Failure::Join(d) => Some(d.clone()),
+        }
+    }
+
+    /// The text of the q error (`'queue full: EQUITY`), without the quote.
+    pub fn to_q_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_texts_follow_the_catalogue() {
+        let s = ServiceName::new("EQUITY");
+        assert_eq!(Failure::Timeout.to_q_text(), "timeout");
+        assert_eq!(Failure::QueueFull(s.clone()).to_q_text(), "queue full: EQUITY");
+        assert_eq!(Failure::UnknownService(s.clone()).to_q_text(), "unknown service: EQUITY");
+        assert_eq!(Failure::NoInstance(s.clone()).to_q_text(), "no instance: EQUITY");
+        assert_eq!(
+            Failure::ServiceError { service: s.clone(), text: "type".into() }.to_q_text(),
+            "service error: EQUITY: type"
+        );
+        assert_eq!(Failure::ServiceDisconnected(s).to_q_text(), "service disconnected: EQUITY");
+        assert_eq!(Failure::LbUnavailable.to_q_text(), "lb unavailable");
+        assert_eq!(Failure::LbUnavailable.word(), "lb unavailable");
+        assert_eq!(Failure::LbUnavailable.detail(), None);
+    }
+}
