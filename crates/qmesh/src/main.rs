@@ -1,0 +1,96 @@
+//! `qmesh`: one binary, one subcommand per process kind.
+//!
+//! This crate only parses arguments and calls libraries. Flags come, in
+//! order of precedence, from the command line, from `QMESH_<FLAG>`
+//! environment variables, and from the `[<subcommand>]` table of the config
+//! file (`qmesh.toml`, or `--config FILE`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod cmd;
+mod config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qmesh",
+    version,
+    about = "The plumbing of a kdb+/q estate: query routing, discovery, reliable transport."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// Config file; its `[<subcommand>]` table supplies defaults for that subcommand's flags.
+    #[arg(long, global = true, env = "QMESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "QMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `qmesh_routing=debug`, …); defaults to `RUST_LOG`, then `info`.
+    #[arg(long, global = true, env = "QMESH_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send a q query to any kdb+ endpoint and print the result as q would; with no query, a prompt.
+    Q(cmd::q::Args),
+}
+
+fn main() -> ExitCode {
+    if let Err(e) = config::apply_config_file(std::env::args_os()) {
+        eprintln!("qmesh: {e:#}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    init_logging(&cli.common);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qmesh: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Q(args) => cmd::q::run(args, &cli.common).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qmesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(common: &Common) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match &common.log_level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match common.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
