@@ -84,10 +84,12 @@
 //! * [`framing`]: the `tokio_util` codec for whole messages.
 //! * [`client`], [`server`]: the two ends; [`link`]: what they share.
 //! * [`pykx`]: answers PyKX's connect-time probes.
+//! * [`echo`]: an echo handler, the stand-in backend of tests and benchmarks.
 
 pub mod address;
 pub mod auth;
 pub mod client;
+pub mod echo;
 pub mod error;
 pub mod framing;
 pub mod handshake;
