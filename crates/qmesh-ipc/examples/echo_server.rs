@@ -2,7 +2,7 @@
 //! benchmarks.
 //!
 //! ```text
-//! cargo run -p qmesh-ipc --example echo_server -- [PORT] [--unix] [--compress]
+//! cargo run -p qmesh-ipc --example echo_server -- [PORT] [--unix] [--compress] [-u USERS_FILE]
 //! ```
 //!
 //! Listens on 127.0.0.1:PORT (0 or absent: a free port) and prints
@@ -12,17 +12,22 @@
 use std::net::SocketAddr;
 
 use qmesh_ipc::echo::EchoHandler;
-use qmesh_ipc::{Server, ServerConfig};
+use qmesh_ipc::{PasswordFile, Server, ServerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let mut port = 0u16;
     let mut config = ServerConfig::loopback();
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--unix" => config.unix_port = Some(0),
             "--compress" => config.force_compression = true,
+            "-u" | "--users" => {
+                let file = args.next().ok_or("-u needs a file")?;
+                config.authenticator = Some(std::sync::Arc::new(PasswordFile::load(file)?));
+            }
             p => port = p.parse()?,
         }
     }

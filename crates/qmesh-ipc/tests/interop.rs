@@ -1,0 +1,117 @@
+//! Foreign clients against our server over real sockets: PyKX (KX's own C
+//! serializer, unlicensed mode) and qPython3 (an independent pure-Python
+//! codec). The scripts are in `tests/py/`; each gets the port and a mode,
+//! prints one line per check and exits non-zero on a failure.
+//!
+//! Interpreters: `QMESH_PYTHON` (PyKX) and `QMESH_PYTHON_QP` (qPython3),
+//! defaulting to `~/.cache/qmesh-venv/bin/python` and
+//! `~/.cache/qmesh-venv-qp/bin/python` when those exist. Without either, a
+//! test prints a loud notice and returns (CI sets the variables).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::TestServer;
+use qmesh_ipc::echo::EchoHandler;
+use qmesh_ipc::{PasswordFile, ServerConfig};
+
+fn interpreter(var: &str, default_venv: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")?;
+    let p = PathBuf::from(home).join(".cache").join(default_venv).join("bin/python");
+    p.exists().then_some(p)
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(name)
+}
+
+fn config() -> ServerConfig {
+    let users = PasswordFile::parse(b"user:pass\n").expect("users");
+    ServerConfig { authenticator: Some(Arc::new(users)), ..ServerConfig::loopback() }
+}
+
+/// Runs `script PORT MODE` with the interpreter from `var`; panics with the
+/// script's output if it fails.
+async fn run_python(var: &str, venv: &str, name: &str, port: u16, mode: &str) {
+    let Some(python) = interpreter(var, venv) else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED {name} {mode}: no Python (set {var} or create ~/.cache/{venv}) !!!!!!!!\n"
+        );
+        return;
+    };
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(script(name)).arg(port.to_string()).arg(mode).env("PYKX_UNLICENSED", "true");
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "done"),
+        "{name} {mode} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    let checks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    eprintln!("{name} {mode}: {checks} checks passed");
+}
+
+async fn pykx(mode: &str, config: ServerConfig) {
+    let s = TestServer::start(config, EchoHandler).await;
+    run_python("QMESH_PYTHON", "qmesh-venv", "pykx_client.py", s.addr.port(), mode).await;
+    s.stop().await;
+}
+
+async fn qpython(mode: &str, config: ServerConfig) {
+    let s = TestServer::start(config, EchoHandler).await;
+    run_python("QMESH_PYTHON_QP", "qmesh-venv-qp", "qpython_client.py", s.addr.port(), mode).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pykx_sync_with_default_ctx_probes() {
+    pykx("sync", config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pykx_sync_no_ctx() {
+    pykx("noctx", config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pykx_sync_compressed() {
+    pykx("noctx", ServerConfig { force_compression: true, ..config() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pykx_async_connection() {
+    pykx("async", config()).await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pykx_unix_socket() {
+    pykx("unix", ServerConfig { unix_port: Some(0), ..config() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pykx_wrong_password_refused() {
+    pykx("badpass", config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpython_round_trip() {
+    qpython("roundtrip", config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpython_round_trip_compressed() {
+    qpython("roundtrip", ServerConfig { force_compression: true, ..config() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qpython_wrong_password_refused() {
+    qpython("badpass", config()).await;
+}
