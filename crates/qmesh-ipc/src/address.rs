@@ -100,7 +100,9 @@ impl Address {
     pub fn parse(text: &str) -> Result<Address, AddressError> {
         let a = Address::parse_listen(text)?;
         match a.endpoint {
-            Endpoint::Tcp { port: 0, .. } | Endpoint::Unix { port: 0 } => Err(AddressError::BadPort("0".into())),
+            Endpoint::Tcp { port: 0, .. } | Endpoint::Unix { port: 0 } => {
+                Err(AddressError::BadPort("0".into()))
+            }
             _ => Ok(a),
         }
     }
@@ -254,7 +256,10 @@ mod tests {
         assert_eq!(Address::parse("host:5001").unwrap(), Address::tcp("host", 5001));
         assert_eq!(Address::parse(":host:5001").unwrap(), Address::tcp("host", 5001));
         assert_eq!(Address::parse("tcp://h:1").unwrap(), Address::tcp("h", 1));
-        assert_eq!(Address::parse(":tcp://h:1:u:p").unwrap(), Address::tcp("h", 1).with_credentials("u", "p"));
+        assert_eq!(
+            Address::parse(":tcp://h:1:u:p").unwrap(),
+            Address::tcp("h", 1).with_credentials("u", "p")
+        );
     }
 
     #[test]
@@ -282,7 +287,10 @@ mod tests {
         assert_eq!(Address::parse("::5001").unwrap().endpoint, tcp("localhost", 5001));
         assert_eq!(Address::parse(":5001").unwrap().endpoint, tcp("localhost", 5001));
         assert_eq!(Address::parse("5001").unwrap().endpoint, tcp("localhost", 5001));
-        assert_eq!(Address::parse("::5001:u:p").unwrap(), Address::tcp("localhost", 5001).with_credentials("u", "p"));
+        assert_eq!(
+            Address::parse("::5001:u:p").unwrap(),
+            Address::tcp("localhost", 5001).with_credentials("u", "p")
+        );
     }
 
     #[test]
@@ -298,7 +306,10 @@ mod tests {
     fn unix_forms() {
         assert_eq!(Address::parse(":unix://5010").unwrap(), Address::unix(5010));
         assert_eq!(Address::parse("unix://5010").unwrap(), Address::unix(5010));
-        assert_eq!(Address::parse(":unix://5010:u:p").unwrap(), Address::unix(5010).with_credentials("u", "p"));
+        assert_eq!(
+            Address::parse(":unix://5010:u:p").unwrap(),
+            Address::unix(5010).with_credentials("u", "p")
+        );
         assert_eq!(unix_socket_name(5010), "/tmp/kx.5010");
         assert!(Address::unix(1).is_local());
     }

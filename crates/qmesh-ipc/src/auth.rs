@@ -127,7 +127,10 @@ impl PasswordFile {
                 continue;
             }
             let bad = |reason| AuthError::BadLine { line: i + 1, reason };
-            let colon = line.iter().position(|&b| b == b':').ok_or_else(|| bad("no ':' between user and password"))?;
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or_else(|| bad("no ':' between user and password"))?;
             let (user, stored) = (&line[..colon], &line[colon + 1..]);
             if user.is_empty() {
                 return Err(bad("empty user name"));

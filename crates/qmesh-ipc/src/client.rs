@@ -29,7 +29,9 @@ use crate::address::{Address, Endpoint};
 use crate::error::IpcError;
 use crate::handshake::{self, MAX_CAPABILITY};
 use crate::link::{self, ConnId, ConnInfo, Dispatch, Link, LinkLimits, Peer, RemoteAddr, Responder};
-use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_FRAMES};
+use crate::server::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_FRAMES,
+};
 use crate::stream::{self, IntoHalves};
 
 /// Default time allowed to connect and complete the handshake.
@@ -206,12 +208,8 @@ impl Connection {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(IpcError::Access),
             Err(e) => return Err(e.into()),
         };
-        let info = ConnInfo {
-            id: ConnId::next(),
-            remote,
-            user: addr.user.clone().unwrap_or_default(),
-            capability,
-        };
+        let info =
+            ConnInfo { id: ConnId::next(), remote, user: addr.user.clone().unwrap_or_default(), capability };
         debug!(conn = %info.id, %remote, capability, "connected");
         let limits = LinkLimits {
             max_queue_bytes: opts.max_queue_bytes,
@@ -272,7 +270,12 @@ pub struct Backoff {
 impl Default for Backoff {
     /// 100 ms, doubling, up to 10 s, forever.
     fn default() -> Backoff {
-        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), factor: 2.0, max_attempts: None }
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            factor: 2.0,
+            max_attempts: None,
+        }
     }
 }
 

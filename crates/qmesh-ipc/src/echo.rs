@@ -81,7 +81,8 @@ impl Handler for EchoHandler {
                     Ok(())
                 }
                 b"error" => {
-                    let text = arg.decode().ok().and_then(|k| k.as_text().map(<[u8]>::to_vec)).unwrap_or_default();
+                    let text =
+                        arg.decode().ok().and_then(|k| k.as_text().map(<[u8]>::to_vec)).unwrap_or_default();
                     responder.error(text)
                 }
                 b"push" => match peer.send_raw(qmesh_codec::MsgType::Async, arg.clone()) {

@@ -216,7 +216,10 @@ mod tests {
         let be = [0u8, 0, 0, 0, 0, 0, 0, 0x16, 6, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2];
         let m = IpcCodec::new(1 << 20).decode(&mut BytesMut::from(&be[..])).unwrap().unwrap();
         assert!(!m.header.little_endian);
-        assert_eq!(m.decode().unwrap(), K::Vector(qmesh_codec::Attr::None, qmesh_codec::Vector::Int(vec![1, 2])));
+        assert_eq!(
+            m.decode().unwrap(),
+            K::Vector(qmesh_codec::Attr::None, qmesh_codec::Vector::Int(vec![1, 2]))
+        );
     }
 
     #[test]

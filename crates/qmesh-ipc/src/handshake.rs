@@ -223,9 +223,15 @@ mod tests {
         // One more: refused, whether the NUL arrived or not.
         let mut b = vec![b'a'; MAX_HELLO_LEN - 1];
         b.extend([6, 0]);
-        assert_eq!(parse_client_hello(&b, MAX_HELLO_LEN), Err(HandshakeError::TooLong { max: MAX_HELLO_LEN }));
+        assert_eq!(
+            parse_client_hello(&b, MAX_HELLO_LEN),
+            Err(HandshakeError::TooLong { max: MAX_HELLO_LEN })
+        );
         let b = vec![b'a'; MAX_HELLO_LEN];
-        assert_eq!(parse_client_hello(&b, MAX_HELLO_LEN), Err(HandshakeError::TooLong { max: MAX_HELLO_LEN }));
+        assert_eq!(
+            parse_client_hello(&b, MAX_HELLO_LEN),
+            Err(HandshakeError::TooLong { max: MAX_HELLO_LEN })
+        );
         // Under the limit, still waiting.
         let b = vec![b'a'; MAX_HELLO_LEN - 1];
         assert_eq!(parse_client_hello(&b, MAX_HELLO_LEN), Ok(None));

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use qmesh_codec::limits::COMPRESS_MIN_BYTES;
-use qmesh_codec::{EncodeOptions, HEADER_LEN, Header, K, Message, MsgType, RawObject, check_encodable, types};
+use qmesh_codec::{
+    EncodeOptions, HEADER_LEN, Header, K, Message, MsgType, RawObject, check_encodable, types,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::codec::Decoder;
@@ -180,7 +182,10 @@ pub(crate) struct Link {
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link").field("info", &self.info).field("compress", &self.compress).finish_non_exhaustive()
+        f.debug_struct("Link")
+            .field("info", &self.info)
+            .field("compress", &self.compress)
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,7 +195,12 @@ enum Push {
 }
 
 impl Link {
-    pub(crate) fn new(info: ConnInfo, compress: bool, limits: LinkLimits, closing: CancellationToken) -> Link {
+    pub(crate) fn new(
+        info: ConnInfo,
+        compress: bool,
+        limits: LinkLimits,
+        closing: CancellationToken,
+    ) -> Link {
         Link {
             info,
             compress,
@@ -259,7 +269,10 @@ impl Link {
     }
 
     /// Queues a sync request and registers the slot its response completes.
-    pub(crate) fn enqueue_call(&self, out: Out) -> Result<oneshot::Receiver<Result<Message, IpcError>>, IpcError> {
+    pub(crate) fn enqueue_call(
+        &self,
+        out: Out,
+    ) -> Result<oneshot::Receiver<Result<Message, IpcError>>, IpcError> {
         let (tx, rx) = oneshot::channel();
         let p = {
             let mut st = self.state();
@@ -400,7 +413,8 @@ impl Link {
             check_encodable(&K::Raw(obj.clone()), self.info.capability)?;
         }
         let total = (HEADER_LEN + body.len()) as u64;
-        let header = Header { little_endian: obj.is_little_endian(), ..Header::new(msg_type, total) }.to_bytes();
+        let header =
+            Header { little_endian: obj.is_little_endian(), ..Header::new(msg_type, total) }.to_bytes();
         if self.compress && self.info.capability >= 1 && total as usize > COMPRESS_MIN_BYTES {
             return Ok(Out::Frame(Message::encode(msg_type, &K::Raw(obj.clone()), self.encode_options())?));
         }
@@ -536,7 +550,8 @@ where
     R: AsyncRead + Unpin,
     D: Dispatch,
 {
-    let mut codec = IpcCodec { max_message_bytes: link.limits.max_message_bytes, validate: link.limits.validate };
+    let mut codec =
+        IpcCodec { max_message_bytes: link.limits.max_message_bytes, validate: link.limits.validate };
     let id = link.info.id;
     loop {
         loop {
@@ -796,7 +811,8 @@ impl Peer {
     /// once, with [`Message::encode`] at the lowest capability of its
     /// receivers, and sent to many peers, as q's `-25!`).
     pub fn send_frame(&self, frame: Bytes) -> Result<(), IpcError> {
-        let ok = frame.get(..HEADER_LEN).and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok()).map(Header::parse);
+        let ok =
+            frame.get(..HEADER_LEN).and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok()).map(Header::parse);
         match ok {
             Some(Ok(h)) if h.length == frame.len() as u64 && h.msg_type != MsgType::Sync => {
                 self.link.enqueue(Out::Frame(frame))
@@ -857,7 +873,8 @@ mod tests {
     use super::*;
 
     fn link(limits: LinkLimits) -> Arc<Link> {
-        let info = ConnInfo { id: ConnId::next(), remote: RemoteAddr::Unix, user: String::new(), capability: 6 };
+        let info =
+            ConnInfo { id: ConnId::next(), remote: RemoteAddr::Unix, user: String::new(), capability: 6 };
         Arc::new(Link::new(info, false, limits, CancellationToken::new()))
     }
 
@@ -895,7 +912,10 @@ mod tests {
         r1.reply(K::long(1)).unwrap();
         let q = queued(&l);
         assert_eq!(q.len(), 3);
-        let vals: Vec<K> = q.into_iter().map(|f| Message::from_frame(f.into(), 1 << 20).unwrap().decode().unwrap()).collect();
+        let vals: Vec<K> = q
+            .into_iter()
+            .map(|f| Message::from_frame(f.into(), 1 << 20).unwrap().decode().unwrap())
+            .collect();
         assert_eq!(vals, vec![K::long(1), K::long(2), K::long(3)]);
         assert_eq!(l.pending_replies(), 0);
     }

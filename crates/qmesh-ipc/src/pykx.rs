@@ -45,7 +45,10 @@ fn body(k: &K) -> Vec<u8> {
 
 static PROBES: LazyLock<[Probe; 3]> = LazyLock::new(|| {
     [
-        Probe { body: body(&K::list(vec![K::string(CTX_PROBE), K::sym(".q")])), answer: || K::sym(CTX_MARKER) },
+        Probe {
+            body: body(&K::list(vec![K::string(CTX_PROBE), K::sym(".q")])),
+            answer: || K::sym(CTX_MARKER),
+        },
         Probe {
             body: body(&K::list(vec![K::string("key"), K::sym(".q")])),
             answer: || K::syms(std::iter::empty::<&str>()),
@@ -90,7 +93,8 @@ mod tests {
     use qmesh_codec::{EncodeOptions, MsgType};
 
     fn sync(k: &K) -> Message {
-        Message::from_frame(Message::encode(MsgType::Sync, k, EncodeOptions::default()).unwrap(), 1 << 20).unwrap()
+        Message::from_frame(Message::encode(MsgType::Sync, k, EncodeOptions::default()).unwrap(), 1 << 20)
+            .unwrap()
     }
 
     #[test]

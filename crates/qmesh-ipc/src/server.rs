@@ -303,7 +303,11 @@ impl Server {
     /// Accepts and serves connections until `shutdown` completes; then stops
     /// accepting, lets every connection finish what it owes (within the
     /// drain timeout) and returns.
-    pub async fn run<H: Handler>(self, handler: H, shutdown: impl Future<Output = ()> + Send) -> Result<(), IpcError> {
+    pub async fn run<H: Handler>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), IpcError> {
         let Server { tcp, unix, config, registry, .. } = self;
         let handler = Arc::new(handler);
         let config = Arc::new(config);
@@ -412,7 +416,9 @@ impl<H: Handler> Dispatch for ServerDispatch<H> {
 }
 
 /// Reads the client hello; bytes after it stay in the returned buffer.
-pub(crate) async fn read_hello<S: AsyncRead + Unpin>(s: &mut S) -> Result<(ClientHello, BytesMut), HandshakeError> {
+pub(crate) async fn read_hello<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<(ClientHello, BytesMut), HandshakeError> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
         if let Some((hello, n)) = handshake::parse_client_hello(&buf, MAX_HELLO_LEN)? {

@@ -1,6 +1,8 @@
 //! Our client against our server over real 127.0.0.1 sockets (and a Linux
 //! abstract Unix socket).
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -10,8 +12,8 @@ use qmesh_codec::{Atom, Attr, K, Message, Vector};
 use qmesh_ipc::echo::EchoHandler;
 use qmesh_ipc::link::DROPPED_RESPONSE_TEXT;
 use qmesh_ipc::{
-    Address, Backoff, ClientOptions, ConnId, Connection, Handler, Incoming, IpcError, Peer, Reconnecting, Responder,
-    ServerConfig,
+    Address, Backoff, ClientOptions, ConnId, Connection, Handler, Incoming, IpcError, Peer, Reconnecting,
+    Responder, ServerConfig,
 };
 use tokio::sync::mpsc;
 
@@ -219,7 +221,9 @@ async fn server_pushes_to_any_handle_and_calls_the_client() {
 
 #[tokio::test]
 async fn forced_compression_round_trips() {
-    let s = TestServer::start(ServerConfig { force_compression: true, ..ServerConfig::loopback() }, EchoHandler).await;
+    let s =
+        TestServer::start(ServerConfig { force_compression: true, ..ServerConfig::loopback() }, EchoHandler)
+            .await;
     let opts = ClientOptions { force_compression: true, ..Default::default() };
     let c = Connection::connect(&s.address(), opts).await.unwrap();
     let v = K::Vector(Attr::None, Vector::Long((0..1000).collect()));
@@ -235,7 +239,8 @@ async fn forced_compression_round_trips() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn unix_socket_abstract_name() {
-    let s = TestServer::start(ServerConfig { unix_port: Some(0), ..ServerConfig::loopback() }, EchoHandler).await;
+    let s =
+        TestServer::start(ServerConfig { unix_port: Some(0), ..ServerConfig::loopback() }, EchoHandler).await;
     let port = s.addr.port();
     assert_eq!(s.unix.as_deref(), Some(format!("/tmp/kx.{port}").as_str()));
     // Abstract: no file appears.
@@ -280,7 +285,8 @@ async fn reconnecting_gives_up_after_max_attempts() {
     let s = echo_server().await;
     let addr = s.address();
     s.stop().await;
-    let backoff = Backoff { initial: std::time::Duration::from_millis(1), max_attempts: Some(3), ..Default::default() };
+    let backoff =
+        Backoff { initial: std::time::Duration::from_millis(1), max_attempts: Some(3), ..Default::default() };
     let r = Reconnecting::new(addr, ClientOptions::default(), backoff);
     assert!(r.query("1+1").await.is_err());
 }

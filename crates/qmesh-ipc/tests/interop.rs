@@ -8,6 +8,8 @@
 //! `~/.cache/qmesh-venv-qp/bin/python` when those exist. Without either, a
 //! test prints a loud notice and returns (CI sets the variables).
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! Raw bytes against our server over 127.0.0.1: handshake forms, framing
 //! across reads, limits, bad input, authentication, slow readers.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::sync::Arc;
@@ -33,7 +35,7 @@ async fn handshake_forms_over_a_socket() {
         (b"user:pw\x01\x00".to_vec(), 1),
         (b"user:pw\x00\x00".to_vec(), 0),
         (b"user:pw\x00".to_vec(), 0), // legacy: no capability byte
-        (b"\x06\x00".to_vec(), 6),   // empty credentials
+        (b"\x06\x00".to_vec(), 6),    // empty credentials
         (b":\x03\x00".to_vec(), 3),
         (b"u:p\x1f\x00".to_vec(), 6), // above ours: ours
         ([long.as_bytes(), b"\x06\x00"].concat(), 6),
@@ -138,7 +140,9 @@ async fn big_endian_input() {
 
 #[tokio::test]
 async fn oversized_message_refused_from_its_header() {
-    let s = TestServer::start(ServerConfig { max_message_bytes: 1024, ..ServerConfig::loopback() }, EchoHandler).await;
+    let s =
+        TestServer::start(ServerConfig { max_message_bytes: 1024, ..ServerConfig::loopback() }, EchoHandler)
+            .await;
     let (mut sock, _) = raw_connect(s.addr, b"u:p\x06\x00").await;
     // A sync message announcing 1 GiB; only a few body bytes follow.
     let mut msg = vec![1u8, 1, 0, 0];
@@ -191,11 +195,8 @@ async fn malformed_input_closes_only_that_connection() {
 }
 
 fn users_file() -> Arc<PasswordFile> {
-    let text = format!(
-        "plain:secret\nhashed:{}\nsha:{}\n",
-        md5_hex(b"md5 password"),
-        sha1_hex(b"sha password")
-    );
+    let text =
+        format!("plain:secret\nhashed:{}\nsha:{}\n", md5_hex(b"md5 password"), sha1_hex(b"sha password"));
     Arc::new(PasswordFile::parse(text.as_bytes()).unwrap())
 }
 
@@ -285,7 +286,7 @@ async fn slow_reader_is_disconnected_at_its_queue_bound() {
             Err(e) => break e,
         }
         assert!(sent < 100_000, "never disconnected");
-        if sent % 16 == 0 {
+        if sent.is_multiple_of(16) {
             tokio::task::yield_now().await;
         }
         assert!(peer.queued_bytes() <= BOUND + 16 * 1024 + 64, "queue stays bounded");
@@ -306,7 +307,10 @@ async fn connection_limit() {
     assert_eq!(a.call(&K::long(1)).await.unwrap().decode().unwrap(), K::long(1));
     assert_eq!(b.call(&K::long(2)).await.unwrap().decode().unwrap(), K::long(2));
     // A third is closed at accept, without a byte.
-    assert!(matches!(Connection::connect(&s.address(), ClientOptions::default()).await, Err(IpcError::Access)));
+    assert!(matches!(
+        Connection::connect(&s.address(), ClientOptions::default()).await,
+        Err(IpcError::Access)
+    ));
     // Once one closes, there is room again.
     drop(a);
     tokio::time::timeout(PATIENCE, closed.recv()).await.unwrap().unwrap();

@@ -91,7 +91,10 @@ impl RawReader {
             if let Some(m) = self.codec.decode(&mut self.buf).expect("well-formed message from the server") {
                 return Some(m);
             }
-            let n = tokio::time::timeout(PATIENCE, s.read_buf(&mut self.buf)).await.expect("data in time").unwrap_or(0);
+            let n = tokio::time::timeout(PATIENCE, s.read_buf(&mut self.buf))
+                .await
+                .expect("data in time")
+                .unwrap_or(0);
             if n == 0 {
                 return None;
             }
