@@ -2,6 +2,8 @@
 //! replay test (crates/qmesh-codec/tests/fuzz_corpus.rs), which includes this
 //! file with `#[path]`.
 
+#![allow(dead_code)] // each target uses one of the two functions
+
 use bytes::Bytes;
 use qmesh_codec::{
     EncodeOptions, HEADER_LEN, Header, Message, MsgType, compress, decode_body, decompress, encode_body_into,
