@@ -22,9 +22,10 @@ pub const RESERVE_CHUNK: usize = 4 * 1024 * 1024;
 /// Why the byte stream could not be split into messages.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// The header announces more bytes than allowed. The body has not been
-    /// read; the connection must be closed (after an error response, for a
-    /// sync request).
+    /// The header announces more bytes than allowed (the body has not been
+    /// read), or a compressed message inflates past the limit. The
+    /// connection must be closed (after an error response, for a sync
+    /// request).
     #[error("message too large: {len} bytes announced, limit {max}")]
     TooLarge {
         /// The announced total length.
@@ -94,7 +95,13 @@ impl Decoder for IpcCodec {
             return Ok(None);
         }
         let frame = src.split_to(len).freeze();
-        let msg = Message::from_frame(frame, self.max_message_bytes)?;
+        let msg = Message::from_frame(frame, self.max_message_bytes).map_err(|e| match e {
+            // A compressed message that inflates past the limit.
+            DecodeError::TooLarge { len, max } => {
+                FrameError::TooLarge { len, max, msg_type: header.msg_type }
+            }
+            e => FrameError::Malformed(e),
+        })?;
         if self.validate {
             check_body(msg.body(), msg.header.little_endian)?;
         }
@@ -205,6 +212,19 @@ mod tests {
         bad.push(0);
         bad[4] += 1;
         assert!(matches!(c.decode(&mut BytesMut::from(&bad[..])), Err(FrameError::Malformed(_))));
+        // a compressed message inflating past the limit is "too large"
+        let big = Message::encode(
+            MsgType::Sync,
+            &K::Vector(qmesh_codec::Attr::None, qmesh_codec::Vector::Long(vec![0; 1000])),
+            EncodeOptions { capability: 6, compress: true },
+        )
+        .unwrap();
+        assert!(big.len() < 1000);
+        let mut small = IpcCodec::new(1000);
+        assert!(matches!(
+            small.decode(&mut BytesMut::from(&big[..])),
+            Err(FrameError::TooLarge { len: 8014, max: 1000, msg_type: MsgType::Sync })
+        ));
         // ...which passes when validation is off
         let mut lax = IpcCodec { validate: false, ..c };
         assert!(lax.decode(&mut BytesMut::from(&bad[..])).unwrap().is_some());
