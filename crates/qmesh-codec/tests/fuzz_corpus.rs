@@ -21,8 +21,8 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
     let dir = corpus_dir(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
+        let path = entry.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("read corpus file");
         run(&data);
         n += 1;
     }
@@ -90,7 +90,10 @@ fn regenerate_corpus() {
     let zip = EncodeOptions { capability: 6, compress: true };
     let compressed = [
         ("til_1000", K::Vector(Attr::None, Vector::Long((0..1000).collect()))),
-        ("strings", K::list((0..200).map(|i| K::string(format!("trade AAPL 100.25 buy {}", i % 10))).collect())),
+        (
+            "strings",
+            K::list((0..200).map(|i| K::string(format!("trade AAPL 100.25 buy {}", i % 10))).collect()),
+        ),
         ("symbols", K::syms((0..600).map(|i| ["AAPL", "MSFT", "IBM"][i % 3]))),
         ("floats", K::Vector(Attr::None, Vector::Float((0..400).map(|i| (i % 7) as f64).collect()))),
     ];
