@@ -10,6 +10,14 @@
 //! big-endian input, one in-place byte swap); symbol vectors by one copy and
 //! one scan for their NULs.
 //!
+//! Where KX's deserializer (`d9`, checked through PyKX) and this decoder
+//! differ, this one is stricter, never looser: both refuse booleans other
+//! than 0/1, attribute bytes above 4, trailing bytes, negative counts, type 3
+//! and types 77–97, and dynamic loads (112); this decoder also refuses tables
+//! whose columns are not lists of one length (q never sends them; `d9` reads
+//! them). A table's column-name vector and column list carry no attribute in
+//! [`Table`]; q writes 0 there, and a non-zero one is dropped.
+//!
 //! Enumerations (types 20–76) are refused with [`DecodeError::Unsupported`]:
 //! q converts enumerations to their values before sending them over IPC, the
 //! layout it would use for them is undocumented, and KX's own deserializer
@@ -27,7 +35,8 @@ use crate::value::{Atom, Attr, Dict, Function, K, Symbols, Table, Vector, types}
 pub(crate) const ENUM_REASON: &str = "enumerations have no documented IPC layout (q sends their values) and KX's deserializer accepts none we tried";
 
 /// Why a dynamic load (type 112) is refused.
-const DYNAMIC_LOAD_REASON: &str = "dynamic loads (2: of a C function) cannot be sent over IPC; KX's deserializer rejects them";
+const DYNAMIC_LOAD_REASON: &str =
+    "dynamic loads (2: of a C function) cannot be sent over IPC; KX's deserializer rejects them";
 
 /// A boolean byte other than 0 or 1 (KX's deserializer rejects these too).
 const BAD_BOOLEAN: DecodeError = DecodeError::Malformed { what: "boolean", detail: "byte other than 0 or 1" };
