@@ -4,7 +4,7 @@
 //! consuming input, and never reserves memory the input does not justify:
 //! every count is checked against the bytes that remain *before* the vector
 //! that holds it is allocated, and nesting is limited to
-//! [`MAX_DEPTH`](crate::limits::MAX_DEPTH) levels.
+//! [`MAX_DEPTH`] levels.
 //!
 //! Numeric vectors are decoded by one copy of their region (and, for
 //! big-endian input, one in-place byte swap); symbol vectors by one copy and

@@ -7,7 +7,7 @@
 //! * [`value`]: the value model ([`K`], [`Atom`], [`Vector`], …).
 //! * [`header`]: the 8-byte message header.
 //! * [`decode`] / [`encode`]: the serializer, byte-exact with kdb+'s own.
-//! * [`compress`]: kdb+'s IPC compression, both ways.
+//! * [`compress`](mod@compress): kdb+'s IPC compression, both ways.
 //! * [`message`]: whole messages, with their raw bytes kept so a router can
 //!   forward a payload without decoding and re-encoding it.
 //! * [`display`]: renders values as the q console prints them.
