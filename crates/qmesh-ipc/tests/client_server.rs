@@ -300,3 +300,60 @@ async fn server_shutdown_closes_connections() {
     assert!(tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().is_none());
     assert!(tx.query("1+1").await.is_err());
 }
+
+/// Panics on `"boom"`; holds `"late"` requests until told to answer.
+struct Fragile {
+    closed: mpsc::UnboundedSender<ConnId>,
+    late: mpsc::UnboundedSender<Responder>,
+}
+
+impl Handler for Fragile {
+    async fn on_sync(&self, _peer: &Peer, msg: Message, responder: Responder) {
+        match msg.decode().unwrap().as_text() {
+            Some(b"boom") => panic!("handler bug"),
+            Some(b"late") => {
+                let _ = self.late.send(responder);
+            }
+            _ => {
+                let _ = responder.forward(&msg);
+            }
+        }
+    }
+    async fn on_close(&self, peer: &Peer) {
+        let _ = self.closed.send(peer.id());
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_closes_only_its_connection() {
+    let (ctx, mut closed) = mpsc::unbounded_channel();
+    let (ltx, _late) = mpsc::unbounded_channel();
+    let s = TestServer::start(ServerConfig::loopback(), Fragile { closed: ctx, late: ltx }).await;
+    let good = connect(&s).await;
+    let bad = connect(&s).await;
+    // The panicking request is answered with an error (its responder was
+    // dropped during the unwind) or the connection closes; never a hang.
+    let r = tokio::time::timeout(PATIENCE, bad.query("boom")).await.unwrap();
+    assert!(r.is_err());
+    tokio::time::timeout(PATIENCE, closed.recv()).await.unwrap().unwrap();
+    assert_eq!(good.call(&K::long(1)).await.unwrap().decode().unwrap(), K::long(1));
+    assert_eq!(s.handle.len(), 1);
+}
+
+#[tokio::test]
+async fn answering_after_the_client_left_is_harmless() {
+    let (ctx, mut closed) = mpsc::unbounded_channel();
+    let (ltx, mut late) = mpsc::unbounded_channel();
+    let cfg = ServerConfig { drain_timeout: std::time::Duration::from_secs(1), ..ServerConfig::loopback() };
+    let s = TestServer::start(cfg, Fragile { closed: ctx, late: ltx }).await;
+    let c = connect(&s).await;
+    let sender = c.sender().clone();
+    let call = tokio::spawn(async move { sender.query("late").await });
+    let responder = tokio::time::timeout(PATIENCE, late.recv()).await.unwrap().unwrap();
+    call.abort();
+    drop(c);
+    tokio::time::timeout(PATIENCE, closed.recv()).await.unwrap().unwrap();
+    assert!(matches!(responder.reply(K::long(1)), Err(IpcError::Closed)));
+    let again = connect(&s).await;
+    assert_eq!(again.call(&K::long(2)).await.unwrap().decode().unwrap(), K::long(2));
+}
