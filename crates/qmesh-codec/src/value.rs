@@ -471,9 +471,12 @@ impl Atom {
             Atom::Boolean(_) | Atom::Byte(_) => false,
             Atom::Guid(g) => g == nulls::GUID_NULL,
             Atom::Short(v) => v == nulls::SHORT_NULL,
-            Atom::Int(v) | Atom::Month(v) | Atom::Date(v) | Atom::Minute(v) | Atom::Second(v) | Atom::Time(v) => {
-                v == nulls::INT_NULL
-            }
+            Atom::Int(v)
+            | Atom::Month(v)
+            | Atom::Date(v)
+            | Atom::Minute(v)
+            | Atom::Second(v)
+            | Atom::Time(v) => v == nulls::INT_NULL,
             Atom::Long(v) | Atom::Timestamp(v) | Atom::Timespan(v) => v == nulls::LONG_NULL,
             Atom::Real(v) => v.is_nan(),
             Atom::Float(v) | Atom::Datetime(v) => v.is_nan(),

@@ -19,15 +19,6 @@ use common::TestServer;
 use qmesh_ipc::echo::EchoHandler;
 use qmesh_ipc::{PasswordFile, ServerConfig};
 
-fn interpreter(var: &str, default_venv: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(var) {
-        return Some(PathBuf::from(p));
-    }
-    let home = std::env::var_os("HOME")?;
-    let p = PathBuf::from(home).join(".cache").join(default_venv).join("bin/python");
-    p.exists().then_some(p)
-}
-
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(name)
 }
@@ -37,17 +28,12 @@ fn config() -> ServerConfig {
     ServerConfig { authenticator: Some(Arc::new(users)), ..ServerConfig::loopback() }
 }
 
-/// Runs `script PORT MODE` with the interpreter from `var`; panics with the
-/// script's output if it fails.
-async fn run_python(var: &str, venv: &str, name: &str, port: u16, mode: &str) {
-    let Some(python) = interpreter(var, venv) else {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED {name} {mode}: no Python (set {var} or create ~/.cache/{venv}) !!!!!!!!\n"
-        );
-        return;
-    };
-    let mut cmd = std::process::Command::new(&python);
-    cmd.arg(script(name)).arg(port.to_string()).arg(mode).env("PYKX_UNLICENSED", "true");
+/// Runs `script PORT MODE` with `python` (skipped, loudly, when there is no
+/// interpreter outside CI); panics with the script's output if it fails.
+async fn run_python(python: Option<PathBuf>, name: &str, port: u16, mode: &str) {
+    let Some(python) = python else { return };
+    let mut cmd = qmesh_testkit::python_command(&python);
+    cmd.arg(script(name)).arg(port.to_string()).arg(mode);
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -62,13 +48,13 @@ async fn run_python(var: &str, venv: &str, name: &str, port: u16, mode: &str) {
 
 async fn pykx(mode: &str, config: ServerConfig) {
     let s = TestServer::start(config, EchoHandler).await;
-    run_python("QMESH_PYTHON", "qmesh-venv", "pykx_client.py", s.addr.port(), mode).await;
+    run_python(qmesh_testkit::python(), "pykx_client.py", s.addr.port(), mode).await;
     s.stop().await;
 }
 
 async fn qpython(mode: &str, config: ServerConfig) {
     let s = TestServer::start(config, EchoHandler).await;
-    run_python("QMESH_PYTHON_QP", "qmesh-venv-qp", "qpython_client.py", s.addr.port(), mode).await;
+    run_python(qmesh_testkit::python_qpython(), "qpython_client.py", s.addr.port(), mode).await;
     s.stop().await;
 }
 
