@@ -122,6 +122,10 @@ pub enum GwAction<R, P> {
     Release { seq: Seq },
     /// To the load balancer: `serviceDone[seq]`, the dispatched query is over.
     Done { seq: Seq },
+    /// To the load balancer: `serviceLost[seq]`, the link to the instance
+    /// running this query is gone; the lease ends when the instance reports
+    /// back (or leaves the pool).
+    Lost { seq: Seq },
     /// To the instance: `queryService (seq;query)`.
     Dispatch { address: Address, seq: Seq, query: P },
     /// Answer the client.
@@ -230,6 +234,15 @@ struct InstanceView {
     wanted: bool,
 }
 
+/// How a link was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// The connection dropped; it may come back.
+    LinkDown,
+    /// The load balancer removed the instance from the pool.
+    Removed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Deadline(ReqId),
@@ -325,7 +338,7 @@ impl<R, P: Clone> Gateway<R, P> {
             })
         };
         if cr.services.is_empty() {
-            refuse(out, cr.reply, Failure::Type("no service named".into()));
+            refuse(out, cr.reply, Failure::BadRequest("no service named".into()));
             return id;
         }
         if self.requests.len() >= self.cfg.max_requests {
@@ -444,7 +457,7 @@ impl<R, P: Clone> Gateway<R, P> {
             view.state = LinkState::Down;
             out.push(GwAction::Disconnect { address: address.clone(), link });
         }
-        self.link_lost(now, address, false, out);
+        self.link_lost(now, address, Loss::Removed, out);
     }
 
     /// The link to an instance is established.
@@ -486,7 +499,7 @@ impl<R, P: Clone> Gateway<R, P> {
             view.state = LinkState::Down;
         }
         if was.live() {
-            self.link_lost(now, address, true, out);
+            self.link_lost(now, address, Loss::LinkDown, out);
         }
     }
 
@@ -505,7 +518,9 @@ impl<R, P: Clone> Gateway<R, P> {
         let link = self.instances.get(&address).map(|v| (v.wanted, v.state));
         match link {
             Some((true, LinkState::Up)) => self.dispatch(now, seq, address, out),
-            Some((true, LinkState::Connecting)) => {
+            Some((true, LinkState::Connecting | LinkState::Retrying)) => {
+                // wait for the link; if the instance is gone the load
+                // balancer removes it and the part is requested again
                 if let Some(e) = self.seqs.get_mut(&seq) {
                     e.state = PartState::AwaitLink(address);
                 }
@@ -736,14 +751,11 @@ impl<R, P: Clone> Gateway<R, P> {
     }
 
     /// Parts on `address` lose their link: dispatched ones fail with
-    /// `service disconnected`; allocated-but-waiting ones are retried.
-    fn link_lost(
-        &mut self,
-        now: Instant,
-        address: &Address,
-        report_done: bool,
-        out: &mut Vec<GwAction<R, P>>,
-    ) {
+    /// `service disconnected` (their lease is reported lost, so that the
+    /// instance is not handed out before it reports back); parts allocated
+    /// to it and waiting for the link keep waiting while it may come back,
+    /// and are requested again when the instance has left the pool.
+    fn link_lost(&mut self, now: Instant, address: &Address, loss: Loss, out: &mut Vec<GwAction<R, P>>) {
         let mut affected: Vec<(Seq, bool)> = self
             .seqs
             .iter()
@@ -757,16 +769,14 @@ impl<R, P: Clone> Gateway<R, P> {
         for (seq, dispatched) in affected {
             if dispatched {
                 let Some(entry) = self.seqs.remove(&seq) else { continue };
-                if report_done && self.lb_up {
-                    out.push(GwAction::Done { seq });
+                if loss == Loss::LinkDown && self.lb_up {
+                    out.push(GwAction::Lost { seq });
                 }
                 if let Some(req) = entry.req {
                     self.fail(now, req, Failure::ServiceDisconnected(entry.service), out);
                 }
-            } else {
-                if self.lb_up {
-                    out.push(GwAction::Release { seq });
-                }
+            } else if loss == Loss::Removed {
+                // the lease left the pool with the instance
                 self.retry(now, seq, out);
             }
         }
@@ -1034,7 +1044,10 @@ mod tests {
     fn immediate_refusals() {
         let mut f = Fx::new();
         assert_eq!(only_reply(&f.query(1, 1, &["NOPE"], "q")).1, Err(Failure::UnknownService(svc("NOPE"))));
-        assert_eq!(only_reply(&f.query(1, 2, &[], "q")).1, Err(Failure::Type("no service named".into())));
+        assert_eq!(
+            only_reply(&f.query(1, 2, &[], "q")).1,
+            Err(Failure::BadRequest("no service named".into()))
+        );
         f.instance("EQ", ":h:1");
         let now = f.now();
         let link = f.link_of(":h:1");
@@ -1161,25 +1174,47 @@ mod tests {
         let link = f.link_of(":h:1");
         f.g.link_down(now, &addr(":h:1"), link, &mut f.out);
         let acts = f.take();
-        assert!(matches!(acts[0], GwAction::Done { seq: Seq(1) }));
+        // the lease is reported lost, not done: the instance stays busy at
+        // the load balancer until it reports back or leaves the pool
+        assert!(matches!(acts[0], GwAction::Lost { seq: Seq(1) }));
         assert_eq!(reply_of(&acts[1]), (1, Err(Failure::ServiceDisconnected(svc("EQ")))));
         // the other instance still answers
         assert_eq!(only_reply(&f.res(":h:2", 2, Ok("ok"))), (2, Ok(Outcome::One("ok"))));
-        // the link comes back (the caller reconnects under the same id)
+        // an allocation of the reconnecting instance waits for its link
+        f.query(1, 3, &["EQ"], "q");
+        assert!(f.alloc(3, ":h:1").is_empty());
+        assert_eq!(only_reply(&f.query(1, 4, &["NOPE"], "q")).0, 4);
         let now = f.now();
         f.g.link_up(now, &addr(":h:1"), link, &mut f.out);
-        f.query(1, 3, &["EQ"], "q");
-        assert!(matches!(&f.alloc(3, ":h:1")[..], [GwAction::Dispatch { .. }]));
+        assert!(matches!(&f.take()[..], [GwAction::Dispatch { seq: Seq(3), .. }]));
     }
 
     #[test]
-    fn allocation_to_unreachable_instance_is_retried_then_fails() {
-        let mut f = Fx::with(GatewayConfig { alloc_retries: 1, ..Default::default() }, true);
+    fn allocation_waiting_for_a_removed_instance_is_requested_again() {
+        let mut f = Fx::new();
         f.instance("EQ", ":h:1");
         f.instance("EQ", ":h:2");
         let now = f.now();
         let link = f.link_of(":h:2");
         f.g.link_down(now, &addr(":h:2"), link, &mut f.out);
+        f.take();
+        f.query(1, 1, &["EQ"], "q");
+        assert!(f.alloc(1, ":h:2").is_empty(), "waits: the instance may come back");
+        let now = f.now();
+        f.g.remove_resource(now, &addr(":h:2"), &mut f.out);
+        let acts = f.take();
+        assert!(acts.iter().any(|a| is_request(a, 2, "EQ")), "{acts:?}");
+        assert!(!acts.iter().any(|a| matches!(a, GwAction::Reply { .. })));
+        assert!(matches!(&f.alloc(2, ":h:1")[..], [GwAction::Dispatch { .. }]));
+    }
+
+    #[test]
+    fn allocation_of_a_removed_instance_is_retried_then_fails() {
+        let mut f = Fx::with(GatewayConfig { alloc_retries: 1, ..Default::default() }, true);
+        f.instance("EQ", ":h:1");
+        f.instance("EQ", ":h:2");
+        let now = f.now();
+        f.g.remove_resource(now, &addr(":h:2"), &mut f.out);
         f.take();
         f.query(1, 1, &["EQ"], "q");
         let acts = f.alloc(1, ":h:2");
@@ -1351,7 +1386,7 @@ mod tests {
         f.query(1, 2, &["EQ"], "q");
         f.alloc(1, ":h:1");
         let now = f.now();
-        f.g.fail_all(now, Failure::Shutdown, &mut f.out);
+        f.g.fail_all(now, Failure::ShuttingDown, &mut f.out);
         let replies: Vec<_> = f
             .take()
             .iter()
@@ -1360,7 +1395,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(replies, vec![(1, Err(Failure::Shutdown)), (2, Err(Failure::Shutdown))]);
+        assert_eq!(replies, vec![(1, Err(Failure::ShuttingDown)), (2, Err(Failure::ShuttingDown))]);
     }
 
     #[test]

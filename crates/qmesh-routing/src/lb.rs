@@ -444,6 +444,26 @@ impl LoadBalancer {
         }
     }
 
+    /// `serviceLost[seq]` from a qmesh gateway: its link to the instance
+    /// running this query is gone, so it will never report the query done.
+    /// The lease is orphaned: the instance's own `returnService` ends it (or
+    /// the instance leaves the pool), never a new allocation.
+    pub fn gateway_lost(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
+        match self.requests.get(&(gw, seq)).cloned() {
+            Some(Where::Leased(instance)) => {
+                let Some(inst) = self.instances.get_mut(&instance) else { return };
+                let Some(lease) = inst.lease.as_mut() else { return };
+                lease.orphaned = true;
+                if inst.credit > 0 {
+                    inst.credit -= 1;
+                    self.end_lease(instance, now, out);
+                }
+            }
+            Some(Where::Queued(_)) => self.gateway_release(gw, seq, now, out),
+            None => self.stats.stale_gateway_releases += 1,
+        }
+    }
+
     /// `returnService[name]` from a service instance: it finished a query.
     pub fn service_return(&mut self, peer: PeerId, now: Instant, out: &mut Vec<LbAction>) {
         let Some(inst) = self.instances.get_mut(&peer) else {
@@ -981,6 +1001,24 @@ mod tests {
     }
 
     #[test]
+    fn lost_link_orphans_the_lease_until_the_service_reports() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW, 2, "EQ");
+        let now = f.at(0);
+        f.lb.gateway_lost(GW, Seq(1), now, &mut f.out);
+        assert!(f.take().is_empty(), "A still runs seq 1: nothing allocated");
+        assert_eq!(f.service_return(A), vec![alloc(GW, 2, ":h:1")]);
+        // lost after the service already reported: ends at once
+        f.service_return(A);
+        f.request(GW, 3, "EQ");
+        let now = f.at(0);
+        f.lb.gateway_lost(GW, Seq(2), now, &mut f.out);
+        assert_eq!(f.take(), vec![alloc(GW, 3, ":h:1")]);
+    }
+
+    #[test]
     fn dead_gateway_whose_service_already_returned_frees_at_once() {
         let mut f = qmesh();
         f.register(A, "EQ", ":h:1");
@@ -1237,7 +1275,11 @@ mod tests {
                 5 => {
                     let g = gws[(next() % 3) as usize];
                     let s = Seq((next() % (seq as u64 + 1)) as i64);
-                    f.lb.gateway_release(g, s, now, &mut f.out);
+                    if next() % 3 == 0 {
+                        f.lb.gateway_lost(g, s, now, &mut f.out);
+                    } else {
+                        f.lb.gateway_release(g, s, now, &mut f.out);
+                    }
                 }
                 6 => {
                     let i = insts[(next() % 4) as usize];

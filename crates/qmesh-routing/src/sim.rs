@@ -29,6 +29,7 @@ enum ToLb {
     Request(ServiceRequest),
     Release(Seq),
     Done(Seq),
+    Lost(Seq),
     Closed,
 }
 
@@ -175,6 +176,9 @@ impl Sim {
                 GwAction::Done { seq } => {
                     self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Done(seq) })
                 }
+                GwAction::Lost { seq } => {
+                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Lost(seq) })
+                }
                 GwAction::Dispatch { address, seq, query: _ } => {
                     let svc = self.svcs.iter().position(|s| s.address == address).expect("known address");
                     let life = self.svcs[svc].life;
@@ -256,6 +260,7 @@ impl Sim {
                     ToLb::Request(r) => self.lb.request_service(from, r, now, &mut out),
                     ToLb::Release(seq) => self.lb.gateway_release(from, seq, now, &mut out),
                     ToLb::Done(seq) => self.lb.gateway_done(from, seq, now, &mut out),
+                    ToLb::Lost(seq) => self.lb.gateway_lost(from, seq, now, &mut out),
                     ToLb::Closed => self.lb.connection_closed(from, now, &mut out),
                 }
                 self.run_lb(out);

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+use qmesh_process::{ErrorKind, WireError};
 
 /// A service name, the symbol instances register under (`EQUITY_MARKET_RDB`).
 ///
@@ -158,14 +159,15 @@ pub enum Failure {
     #[error("limit: {0}")]
     Limit(String),
     /// The request itself is malformed (wrong shape or types).
-    #[error("type: {0}")]
-    Type(String),
-    /// The parts of a fan-out arrived but could not be joined.
-    #[error("join: {0}")]
-    Join(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// The gateway is shutting down.
-    #[error("shutdown")]
-    Shutdown,
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Something that should not happen (a result that cannot be decoded
+    /// for joining…); the detail says what.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl Failure {
@@ -180,22 +182,63 @@ impl Failure {
             Failure::ServiceDisconnected(_) => "service disconnected",
             Failure::LbUnavailable => "lb unavailable",
             Failure::Limit(_) => "limit",
-            Failure::Type(_) => "type",
-            Failure::Join(_) => "join",
-            Failure::Shutdown => "shutdown",
+            Failure::BadRequest(_) => "bad request",
+            Failure::ShuttingDown => "shutting down",
+            Failure::Internal(_) => "internal",
         }
     }
 
     /// The detail after the colon, if any.
     pub fn detail(&self) -> Option<String> {
         match self {
-            Failure::Timeout | Failure::LbUnavailable | Failure::Shutdown => None,
+            Failure::Timeout | Failure::LbUnavailable | Failure::ShuttingDown => None,
             Failure::QueueFull(s)
             | Failure::UnknownService(s)
             | Failure::NoInstance(s)
             | Failure::ServiceDisconnected(s) => Some(s.text()),
             Failure::ServiceError { service, text } => Some(format!("{service}: {text}")),
-            Failure::Limit(d) | Failure::Type(d) | Failure::Join(d) => Some(d.clone()),
+            Failure::Limit(d) | Failure::BadRequest(d) | Failure::Internal(d) => Some(d.clone()),
+        }
+    }
+
+    /// The catalog entry shared with every qmesh component.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Failure::Timeout => ErrorKind::Timeout,
+            Failure::QueueFull(_) => ErrorKind::QueueFull,
+            Failure::UnknownService(_) => ErrorKind::UnknownService,
+            Failure::NoInstance(_) => ErrorKind::NoInstance,
+            Failure::ServiceError { .. } => ErrorKind::ServiceError,
+            Failure::ServiceDisconnected(_) => ErrorKind::ServiceDisconnected,
+            Failure::LbUnavailable => ErrorKind::LbUnavailable,
+            Failure::Limit(_) => ErrorKind::Limit,
+            Failure::BadRequest(_) => ErrorKind::BadRequest,
+            Failure::ShuttingDown => ErrorKind::ShuttingDown,
+            Failure::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// As a [`WireError`] (for HTTP statuses and JSON).
+    pub fn to_wire(&self) -> WireError {
+        WireError { kind: self.kind(), detail: self.detail() }
+    }
+
+    /// Reads a q error text from a peer back into a failure (for
+    /// `serviceDenied` from a load balancer).
+    pub fn from_q_text(text: &str) -> Failure {
+        let w = WireError::from_q_text(text);
+        let name = || ServiceName::new(w.detail.clone().unwrap_or_default());
+        match w.kind {
+            ErrorKind::Timeout => Failure::Timeout,
+            ErrorKind::QueueFull => Failure::QueueFull(name()),
+            ErrorKind::UnknownService => Failure::UnknownService(name()),
+            ErrorKind::NoInstance => Failure::NoInstance(name()),
+            ErrorKind::ServiceDisconnected => Failure::ServiceDisconnected(name()),
+            ErrorKind::LbUnavailable => Failure::LbUnavailable,
+            ErrorKind::Limit => Failure::Limit(w.detail.unwrap_or_default()),
+            ErrorKind::BadRequest => Failure::BadRequest(w.detail.unwrap_or_default()),
+            ErrorKind::ShuttingDown => Failure::ShuttingDown,
+            _ => Failure::Internal(text.to_string()),
         }
     }
 
@@ -224,5 +267,29 @@ mod tests {
         assert_eq!(Failure::LbUnavailable.to_q_text(), "lb unavailable");
         assert_eq!(Failure::LbUnavailable.word(), "lb unavailable");
         assert_eq!(Failure::LbUnavailable.detail(), None);
+    }
+
+    #[test]
+    fn words_are_the_shared_catalog() {
+        let s = ServiceName::new("FX");
+        let all = [
+            Failure::Timeout,
+            Failure::QueueFull(s.clone()),
+            Failure::UnknownService(s.clone()),
+            Failure::NoInstance(s.clone()),
+            Failure::ServiceError { service: s.clone(), text: "type".into() },
+            Failure::ServiceDisconnected(s.clone()),
+            Failure::LbUnavailable,
+            Failure::Limit("x".into()),
+            Failure::BadRequest("x".into()),
+            Failure::ShuttingDown,
+            Failure::Internal("x".into()),
+        ];
+        for f in all {
+            assert_eq!(f.word(), f.kind().word(), "{f:?}");
+            assert_eq!(f.to_wire().to_q_text(), f.to_q_text(), "{f:?}");
+        }
+        assert_eq!(Failure::from_q_text("queue full: FX"), Failure::QueueFull(s.clone()));
+        assert_eq!(Failure::from_q_text("no instance: FX"), Failure::NoInstance(s));
     }
 }

@@ -1,0 +1,125 @@
+//! The HTTP API of the gateway (and the status page of both processes).
+//!
+//! * `POST /query` (also `/api/query`), body
+//!   `{"service":"EQ" | ["EQ","FX"], "query":"select from trade", "timeout_ms":5000, "all_instances":false, "format":"records"}`:
+//!   the query is sent to the service as a q string, exactly as a
+//!   `userQuery` would. The answer is `{"type":98,"result":…}` (`type` is q's
+//!   type number of the result; `result` its JSON form, see [`crate::json`];
+//!   tables as an array of records, or `"format":"columns"` / `?format=columns`
+//!   for an object of column arrays). Errors use the shared catalog:
+//!   `{"error":"queue full","detail":"EQ"}` with the status of its kind
+//!   (timeout 504, queue full 429, unknown service / no instance 404, service
+//!   error 422, service disconnected 502, lb unavailable 503, bad request 400,
+//!   limit 507, shutting down 503).
+//! * `GET /api/services`: the gateway's and load balancer's view per service.
+//! * `GET /healthz`, `GET /metrics`: from `qmesh-process`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use qmesh_codec::{K, RawObject};
+use serde::Deserialize;
+
+use crate::json::TableForm;
+use crate::proto::UserQuery;
+use crate::runtime::{Router, payload_json};
+use crate::types::{ClientId, Failure, ServiceName};
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Services {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    service: Services,
+    query: String,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    all_instances: bool,
+    format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Params {
+    format: Option<String>,
+}
+
+pub(crate) fn routes(router: Arc<Router>, gateway: bool) -> axum::Router {
+    let mut r = axum::Router::new().route("/api/services", get(status));
+    if gateway {
+        r = r.route("/query", post(query)).route("/api/query", post(query));
+    }
+    r.with_state(router)
+}
+
+async fn status(State(router): State<Arc<Router>>) -> Json<serde_json::Value> {
+    Json(router.status())
+}
+
+fn error(f: Failure) -> Response {
+    f.to_wire().into_response()
+}
+
+/// Reports the request abandoned if the handler is dropped before its
+/// answer arrives (the HTTP client went away).
+struct Abandon {
+    router: Option<Arc<Router>>,
+    id: ClientId,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(r) = self.router.take() {
+            r.client_closed(self.id);
+        }
+    }
+}
+
+async fn query(State(router): State<Arc<Router>>, Query(params): Query<Params>, body: Bytes) -> Response {
+    let body: QueryBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(Failure::BadRequest(format!("JSON body: {e}"))),
+    };
+    let form = match body.format.as_deref().or(params.format.as_deref()) {
+        None | Some("records") => TableForm::Records,
+        Some("columns") => TableForm::Columns,
+        Some(other) => {
+            return error(Failure::BadRequest(format!("format must be records or columns, not {other:?}")));
+        }
+    };
+    let services: Vec<ServiceName> = match body.service {
+        Services::One(s) => vec![ServiceName::new(s)],
+        Services::Many(v) => v.into_iter().map(ServiceName::new).collect(),
+    };
+    if services.is_empty() || services.iter().any(|s| s.as_bytes().is_empty()) {
+        return error(Failure::BadRequest("no service named".into()));
+    }
+    let uq = UserQuery {
+        services,
+        all_instances: body.all_instances,
+        query: RawObject::encode(&K::string(body.query)),
+        timeout: body.timeout_ms.map(Duration::from_millis),
+        callback: None,
+    };
+    let (id, rx) = router.submit_http(uq);
+    let mut guard = Abandon { router: Some(router), id };
+    let result = rx.await;
+    guard.router = None;
+    match result {
+        Ok(Ok(payload)) => match payload_json(payload, form).await {
+            Ok(v) => Json(v).into_response(),
+            Err(f) => error(f),
+        },
+        Ok(Err(f)) => error(f),
+        Err(_) => error(Failure::Internal("the request was dropped".into())),
+    }
+}
