@@ -52,6 +52,10 @@ pub enum LogFormat {
 enum Command {
     /// Send a q query to any kdb+ endpoint and print the result as q would; with no query, a prompt.
     Q(cmd::q::Args),
+    /// Load balancer of the query-routing whitepaper: services register, gateways get instances, one query each.
+    Lb(cmd::lb::Args),
+    /// Query-routing gateway: clients send userQuery (sync, deferred or callback) or POST /query.
+    Gateway(cmd::gateway::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +75,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Q(args) => cmd::q::run(args, &cli.common).await,
+            Command::Lb(args) => cmd::lb::run(args, &cli.common).await,
+            Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
         }
     });
     match result {

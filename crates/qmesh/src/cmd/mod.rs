@@ -1,3 +1,5 @@
 //! One module per subcommand: its flags and the call into its library.
 
+pub mod gateway;
+pub mod lb;
 pub mod q;

@@ -1,0 +1,167 @@
+//! `qmesh gateway (--lb HOST:PORT | --embedded-lb) [-p PORT] [--http PORT]`:
+//! the query-routing gateway (see `qmesh-routing`).
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use qmesh_ipc::{Address, PasswordFile};
+use qmesh_process::Shutdown;
+use qmesh_routing::gw::GatewayConfig;
+use qmesh_routing::lb::LbConfig;
+use qmesh_routing::{GatewayOptions, LbLocation};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// kdb+ IPC port for clients (and, with --embedded-lb, for services registering) (0: pick one and print it).
+    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// HTTP port for POST /query, /healthz and /metrics (0: pick one).
+    #[arg(long, env = "QMESH_HTTP")]
+    pub http: Option<u16>,
+    /// The load balancer (`host:port`, `:host:port:user:password`).
+    #[arg(long, env = "QMESH_LB", conflicts_with = "embedded_lb")]
+    pub lb: Option<String>,
+    /// Run the load balancer in this process: services register with this gateway's port.
+    #[arg(long, env = "QMESH_EMBEDDED_LB")]
+    pub embedded_lb: bool,
+    /// Name of this gateway (for logs).
+    #[arg(long, env = "QMESH_NAME", default_value = "gateway")]
+    pub name: String,
+    /// Password file for clients (`user:password` lines, as q's -u).
+    #[arg(short = 'u', long, env = "QMESH_USERS")]
+    pub users: Option<PathBuf>,
+    /// Default deadline of a request (`30s`, `500ms`); a call may give its own.
+    #[arg(long, env = "QMESH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Longest deadline a call may ask for.
+    #[arg(long, env = "QMESH_MAX_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub max_timeout: Duration,
+    /// Most requests in flight in this gateway.
+    #[arg(long, env = "QMESH_MAX_REQUESTS", default_value_t = qmesh_routing::gw::DEFAULT_MAX_REQUESTS)]
+    pub max_requests: usize,
+    /// Most parts of one fan-out.
+    #[arg(long, env = "QMESH_MAX_FANOUT", default_value_t = qmesh_routing::gw::DEFAULT_MAX_FANOUT)]
+    pub max_fanout: usize,
+    /// With --embedded-lb: most requests queued per service.
+    #[arg(long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
+    pub queue_limit: usize,
+    /// With --embedded-lb: time after a request's deadline before an instance that has not reported back is dropped.
+    #[arg(long, env = "QMESH_STUCK_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub stuck_grace: Duration,
+    /// Largest message accepted from clients and services (bytes; `1GiB`, `512MiB`).
+    #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_message_bytes: u64,
+    /// Time requests in flight get to finish on SIGINT/SIGTERM.
+    #[arg(long, env = "QMESH_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, `1.5` (seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (try 10s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// `1GiB`, `256MiB`, `64KiB`, `1000` (bytes).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let units: [(&str, u64); 6] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+    ];
+    let (num, scale) = units.iter().find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m))).unwrap_or((s, 1));
+    let v: u64 = num.trim().parse().map_err(|_| format!("not a size: {s:?} (try 1GiB, 256MiB)"))?;
+    v.checked_mul(scale).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+pub(crate) fn users(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<dyn qmesh_ipc::Authenticator>>> {
+    Ok(match path {
+        Some(p) => {
+            let file = PasswordFile::load(p).with_context(|| format!("-u {}", p.display()))?;
+            Some(Arc::new(file))
+        }
+        None => None,
+    })
+}
+
+pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
+    let lb = match (&args.lb, args.embedded_lb) {
+        (Some(a), false) => LbLocation::Remote(Address::parse(a).context("--lb")?),
+        (None, true) => LbLocation::Embedded(LbConfig {
+            queue_limit: args.queue_limit,
+            default_timeout: args.timeout,
+            stuck_grace: args.stuck_grace,
+        }),
+        _ => bail!("give --lb HOST:PORT, or --embedded-lb to run the load balancer in this process"),
+    };
+    let opts = GatewayOptions {
+        ipc: SocketAddr::new(args.bind, args.port),
+        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        lb,
+        gateway: GatewayConfig {
+            default_timeout: args.timeout,
+            max_timeout: args.max_timeout,
+            max_requests: args.max_requests,
+            max_fanout: args.max_fanout,
+            ..GatewayConfig::default()
+        },
+        max_message_bytes: args.max_message_bytes,
+        shutdown_grace: args.shutdown_grace,
+        authenticator: users(args.users.as_ref())?,
+        ..GatewayOptions::default()
+    };
+    let shutdown = Shutdown::on_signals().context("signal handlers")?;
+    let bound = qmesh_routing::bind_gateway(opts).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        if let Some(a) = bound.ipc_addr() {
+            writeln!(out, "gateway listening ipc {a}")?;
+        }
+        if let Some(a) = bound.http_addr() {
+            writeln!(out, "gateway listening http {a}")?;
+        }
+        out.flush()?;
+    }
+    tracing::info!(name = %args.name, "gateway started");
+    bound.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert!(parse_bytes("lots").is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! `qmesh lb [-p PORT] [--http PORT]`: the query-routing load balancer (see
+//! `qmesh-routing`). Services register with it (`registerResource`),
+//! gateways subscribe (`registerGW`) and ask it for instances.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use qmesh_process::Shutdown;
+use qmesh_routing::LbOptions;
+use qmesh_routing::lb::LbConfig;
+
+use super::gateway::{parse_bytes, parse_duration, users};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// kdb+ IPC port for services and gateways (0: pick one and print it).
+    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// HTTP port for /healthz, /metrics and /api/services (0: pick one).
+    #[arg(long, env = "QMESH_HTTP")]
+    pub http: Option<u16>,
+    /// Name of this load balancer (for logs).
+    #[arg(long, env = "QMESH_NAME", default_value = "lb")]
+    pub name: String,
+    /// Password file (`user:password` lines, as q's -u).
+    #[arg(short = 'u', long, env = "QMESH_USERS")]
+    pub users: Option<PathBuf>,
+    /// Most requests queued per service.
+    #[arg(long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
+    pub queue_limit: usize,
+    /// Deadline of a request from a gateway that gives none (a whitepaper gateway).
+    #[arg(long, env = "QMESH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Time after a request's deadline before an instance that has not reported back is dropped.
+    #[arg(long, env = "QMESH_STUCK_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub stuck_grace: Duration,
+    /// Largest message accepted (bytes; `1GiB`, `64MiB`).
+    #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_message_bytes: u64,
+}
+
+pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
+    let opts = LbOptions {
+        ipc: SocketAddr::new(args.bind, args.port),
+        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        lb: LbConfig {
+            queue_limit: args.queue_limit,
+            default_timeout: args.timeout,
+            stuck_grace: args.stuck_grace,
+        },
+        max_message_bytes: args.max_message_bytes,
+        authenticator: users(args.users.as_ref())?,
+    };
+    let shutdown = Shutdown::on_signals().context("signal handlers")?;
+    let bound = qmesh_routing::bind_lb(opts).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        if let Some(a) = bound.ipc_addr() {
+            writeln!(out, "lb listening ipc {a}")?;
+        }
+        if let Some(a) = bound.http_addr() {
+            writeln!(out, "lb listening http {a}")?;
+        }
+        out.flush()?;
+    }
+    tracing::info!(name = %args.name, "load balancer started");
+    bound.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
