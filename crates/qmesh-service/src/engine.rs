@@ -463,6 +463,17 @@ async fn run(
     let plan = state.create_logical_plan(sql).await.map_err(df)?;
     check_read_only(&plan)?;
     let key_columns = key_columns(&plan);
+    // A kdb+ user expects `select … where …` to come back in table order;
+    // DataFusion keeps order only within a partition, so such queries scan
+    // as one. Queries that aggregate or sort run on every core.
+    let state = if keeps_row_order(&plan) && state.config().target_partitions() > 1 {
+        // (The catalog is shared: the copy must not create a default one over it.)
+        let config =
+            state.config().clone().with_target_partitions(1).with_create_default_catalog_and_schema(false);
+        SessionStateBuilder::new_from_existing(state).with_config(config).build()
+    } else {
+        state
+    };
     let physical = state.create_physical_plan(&plan).await.map_err(df)?;
     let schema = physical.schema();
     let base = state.runtime_env();
@@ -491,6 +502,27 @@ async fn run(
         batches.push(batch);
     }
     Ok(QueryOutput { schema, batches, key_columns })
+}
+
+/// Whether a plan's answer has an order a q user expects to be the table's
+/// own: no aggregation, sort or window anywhere in it.
+pub fn keeps_row_order(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut keeps = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if matches!(
+            node,
+            LogicalPlan::Aggregate(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Distinct(_)
+        ) {
+            keeps = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    keeps
 }
 
 /// Refuses plans that would change anything (DDL, DML, `SET`, `COPY` …).
@@ -689,6 +721,26 @@ mod tests {
         let e = engine(store_with_trades(), limits);
         let err = e.query_k("select * from generate_series(1, 50000)").await.unwrap_err();
         assert_eq!(err.to_string(), "limit: result above 10000 bytes");
+    }
+
+    #[tokio::test]
+    async fn selects_keep_table_order() {
+        let store = Arc::new(Store::default());
+        for chunk in 0..6i64 {
+            let t = K::Table(Table {
+                attr: Attr::None,
+                names: ["x"].into_iter().collect(),
+                columns: vec![K::from(Vector::Long((chunk * 3..chunk * 3 + 3).collect()))],
+            });
+            store.upd("t", t).expect("upd");
+        }
+        let e = Engine::new(store, Limits::default(), 4).expect("engine");
+        for _ in 0..20 {
+            let K::Table(t) = e.query_k("select x from t where x % 2 = 0").await.expect("q") else {
+                panic!()
+            };
+            assert_eq!(t.columns[0], K::from(Vector::Long((0..18).filter(|x| x % 2 == 0).collect())));
+        }
     }
 
     #[tokio::test]

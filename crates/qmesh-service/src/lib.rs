@@ -72,10 +72,14 @@
 
 pub mod demo;
 pub mod engine;
+pub mod http;
 pub mod load;
 pub mod mapping;
+pub mod protocol;
+pub mod service;
 pub mod store;
 
 pub use engine::{Engine, Limits, QueryError, QueryOutput};
 pub use mapping::{KdbType, MapError};
+pub use service::{Bound, Config, ServiceError, bind};
 pub use store::{Ingest, Store, StoreError};

@@ -52,6 +52,8 @@ pub enum LogFormat {
 enum Command {
     /// Send a q query to any kdb+ endpoint and print the result as q would; with no query, a prompt.
     Q(cmd::q::Args),
+    /// Hold tables in memory (Arrow) and answer SQL over kdb+ IPC and HTTP; registers with a load balancer.
+    Service(cmd::service::Args),
     /// Load balancer of the query-routing whitepaper: services register, gateways get instances, one query each.
     Lb(cmd::lb::Args),
     /// Query-routing gateway: clients send userQuery (sync, deferred or callback) or POST /query.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Q(args) => cmd::q::run(args, &cli.common).await,
+            Command::Service(args) => cmd::service::run(args, &cli.common).await,
             Command::Lb(args) => cmd::lb::run(args, &cli.common).await,
             Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
         }

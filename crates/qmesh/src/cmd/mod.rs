@@ -3,3 +3,4 @@
 pub mod gateway;
 pub mod lb;
 pub mod q;
+pub mod service;

@@ -1,0 +1,155 @@
+//! `qmesh service --name NAME [--lb HOST:PORT] [-p PORT]`: the query service.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use qmesh_ipc::Address;
+use qmesh_process::{Metrics, Shutdown};
+use qmesh_service::demo::{DEFAULT_SEED, DemoSpec};
+use qmesh_service::load::LoadSpec;
+use qmesh_service::{Config, Limits};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The service name; instances with the same name form one pool behind the load balancer.
+    #[arg(long, env = "QMESH_NAME")]
+    pub name: String,
+    /// kdb+ IPC port (0: pick a free one and print it).
+    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// HTTP port for POST /query, /healthz and /metrics (0: pick a free one).
+    #[arg(long, env = "QMESH_HTTP")]
+    pub http: Option<u16>,
+    /// The load balancer to register with (`host:port`, `:host:port:user:password`).
+    #[arg(long, env = "QMESH_LB")]
+    pub lb: Option<String>,
+    /// Host name gateways use to reach this service (default: the bind address, or this machine's name).
+    #[arg(long, env = "QMESH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Password file (`user:password` lines, as q's -u).
+    #[arg(short = 'u', long, env = "QMESH_USERS")]
+    pub users: Option<PathBuf>,
+    /// Load a table at start: NAME=FILE.parquet or NAME=FILE.csv (repeatable).
+    #[arg(long, env = "QMESH_LOAD", value_delimiter = ',')]
+    pub load: Vec<String>,
+    /// Generate the demo tables `trade` and `quote` (the whitepaper's egTrade/egQuote shape).
+    #[arg(long, env = "QMESH_DEMO")]
+    pub demo: bool,
+    /// Rows of each demo table.
+    #[arg(long, env = "QMESH_DEMO_ROWS", default_value_t = 100_000)]
+    pub demo_rows: usize,
+    /// Seed of the demo data.
+    #[arg(long, env = "QMESH_DEMO_SEED", default_value_t = DEFAULT_SEED)]
+    pub demo_seed: u64,
+    /// Per-query time limit (`10s`, `500ms`, `2m`); the query is cancelled when it passes.
+    #[arg(long, env = "QMESH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Per-query memory for DataFusion's operators (`1GiB`, `256MiB`, bytes).
+    #[arg(long, env = "QMESH_QUERY_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub query_memory: usize,
+    /// Most rows a result may have.
+    #[arg(long, env = "QMESH_MAX_RESULT_ROWS", default_value_t = qmesh_service::engine::DEFAULT_MAX_RESULT_ROWS)]
+    pub max_result_rows: usize,
+    /// Most Arrow bytes a result may have.
+    #[arg(long, env = "QMESH_MAX_RESULT_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
+    pub max_result_bytes: usize,
+    /// Most bytes all tables may hold; appends past it are refused.
+    #[arg(long, env = "QMESH_MAX_STORE_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    pub max_store_bytes: usize,
+    /// Threads running queries (0: one per core).
+    #[arg(long, env = "QMESH_QUERY_THREADS", default_value_t = 0)]
+    pub query_threads: usize,
+}
+
+/// `10s`, `500ms`, `2m`, `1.5` (seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (try 10s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// `1GiB`, `256MiB`, `64KiB`, `1000` (bytes).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let units: [(&str, usize); 6] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+    ];
+    let (num, scale) = units.iter().find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m))).unwrap_or((s, 1));
+    let v: usize = num.trim().parse().map_err(|_| format!("not a size: {s:?} (try 1GiB, 256MiB)"))?;
+    v.checked_mul(scale).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
+    let lb = args.lb.as_deref().map(Address::parse).transpose().context("--lb")?;
+    let load = args.load.iter().map(|s| s.parse::<LoadSpec>()).collect::<Result<Vec<_>, _>>()?;
+    let demo = args.demo.then(|| DemoSpec { seed: args.demo_seed, ..DemoSpec::yesterday(args.demo_rows) });
+    let config = Config {
+        name: args.name,
+        listen: SocketAddr::new(args.bind, args.port),
+        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        lb,
+        advertise_host: args.advertise,
+        limits: Limits {
+            timeout: args.timeout,
+            memory_bytes: args.query_memory,
+            max_result_rows: args.max_result_rows,
+            max_result_bytes: args.max_result_bytes,
+        },
+        max_store_bytes: args.max_store_bytes,
+        query_threads: args.query_threads,
+        demo,
+        load,
+        users: args.users,
+    };
+    let shutdown = Shutdown::on_signals().context("signal handlers")?;
+    let bound = qmesh_service::bind(config, Metrics::new()).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "service listening ipc {}", bound.ipc_addr())?;
+        if let Some(http) = bound.http_addr() {
+            writeln!(out, "service listening http {http}")?;
+        }
+        out.flush()?;
+    }
+    bound.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("lots").is_err());
+    }
+}
