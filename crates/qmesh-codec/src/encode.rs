@@ -292,10 +292,10 @@ pub fn check_encodable(k: &K, capability: u8) -> Result<(), EncodeError> {
     }
 }
 
-/// Encodes a whole message (header and body) for a peer: little-endian,
-/// compressed when `opts.compress` is set, the message is above 2000 bytes
-/// and compression halves it (as q does).
-pub fn encode_message(msg_type: MsgType, k: &K, opts: EncodeOptions) -> Result<Vec<u8>, EncodeError> {
+/// Checks `k` for a peer (see [`check_encodable`]) and returns the length of
+/// its uncompressed message, header included, refusing one above
+/// [`MAX_WIRE_LENGTH`] or above 2 GiB for a capability below 5.
+fn checked_message_len(k: &K, opts: EncodeOptions) -> Result<u64, EncodeError> {
     check_encodable(k, opts.capability)?;
     let total = HEADER_LEN as u64 + encoded_len(k) as u64;
     if total > MAX_WIRE_LENGTH {
@@ -304,6 +304,45 @@ pub fn encode_message(msg_type: MsgType, k: &K, opts: EncodeOptions) -> Result<V
     if total > MAX_LENGTH_BELOW_CAP5 {
         need(opts.capability, 5, "message above 2 GiB")?;
     }
+    Ok(total)
+}
+
+/// Appends a whole message to `out`, exactly the bytes [`encode_message`]
+/// returns, and gives its length; on error `out` is left as it was.
+///
+/// For a writer that reuses one buffer (`out.clear()` between messages, or
+/// several messages appended back to back): once the buffer has grown, the
+/// encoding only copies into memory that is already mapped. When the
+/// message is compressed, the uncompressed bytes are written first and then
+/// replaced by the compressed ones.
+pub fn encode_message_into(
+    msg_type: MsgType,
+    k: &K,
+    opts: EncodeOptions,
+    out: &mut Vec<u8>,
+) -> Result<usize, EncodeError> {
+    let total = checked_message_len(k, opts)?;
+    let start = out.len();
+    out.reserve(total as usize);
+    out.extend_from_slice(&Header::new(msg_type, total).to_bytes());
+    put(out, k);
+    debug_assert_eq!((out.len() - start) as u64, total, "encoded_len disagrees with the encoder");
+    if opts.compress
+        && opts.capability >= 1
+        && out.len() - start > COMPRESS_MIN_BYTES
+        && let Some(c) = compress(&out[start..])
+    {
+        out.truncate(start);
+        out.extend_from_slice(&c);
+    }
+    Ok(out.len() - start)
+}
+
+/// Encodes a whole message (header and body) for a peer: little-endian,
+/// compressed when `opts.compress` is set, the message is above 2000 bytes
+/// and compression halves it (as q does).
+pub fn encode_message(msg_type: MsgType, k: &K, opts: EncodeOptions) -> Result<Vec<u8>, EncodeError> {
+    let total = checked_message_len(k, opts)?;
     let mut out = Vec::with_capacity(total as usize);
     out.extend_from_slice(&Header::new(msg_type, total).to_bytes());
     put(&mut out, k);
@@ -369,6 +408,32 @@ mod tests {
         let mut out = Vec::new();
         encode_body_into(&e, &mut out);
         assert_eq!(out.len(), encoded_len(&e));
+    }
+
+    #[test]
+    fn into_a_reused_buffer_matches_encode_message() {
+        let cases = [
+            (
+                K::Vector(Attr::None, Vector::Long((0..1000).collect())),
+                EncodeOptions { capability: 3, compress: true },
+            ),
+            (K::Vector(Attr::None, Vector::Long((0..1000).collect())), EncodeOptions::default()),
+            (K::list(vec![K::sym("upd"), K::long(7)]), EncodeOptions::default()),
+            (K::error("type"), EncodeOptions { capability: 0, compress: true }),
+        ];
+        let mut buf = b"prefix".to_vec();
+        for (k, opts) in &cases {
+            let want = encode_message(MsgType::Sync, k, *opts).unwrap();
+            buf.truncate(6);
+            let n = encode_message_into(MsgType::Sync, k, *opts, &mut buf).unwrap();
+            assert_eq!(n, want.len());
+            assert_eq!(&buf[..6], b"prefix");
+            assert_eq!(&buf[6..], &want[..]);
+        }
+        let guid = K::Atom(Atom::Guid([1; 16]));
+        let opts = EncodeOptions { capability: 2, compress: false };
+        assert!(encode_message_into(MsgType::Sync, &guid, opts, &mut buf).is_err());
+        assert_eq!(buf.len(), 6 + encode_message(MsgType::Sync, &cases[3].0, cases[3].1).unwrap().len());
     }
 
     #[test]
