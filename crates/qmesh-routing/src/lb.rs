@@ -255,6 +255,11 @@ impl LoadBalancer {
         self.instances.contains_key(&peer)
     }
 
+    /// Gateways connected (registered or having sent a request).
+    pub fn gateway_count(&self) -> usize {
+        self.gateways.keys().filter(|g| **g != PeerId::LOCAL).count()
+    }
+
     /// Whether `peer` is a known gateway.
     pub fn is_gateway(&self, peer: PeerId) -> bool {
         self.gateways.contains_key(&peer)

@@ -1013,7 +1013,10 @@ impl Router {
                     })
                 })
                 .collect();
-            out.insert("load_balancer".into(), serde_json::json!({ "services": services }));
+            out.insert(
+                "load_balancer".into(),
+                serde_json::json!({ "gateways": lb.gateway_count(), "services": services }),
+            );
         }
         serde_json::Value::Object(out)
     }

@@ -103,7 +103,10 @@ async fn pykx_and_qpython_get_results_and_errors() {
 
     if let Some(qp) = qmesh_testkit::python_qpython() {
         let (s, a) = tokio::task::spawn_blocking(move || {
-            (run_client(&qp, "qpython", port, &sync_requests()), run_client(&qp, "qpython", port, &async_requests()))
+            (
+                run_client(&qp, "qpython", port, &sync_requests()),
+                run_client(&qp, "qpython", port, &async_requests()),
+            )
         })
         .await
         .unwrap();

@@ -1,0 +1,254 @@
+//! `qmesh lb` and `qmesh gateway` as real processes, with whitepaper
+//! services (crates/qmesh-routing/tests/py/wp_service.py), killed for real:
+//! the load balancer dies and comes back, a gateway dies, a service dies
+//! mid-query, a gateway is stopped with SIGTERM.
+//!
+//! Waiting is for states (read from `/api/services`), never for a time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qmesh_codec::{Atom, K};
+use qmesh_ipc::{Address, ClientOptions, Connection, Incoming, IpcError};
+use qmesh_testkit::Process;
+use serde_json::Value;
+
+const EQ: &str = "EQUITY_MARKET_RDB";
+const SETTLE: Duration = Duration::from_secs(40);
+const REPLY: Duration = Duration::from_secs(30);
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_qmesh")
+}
+
+fn py_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../qmesh-routing/tests/py")
+}
+
+fn lb(port: u16) -> Process {
+    let p = port.to_string();
+    Process::qmesh(bin(), &["lb", "--bind", "127.0.0.1", "-p", &p, "--http", "0"], &["ipc", "http"])
+}
+
+fn gateway(extra: &[&str]) -> Process {
+    let mut args = vec!["gateway", "--bind", "127.0.0.1", "-p", "0", "--http", "0"];
+    args.extend_from_slice(extra);
+    Process::qmesh(bin(), &args, &["ipc", "http"])
+}
+
+fn service(lb_port: u16) -> Option<Process> {
+    let python = qmesh_testkit::python()?;
+    let mut cmd = qmesh_testkit::python_command(&python);
+    cmd.arg(py_dir().join("wp_service.py")).args([
+        "--lb",
+        &format!("127.0.0.1:{lb_port}"),
+        "--name",
+        EQ,
+        "--retry",
+        "0.2",
+    ]);
+    Some(Process::start(cmd, &["ipc"]))
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(REPLY, s.read_to_string(&mut out)).await.ok()?.ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+async fn status(p: &Process) -> Value {
+    match http_get(p.addr("http"), "/api/services").await {
+        Some((200, body)) => serde_json::from_str(&body).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+async fn wait_for(p: &Process, what: &str, f: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let s = status(p).await;
+        if f(&s) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}: {s}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn entry<'a>(s: &'a Value, side: &str) -> Option<&'a Value> {
+    s.get(side)?.get("services")?.as_array()?.iter().find(|e| e["service"] == EQ)
+}
+
+async fn wait_gateway_ready(g: &Process, instances: u64) {
+    wait_for(g, &format!("gateway with the LB and {instances} instances"), |s| {
+        s["gateway"]["lb_connected"] == true
+            && entry(s, "gateway").and_then(|e| e["instances_up"].as_u64()) == Some(instances)
+    })
+    .await
+}
+
+async fn connect(p: &Process) -> Connection {
+    let a = Address::parse(&p.addr("ipc").to_string()).unwrap();
+    Connection::connect(&a, ClientOptions::default()).await.unwrap()
+}
+
+fn user_query(q: &str) -> K {
+    K::list(vec![K::sym("userQuery"), K::list(vec![K::sym(EQ), K::string(q)])])
+}
+
+async fn sync(c: &Connection, q: &str) -> Result<K, String> {
+    match tokio::time::timeout(REPLY, c.call(&user_query(q))).await.expect("a reply in time") {
+        Ok(m) => Ok(m.decode().unwrap()),
+        Err(IpcError::Remote(t)) => Err(t),
+        Err(e) => Err(format!("connection: {e}")),
+    }
+}
+
+async fn next_async(c: &mut Connection) -> K {
+    match tokio::time::timeout(REPLY, c.receiver().recv()).await.expect("a message in time") {
+        Some(Incoming::Async(m)) => m.decode().unwrap(),
+        other => panic!("expected an async message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_dies_and_comes_back() {
+    let mut lb1 = lb(0);
+    let lb_port = lb1.port("ipc");
+    let lb_arg = format!("127.0.0.1:{lb_port}");
+    let g1 = gateway(&["--lb", &lb_arg]);
+    let g2 = gateway(&["--lb", &lb_arg]);
+    let Some(_s1) = service(lb_port) else { return };
+    let Some(_s2) = service(lb_port) else { return };
+    wait_gateway_ready(&g1, 2).await;
+    wait_gateway_ready(&g2, 2).await;
+
+    // work in flight on gateway 1 when the load balancer dies
+    let mut c1 = connect(&g1).await;
+    c1.send_async(&user_query("sleep 1500")).unwrap();
+    wait_for(&g1, "the query running", |s| {
+        entry(s, "gateway").and_then(|e| e["in_flight"].as_u64()) == Some(1)
+    })
+    .await;
+    lb1.kill();
+
+    // the running query still answers its client
+    assert_eq!(next_async(&mut c1).await, K::long(1500));
+    // new work is refused clearly while there is no load balancer
+    wait_for(&g2, "gateway 2 to notice", |s| s["gateway"]["lb_connected"] == false).await;
+    let c2 = connect(&g2).await;
+    assert_eq!(sync(&c2, "whoami").await, Err("lb unavailable".into()));
+    assert_eq!(http_get(g2.addr("http"), "/healthz").await.map(|r| r.0), Some(503));
+
+    // it comes back on the same port: services and gateways register again
+    let lb2 = lb(lb_port);
+    wait_for(&lb2, "both services back", |s| {
+        entry(s, "load_balancer").and_then(|e| e["instances"].as_u64()) == Some(2)
+    })
+    .await;
+    wait_for(&lb2, "both gateways back", |s| s["load_balancer"]["gateways"] == 2).await;
+    wait_gateway_ready(&g1, 2).await;
+    wait_gateway_ready(&g2, 2).await;
+    assert!(sync(&c1, "whoami").await.is_ok());
+    assert!(sync(&c2, "whoami").await.is_ok());
+    assert_eq!(http_get(g2.addr("http"), "/healthz").await.map(|r| r.0), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_gateway_leaves_the_instance_busy_until_it_reports_back() {
+    let lb = lb(0);
+    let lb_arg = format!("127.0.0.1:{}", lb.port("ipc"));
+    let mut g1 = gateway(&["--lb", &lb_arg]);
+    let g2 = gateway(&["--lb", &lb_arg]);
+    let Some(_s) = service(lb.port("ipc")) else { return };
+    wait_gateway_ready(&g1, 1).await;
+    wait_gateway_ready(&g2, 1).await;
+
+    let c1 = connect(&g1).await;
+    c1.send_async(&user_query("sleep 1500")).unwrap();
+    let busy = |s: &Value| entry(s, "load_balancer").and_then(|e| e["busy"].as_u64()) == Some(1);
+    wait_for(&lb, "the instance busy", busy).await;
+    g1.kill();
+    wait_for(&lb, "the gateway gone", |s| s["load_balancer"]["gateways"] == 1).await;
+    // the whitepaper's load balancer would free the instance now; ours keeps it
+    assert!(busy(&status(&lb).await), "instance handed out while still running");
+    // a new query waits for the orphaned one to finish, then runs
+    let c2 = connect(&g2).await;
+    let who = sync(&c2, "whoami").await.unwrap();
+    assert!(matches!(who, K::Atom(Atom::Symbol(_))));
+    wait_for(&lb, "the instance free", |s| {
+        entry(s, "load_balancer").and_then(|e| e["free"].as_u64()) == Some(1)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_killed_mid_query_fails_the_query_not_the_gateway() {
+    let g = gateway(&["--embedded-lb"]);
+    let gw_port = g.port("ipc");
+    let Some(mut s1) = service(gw_port) else { return };
+    wait_gateway_ready(&g, 1).await;
+    let c = connect(&g).await;
+    let running = tokio::spawn(async move {
+        let r = sync(&c, "sleep 5000").await;
+        (c, r)
+    });
+    wait_for(&g, "the query running", |s| {
+        entry(s, "gateway").and_then(|e| e["in_flight"].as_u64()) == Some(1)
+    })
+    .await;
+    s1.kill();
+    let (c, r) = running.await.unwrap();
+    assert_eq!(r, Err(format!("service disconnected: {EQ}")));
+    wait_for(&g, "the instance gone", |s| {
+        entry(s, "load_balancer").and_then(|e| e["instances"].as_u64()) == Some(0)
+    })
+    .await;
+    assert_eq!(sync(&c, "whoami").await, Err(format!("no instance: {EQ}")));
+    // a new instance takes over
+    let Some(_s2) = service(gw_port) else { return };
+    wait_gateway_ready(&g, 1).await;
+    assert!(sync(&c, "whoami").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_work_in_flight_clearly_and_exits_zero() {
+    let mut g = gateway(&["--embedded-lb", "--shutdown-grace", "200ms"]);
+    let Some(_s) = service(g.port("ipc")) else { return };
+    wait_gateway_ready(&g, 1).await;
+    let c = connect(&g).await;
+    let running = tokio::spawn(async move { sync(&c, "sleep 5000").await });
+    wait_for(&g, "the query running", |s| {
+        entry(s, "gateway").and_then(|e| e["in_flight"].as_u64()) == Some(1)
+    })
+    .await;
+    let code = tokio::task::spawn_blocking(move || g.terminate()).await.unwrap();
+    assert_eq!(running.await.unwrap(), Err("shutting down".into()));
+    assert!(code.success(), "{code:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_and_environment_give_the_flags() {
+    let dir = std::env::temp_dir().join(format!("qmesh-routing-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("qmesh.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\nembedded-lb = true\nbind = \"127.0.0.1\"\nport = 0\nhttp = 0\ntimeout = \"150ms\"\n",
+    )
+    .unwrap();
+    let g = Process::qmesh(bin(), &["--config", cfg.to_str().unwrap(), "gateway"], &["ipc", "http"]);
+    let Some(_s) = service(g.port("ipc")) else { return };
+    wait_gateway_ready(&g, 1).await;
+    let c = connect(&g).await;
+    // the default deadline came from the file
+    assert_eq!(sync(&c, "sleep 2000").await, Err("timeout".into()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
