@@ -76,8 +76,20 @@ fn an_estate_of_qmesh_processes_answers_through_the_gateway() {
         Process::qmesh(
             bin,
             &[
-                "service", "--name", NAME, "--bind", "127.0.0.1", "-p", "0", "--lb", &lb_addr, "--demo",
-                "--demo-rows", "5000", "--demo-seed", seed,
+                "service",
+                "--name",
+                NAME,
+                "--bind",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--lb",
+                &lb_addr,
+                "--demo",
+                "--demo-rows",
+                "5000",
+                "--demo-seed",
+                seed,
             ],
             &["ipc"],
         )
