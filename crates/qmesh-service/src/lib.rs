@@ -16,6 +16,27 @@
 //! * [`service`]: the process: kdb+ IPC (sync SQL strings, `upd`,
 //!   `queryService`), registration with the load balancer, `POST /query`.
 //!
+//! # Running
+//!
+//! ```text
+//! qmesh service --name EQUITY_MARKET_RDB --lb lbhost:5001 -p 5002 --http 8082 \
+//!     --load trade=trade.parquet --load quote=quote.csv      # or --demo --demo-rows 1000000
+//! ```
+//!
+//! ```q
+//! q)h:hopen 5002
+//! q)h"select sym, avg(price) as px from trade group by sym"   / a keyed table
+//! q)h(`upd;`trade;newRows)                                  / or neg[h], as a tickerplant does
+//! ```
+//!
+//! `curl -d 'select count(*) from trade' localhost:8082/query` answers JSON.
+//! See [`protocol`] for every message the service takes and sends, and
+//! [`http`] for the JSON. A synchronous `upd` that does not fit the table is
+//! answered with the error (`'mismatch: `trade`: column `price` is float, got
+//! long`); an asynchronous one has no answer channel, so it is logged and
+//! counted (`qmesh_service_upd_rejected_total`). Either way the table is
+//! unchanged.
+//!
 //! # kdb+ ⇄ Arrow
 //!
 //! Every field carries the kdb+ type name in its metadata under `kdb.type`
