@@ -418,27 +418,49 @@ impl Engine {
         self.running.fetch_add(1, Ordering::SeqCst);
         let guard = RunningGuard(Arc::clone(&self.running));
         let executing = self.executing.clone();
-        let mut task = self.spawn(async move {
+        let task = self.spawn(async move {
             let _guard = guard;
             let _permit = permit;
             let out = run(state, &sql, limits, executing).await?;
             finish(out)
         });
-        match tokio::time::timeout_at(deadline, &mut task).await {
-            Ok(Ok(result)) => result,
+        // If the caller goes away (an HTTP client hangs up, a connection
+        // closes), the query goes with it.
+        let mut task = AbortOnDrop(Some(task));
+        let joined = match task.0.as_mut() {
+            Some(handle) => tokio::time::timeout_at(deadline, handle).await,
+            None => return Err(QueryError::Internal("query task missing".to_string())),
+        };
+        match joined {
+            Ok(Ok(result)) => {
+                task.0 = None;
+                result
+            }
             Ok(Err(join)) if join.is_cancelled() => Err(QueryError::ShuttingDown),
             Ok(Err(join)) => Err(QueryError::Internal(join.to_string())),
             Err(_elapsed) => {
-                task.abort();
+                let Some(handle) = task.0.take() else { return Err(QueryError::Timeout(limits.timeout)) };
+                handle.abort();
                 // Wait for the plan to be dropped, on the engine's clock so
                 // a paused test clock does not skip the wait.
                 let waited =
-                    self.spawn(async move { tokio::time::timeout(CANCEL_GRACE, task).await.is_ok() });
+                    self.spawn(async move { tokio::time::timeout(CANCEL_GRACE, handle).await.is_ok() });
                 if !matches!(waited.await, Ok(true)) {
                     tracing::warn!(grace = ?CANCEL_GRACE, "a timed-out query did not stop within the grace period");
                 }
                 Err(QueryError::Timeout(limits.timeout))
             }
+        }
+    }
+}
+
+/// Aborts a query task when its caller drops the future waiting for it.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
         }
     }
 }
@@ -693,6 +715,22 @@ mod tests {
         let k = e.query_k("select count(*) as n from trade").await.expect("next query");
         let K::Table(t) = k else { panic!("table") };
         assert_eq!(t.columns[0], K::from(Vector::Long(vec![4])));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_takes_its_query_with_it() {
+        let e = Arc::new(engine(store_with_trades(), Limits::default()));
+        let mut executing = e.executing();
+        let q = {
+            let e = Arc::clone(&e);
+            tokio::spawn(async move {
+                e.query_k("select count(*) from generate_series(1, 100000000000) a where value % 7 = 3").await
+            })
+        };
+        executing.wait_for(|n| *n > 0).await.expect("engine alive");
+        q.abort();
+        let _ = q.await;
+        executing.wait_for(|n| *n == 0).await.expect("plan dropped");
     }
 
     #[tokio::test]
