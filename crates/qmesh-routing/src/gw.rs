@@ -27,8 +27,7 @@
 //! * An allocation the gateway cannot use (its link to the instance is down)
 //!   is released and requested again, a bounded number of times.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -187,6 +186,8 @@ struct SeqEntry {
     target: Option<Address>,
     state: PartState,
     retries: u8,
+    /// When an abandoned, dispatched part is forgotten (its timer).
+    forget_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -265,7 +266,8 @@ pub struct Gateway<R, P> {
     requests: HashMap<ReqId, Request<R, P>>,
     seqs: HashMap<Seq, SeqEntry>,
     by_client: HashMap<ClientId, Vec<ReqId>>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Live timers only: an entry is removed when what it guards ends.
+    timers: BTreeSet<(Instant, Timer)>,
     stats: GwStats,
 }
 
@@ -284,7 +286,7 @@ impl<R, P: Clone> Gateway<R, P> {
             requests: HashMap::new(),
             seqs: HashMap::new(),
             by_client: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             stats: GwStats::default(),
         }
     }
@@ -387,6 +389,7 @@ impl<R, P: Clone> Gateway<R, P> {
                     target: target.clone(),
                     state: PartState::AwaitAlloc,
                     retries: 0,
+                    forget_at: None,
                 },
             );
             out.push(GwAction::RequestService { seq, service: service.clone(), target, timeout });
@@ -407,7 +410,7 @@ impl<R, P: Clone> Gateway<R, P> {
             },
         );
         self.by_client.entry(cr.client).or_default().push(id);
-        self.timers.push(Reverse((now + timeout, Timer::Deadline(id))));
+        self.timers.insert((now + timeout, Timer::Deadline(id)));
         id
     }
 
@@ -541,7 +544,7 @@ impl<R, P: Clone> Gateway<R, P> {
         failure: Failure,
         out: &mut Vec<GwAction<R, P>>,
     ) {
-        let Some(entry) = self.seqs.remove(&seq) else { return };
+        let Some(entry) = self.remove_seq(seq) else { return };
         if let Some(req) = entry.req {
             self.fail(now, req, failure, out);
         }
@@ -567,7 +570,7 @@ impl<R, P: Clone> Gateway<R, P> {
             self.stats.misrouted_results += 1;
             return;
         }
-        let entry = self.seqs.remove(&seq).expect("present above");
+        let entry = self.remove_seq(seq).expect("present above");
         if self.lb_up {
             out.push(GwAction::Done { seq });
         }
@@ -625,7 +628,7 @@ impl<R, P: Clone> Gateway<R, P> {
     pub fn client_closed(&mut self, now: Instant, client: ClientId, out: &mut Vec<GwAction<R, P>>) {
         let Some(ids) = self.by_client.remove(&client) else { return };
         for id in ids {
-            if let Some(req) = self.requests.remove(&id) {
+            if let Some(req) = self.take_request(id) {
                 self.abandon_parts(now, &req, out);
             }
         }
@@ -642,11 +645,11 @@ impl<R, P: Clone> Gateway<R, P> {
 
     /// Times out requests past their deadline; forgets long-abandoned parts.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<GwAction<R, P>>) {
-        while let Some(Reverse((at, _))) = self.timers.peek() {
-            if *at > now {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
                 break;
             }
-            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            self.timers.remove(&(at, timer));
             match timer {
                 Timer::Deadline(id) => {
                     if self.requests.contains_key(&id) {
@@ -656,16 +659,16 @@ impl<R, P: Clone> Gateway<R, P> {
                 Timer::Forget(seq) => {
                     if self.seqs.get(&seq).is_some_and(|e| e.req.is_none()) {
                         debug!(seq = seq.0, "abandoned part never answered; forgotten");
-                        self.seqs.remove(&seq);
+                        self.remove_seq(seq);
                     }
                 }
             }
         }
     }
 
-    /// When [`Gateway::tick`] next has something to do (it may be early).
+    /// When [`Gateway::tick`] next has something to do.
     pub fn next_timer(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// Per-service gauges.
@@ -707,7 +710,7 @@ impl<R, P: Clone> Gateway<R, P> {
         let Some(entry) = self.seqs.get_mut(&seq) else { return };
         let Some(req) = entry.req.and_then(|r| self.requests.get(&r)) else {
             // the client is gone: the allocation is not used
-            self.seqs.remove(&seq);
+            self.remove_seq(seq);
             out.push(GwAction::Release { seq });
             return;
         };
@@ -717,7 +720,7 @@ impl<R, P: Clone> Gateway<R, P> {
 
     /// Requests a new allocation for the part that `seq` was, under a new seq.
     fn retry(&mut self, now: Instant, seq: Seq, out: &mut Vec<GwAction<R, P>>) {
-        let Some(entry) = self.seqs.remove(&seq) else { return };
+        let Some(entry) = self.remove_seq(seq) else { return };
         let Some(req_id) = entry.req else { return };
         if entry.retries >= self.cfg.alloc_retries || !self.lb_up {
             let failure =
@@ -746,6 +749,7 @@ impl<R, P: Clone> Gateway<R, P> {
                 target: entry.target,
                 state: PartState::AwaitAlloc,
                 retries: entry.retries + 1,
+                forget_at: None,
             },
         );
     }
@@ -768,7 +772,7 @@ impl<R, P: Clone> Gateway<R, P> {
         affected.sort();
         for (seq, dispatched) in affected {
             if dispatched {
-                let Some(entry) = self.seqs.remove(&seq) else { continue };
+                let Some(entry) = self.remove_seq(seq) else { continue };
                 if loss == Loss::LinkDown && self.lb_up {
                     out.push(GwAction::Lost { seq });
                 }
@@ -782,8 +786,24 @@ impl<R, P: Clone> Gateway<R, P> {
         }
     }
 
+    /// Removes a request and its deadline.
+    fn take_request(&mut self, id: ReqId) -> Option<Request<R, P>> {
+        let req = self.requests.remove(&id)?;
+        self.timers.remove(&(req.started + req.timeout, Timer::Deadline(id)));
+        Some(req)
+    }
+
+    /// Removes a part's entry and its forget timer.
+    fn remove_seq(&mut self, seq: Seq) -> Option<SeqEntry> {
+        let e = self.seqs.remove(&seq)?;
+        if let Some(at) = e.forget_at {
+            self.timers.remove(&(at, Timer::Forget(seq)));
+        }
+        Some(e)
+    }
+
     fn complete(&mut self, now: Instant, id: ReqId, out: &mut Vec<GwAction<R, P>>) {
-        let Some(req) = self.requests.remove(&id) else { return };
+        let Some(req) = self.take_request(id) else { return };
         self.forget_client_req(req.client, id);
         let service = req.parts.first().map(|p| p.service.clone()).unwrap_or_else(|| ServiceName::new(""));
         let mut results: Vec<P> = Vec::with_capacity(req.parts.len());
@@ -816,7 +836,7 @@ impl<R, P: Clone> Gateway<R, P> {
 
     /// Answers the request with `failure` and abandons its other parts.
     fn fail(&mut self, now: Instant, id: ReqId, failure: Failure, out: &mut Vec<GwAction<R, P>>) {
-        let Some(req) = self.requests.remove(&id) else { return };
+        let Some(req) = self.take_request(id) else { return };
         self.forget_client_req(req.client, id);
         self.abandon_parts(now, &req, out);
         let service = req.parts.first().map(|p| p.service.clone()).unwrap_or_else(|| ServiceName::new(""));
@@ -836,14 +856,16 @@ impl<R, P: Clone> Gateway<R, P> {
             let Some(entry) = self.seqs.get_mut(&part.seq) else { continue };
             match entry.state {
                 PartState::AwaitAlloc | PartState::AwaitLink(_) => {
-                    self.seqs.remove(&part.seq);
+                    self.remove_seq(part.seq);
                     if self.lb_up {
                         out.push(GwAction::Release { seq: part.seq });
                     }
                 }
                 PartState::Dispatched(_) => {
                     entry.req = None;
-                    self.timers.push(Reverse((now + self.cfg.abandon_horizon, Timer::Forget(part.seq))));
+                    let at = now + self.cfg.abandon_horizon;
+                    entry.forget_at = Some(at);
+                    self.timers.insert((at, Timer::Forget(part.seq)));
                 }
             }
         }
@@ -860,6 +882,8 @@ impl<R, P: Clone> Gateway<R, P> {
 
     #[cfg(test)]
     fn check_invariants(&self) {
+        let forgets = self.seqs.values().filter(|e| e.forget_at.is_some()).count();
+        assert_eq!(self.timers.len(), self.requests.len() + forgets, "timers out of step");
         for (seq, e) in &self.seqs {
             if let Some(r) = e.req {
                 let req = self.requests.get(&r).expect("live part of a missing request");

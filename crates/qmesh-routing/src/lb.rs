@@ -42,8 +42,7 @@
 //! Time is a value passed in (`now`); the caller runs [`LoadBalancer::tick`]
 //! at [`LoadBalancer::next_timer`].
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -59,6 +58,10 @@ pub const DEFAULT_QUEUE_LIMIT: usize = 1024;
 /// whitepaper gateway). Matches the usual 30 s kdb+ gateway timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Highest [`LbConfig::instance_concurrency`] accepted (queries per
+/// instance); a bound on the per-instance lease list.
+pub const MAX_INSTANCE_CONCURRENCY: usize = 1024;
+
 /// Default time (after a lease's request deadline) before an instance that
 /// has not reported back is considered stuck and dropped from the pool.
 pub const DEFAULT_STUCK_GRACE: Duration = Duration::from_secs(30);
@@ -72,6 +75,12 @@ pub struct LbConfig {
     pub default_timeout: Duration,
     /// Time after a lease's deadline before its instance is dropped.
     pub stuck_grace: Duration,
+    /// Queries one instance may hold at once (leases per instance). 1 is the
+    /// whitepaper's rule — a query goes only to a free instance, so a long
+    /// query never holds up another; more lets an instance have its next
+    /// query waiting in its socket (throughput for short queries, at the
+    /// cost of that guarantee), like HAProxy's per-server `maxconn`.
+    pub instance_concurrency: usize,
 }
 
 impl Default for LbConfig {
@@ -80,6 +89,7 @@ impl Default for LbConfig {
             queue_limit: DEFAULT_QUEUE_LIMIT,
             default_timeout: DEFAULT_REQUEST_TIMEOUT,
             stuck_grace: DEFAULT_STUCK_GRACE,
+            instance_concurrency: 1,
         }
     }
 }
@@ -162,7 +172,10 @@ struct Lease {
     id: LeaseId,
     gw: PeerId,
     seq: Seq,
-    /// The gateway is gone; the service's own return ends the lease.
+    /// When the instance is declared stuck if this lease is still held.
+    stuck_at: Instant,
+    /// The gateway is gone (or lost its link); the service's own return
+    /// ends the lease.
     orphaned: bool,
     /// The gateway sends no `serviceDone`; the service's return ends it.
     service_ends: bool,
@@ -172,11 +185,18 @@ struct Lease {
 struct Instance {
     service: ServiceName,
     address: Address,
-    lease: Option<Lease>,
+    /// Leases held, oldest first; at most [`LbConfig::instance_concurrency`].
+    leases: Vec<Lease>,
     /// Service returns still to come for leases a gateway already ended.
     pending_echo: u32,
     /// Service returns received before the gateway's `serviceDone`.
     credit: u32,
+}
+
+impl Instance {
+    fn lease_pos(&self, gw: PeerId, seq: Seq) -> Option<usize> {
+        self.leases.iter().position(|l| l.gw == gw && l.seq == seq)
+    }
 }
 
 #[derive(Debug)]
@@ -191,7 +211,8 @@ struct Queued {
 struct Service {
     /// Registration order.
     instances: Vec<PeerId>,
-    /// Free instances, the longest-free first (spreads load evenly).
+    /// Free slots, one entry per slot, the longest-free first (spreads load
+    /// evenly; with a concurrency of 1 a slot is an instance).
     free: VecDeque<PeerId>,
     queue: VecDeque<Queued>,
 }
@@ -223,20 +244,22 @@ pub struct LoadBalancer {
     instances: HashMap<PeerId, Instance>,
     gateways: HashMap<PeerId, Gateway>,
     requests: HashMap<(PeerId, Seq), Where>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Live timers only: an entry is removed when what it guards ends.
+    timers: BTreeSet<(Instant, Timer)>,
     next_lease: u64,
     stats: LbStats,
 }
 
 impl LoadBalancer {
-    pub fn new(cfg: LbConfig) -> LoadBalancer {
+    pub fn new(mut cfg: LbConfig) -> LoadBalancer {
+        cfg.instance_concurrency = cfg.instance_concurrency.clamp(1, MAX_INSTANCE_CONCURRENCY);
         LoadBalancer {
             cfg,
             services: HashMap::new(),
             instances: HashMap::new(),
             gateways: HashMap::new(),
             requests: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             next_lease: 1,
             stats: LbStats::default(),
         }
@@ -318,7 +341,7 @@ impl LoadBalancer {
             Instance {
                 service: service.clone(),
                 address: address.clone(),
-                lease: None,
+                leases: Vec::new(),
                 pending_echo: 0,
                 credit: 0,
             },
@@ -333,7 +356,9 @@ impl LoadBalancer {
                 });
             }
         }
-        self.make_available(peer, now, out);
+        for _ in 0..self.cfg.instance_concurrency {
+            self.make_available(peer, now, out);
+        }
     }
 
     /// `requestService[seq;service]` (and the qmesh form with a target and a
@@ -377,13 +402,15 @@ impl LoadBalancer {
         };
         let deadline = now + req.timeout.unwrap_or(self.cfg.default_timeout);
         let svc = self.services.get_mut(&req.service).expect("checked above");
-        let free = match target {
-            None => svc.free.pop_front(),
-            Some(t) => match svc.free.iter().position(|p| *p == t) {
-                Some(i) => svc.free.remove(i),
-                None => None,
-            },
+        let pos = match target {
+            // the longest-free slot of the least-loaded instance
+            None => {
+                let load = |p: &PeerId| self.instances.get(p).map_or(usize::MAX, |i| i.leases.len());
+                svc.free.iter().enumerate().min_by_key(|(i, p)| (load(p), *i)).map(|(i, _)| i)
+            }
+            Some(t) => svc.free.iter().position(|p| *p == t),
         };
+        let free = pos.and_then(|i| svc.free.remove(i));
         if let Some(instance) = free {
             self.grant(instance, gw, req.seq, deadline, out);
             return;
@@ -396,7 +423,7 @@ impl LoadBalancer {
         svc.queue.push_back(Queued { gw, seq: req.seq, target, deadline });
         self.stats.queued += 1;
         self.requests.insert((gw, req.seq), Where::Queued(req.service));
-        self.timers.push(Reverse((deadline, Timer::Queue { gw, seq: req.seq })));
+        self.timers.insert((deadline, Timer::Queue { gw, seq: req.seq }));
     }
 
     /// `returnService[seq]` from a gateway: the whitepaper's "this allocation
@@ -406,15 +433,12 @@ impl LoadBalancer {
     pub fn gateway_release(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
         match self.requests.get(&(gw, seq)).cloned() {
             Some(Where::Queued(service)) => {
-                self.requests.remove(&(gw, seq));
-                if let Some(svc) = self.services.get_mut(&service) {
-                    svc.queue.retain(|q| !(q.gw == gw && q.seq == seq));
-                }
+                self.unqueue(&service, gw, seq);
                 self.stats.cancelled += 1;
             }
             Some(Where::Leased(instance)) => {
                 self.stats.cancelled += 1;
-                self.end_lease(instance, now, out);
+                self.end_lease(instance, gw, seq, now, out);
             }
             None => {
                 debug!(gateway = gw.0, seq = seq.0, "release names no current request; ignored");
@@ -424,8 +448,8 @@ impl LoadBalancer {
     }
 
     /// `serviceDone[seq]` from a qmesh gateway: the query dispatched under
-    /// this lease has answered (or its service connection was lost). Ends the
-    /// lease; the service's own `returnService` for it is expected as an echo.
+    /// this lease has answered. Ends the lease; the service's own
+    /// `returnService` for it is expected as an echo.
     pub fn gateway_done(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
         match self.requests.get(&(gw, seq)).cloned() {
             Some(Where::Leased(instance)) => {
@@ -436,7 +460,8 @@ impl LoadBalancer {
                         inst.pending_echo += 1;
                     }
                 }
-                self.end_lease(instance, now, out);
+                self.end_lease(instance, gw, seq, now, out);
+                self.settle(instance, now, out);
             }
             Some(Where::Queued(_)) => {
                 warn!(gateway = gw.0, seq = seq.0, "serviceDone for a queued request; treated as a cancel");
@@ -455,15 +480,7 @@ impl LoadBalancer {
     /// the instance leaves the pool), never a new allocation.
     pub fn gateway_lost(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
         match self.requests.get(&(gw, seq)).cloned() {
-            Some(Where::Leased(instance)) => {
-                let Some(inst) = self.instances.get_mut(&instance) else { return };
-                let Some(lease) = inst.lease.as_mut() else { return };
-                lease.orphaned = true;
-                if inst.credit > 0 {
-                    inst.credit -= 1;
-                    self.end_lease(instance, now, out);
-                }
-            }
+            Some(Where::Leased(instance)) => self.orphan(instance, gw, seq, now, out),
             Some(Where::Queued(_)) => self.gateway_release(gw, seq, now, out),
             None => self.stats.stale_gateway_releases += 1,
         }
@@ -483,14 +500,13 @@ impl LoadBalancer {
             inst.pending_echo -= 1;
             return;
         }
-        match &inst.lease {
-            Some(l) if l.orphaned || l.service_ends => self.end_lease(peer, now, out),
-            Some(_) => inst.credit += 1,
-            None => {
-                debug!(peer = peer.0, "returnService while free; ignored");
-                self.stats.stray_service_returns += 1;
-            }
+        if inst.leases.is_empty() {
+            debug!(peer = peer.0, "returnService while free; ignored");
+            self.stats.stray_service_returns += 1;
+            return;
         }
+        inst.credit += 1;
+        self.settle(peer, now, out);
     }
 
     /// A connection closed: a gateway, an instance, or neither.
@@ -505,28 +521,22 @@ impl LoadBalancer {
 
     /// Expires queued requests and drops stuck instances whose time is due.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<LbAction>) {
-        while let Some(Reverse((at, _))) = self.timers.peek() {
-            if *at > now {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
                 break;
             }
-            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            self.timers.remove(&(at, timer));
             match timer {
                 Timer::Queue { gw, seq } => {
                     if let Some(Where::Queued(service)) = self.requests.get(&(gw, seq)).cloned() {
-                        self.requests.remove(&(gw, seq));
-                        if let Some(svc) = self.services.get_mut(&service) {
-                            svc.queue.retain(|q| !(q.gw == gw && q.seq == seq));
-                        }
+                        self.unqueue(&service, gw, seq);
                         debug!(gateway = gw.0, seq = seq.0, %service, "queued request expired");
                         self.stats.expired += 1;
                     }
                 }
                 Timer::Lease { instance, lease } => {
-                    let stuck = self
-                        .instances
-                        .get(&instance)
-                        .and_then(|i| i.lease.as_ref())
-                        .is_some_and(|l| l.id == lease);
+                    let stuck =
+                        self.instances.get(&instance).is_some_and(|i| i.leases.iter().any(|l| l.id == lease));
                     if stuck && let Some(inst) = self.remove_instance(instance, now, out) {
                         warn!(peer = instance.0, service = %inst.service, address = %inst.address,
                             "instance did not report back within its deadline plus the stuck grace; dropped");
@@ -543,9 +553,9 @@ impl LoadBalancer {
         }
     }
 
-    /// When [`LoadBalancer::tick`] next has something to do (it may be early).
+    /// When [`LoadBalancer::tick`] next has something to do.
     pub fn next_timer(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// Per-service gauges.
@@ -553,12 +563,19 @@ impl LoadBalancer {
         let mut out: Vec<ServiceSnapshot> = self
             .services
             .iter()
-            .map(|(name, s)| ServiceSnapshot {
-                service: name.clone(),
-                instances: s.instances.len(),
-                free: s.free.len(),
-                busy: s.instances.len() - s.free.len(),
-                queued: s.queue.len(),
+            .map(|(name, s)| {
+                let busy = s
+                    .instances
+                    .iter()
+                    .filter(|p| self.instances.get(p).is_some_and(|i| !i.leases.is_empty()))
+                    .count();
+                ServiceSnapshot {
+                    service: name.clone(),
+                    instances: s.instances.len(),
+                    free: s.instances.len() - busy,
+                    busy,
+                    queued: s.queue.len(),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.service.cmp(&b.service));
@@ -575,31 +592,72 @@ impl LoadBalancer {
         }
     }
 
+    /// Removes a queued request (its index entry and its timer).
+    fn unqueue(&mut self, service: &ServiceName, gw: PeerId, seq: Seq) {
+        self.requests.remove(&(gw, seq));
+        if let Some(svc) = self.services.get_mut(service)
+            && let Some(pos) = svc.queue.iter().position(|q| q.gw == gw && q.seq == seq)
+            && let Some(q) = svc.queue.remove(pos)
+        {
+            self.timers.remove(&(q.deadline, Timer::Queue { gw, seq }));
+        }
+    }
+
     fn grant(&mut self, instance: PeerId, gw: PeerId, seq: Seq, deadline: Instant, out: &mut Vec<LbAction>) {
         let id = LeaseId(self.next_lease);
         self.next_lease += 1;
         let service_ends = self.gateways.get(&gw).is_none_or(|g| g.proto == GatewayProtocol::Whitepaper);
         let stuck_at = deadline + self.cfg.stuck_grace;
         let inst = self.instances.get_mut(&instance).expect("granting a registered instance");
-        debug_assert!(inst.lease.is_none(), "granting a leased instance");
-        inst.lease = Some(Lease { id, gw, seq, orphaned: false, service_ends });
+        debug_assert!(inst.leases.len() < self.cfg.instance_concurrency, "granting a full instance");
+        inst.leases.push(Lease { id, gw, seq, stuck_at, orphaned: false, service_ends });
         let address = inst.address.clone();
         self.requests.insert((gw, seq), Where::Leased(instance));
-        self.timers.push(Reverse((stuck_at, Timer::Lease { instance, lease: id })));
+        self.timers.insert((stuck_at, Timer::Lease { instance, lease: id }));
         self.stats.allocations += 1;
         out.push(LbAction::Alloc { gw, seq, address });
     }
 
-    fn end_lease(&mut self, instance: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+    /// Ends the lease `(gw, seq)` on `instance` and frees its slot.
+    fn end_lease(&mut self, instance: PeerId, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
         let Some(inst) = self.instances.get_mut(&instance) else { return };
-        if let Some(lease) = inst.lease.take() {
-            self.requests.remove(&(lease.gw, lease.seq));
-        }
+        let Some(pos) = inst.lease_pos(gw, seq) else { return };
+        let lease = inst.leases.remove(pos);
+        self.requests.remove(&(lease.gw, lease.seq));
+        self.timers.remove(&(lease.stuck_at, Timer::Lease { instance, lease: lease.id }));
         self.make_available(instance, now, out);
     }
 
-    /// Gives a just-freed instance to the first eligible queued request, or
-    /// puts it at the back of the free list.
+    /// Marks the lease `(gw, seq)` orphaned: from now on only the service's
+    /// own return can end it.
+    fn orphan(&mut self, instance: PeerId, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
+        let Some(inst) = self.instances.get_mut(&instance) else { return };
+        let Some(pos) = inst.lease_pos(gw, seq) else { return };
+        inst.leases[pos].orphaned = true;
+        debug!(peer = instance.0, seq = seq.0, "lease orphaned; it ends when the service reports back");
+        self.settle(instance, now, out);
+    }
+
+    /// Spends the instance's unmatched service returns (credit) on leases
+    /// that only a service return can end (orphaned, or of a whitepaper
+    /// gateway), oldest first — but only once no lease a gateway will report
+    /// on remains: an anonymous return may belong to one of those, and
+    /// freeing a slot late is safe where freeing it early is not.
+    fn settle(&mut self, instance: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+        loop {
+            let Some(inst) = self.instances.get_mut(&instance) else { return };
+            if inst.credit == 0 || inst.leases.iter().any(|l| !(l.orphaned || l.service_ends)) {
+                return;
+            }
+            let Some(l) = inst.leases.first() else { return };
+            let (gw, seq) = (l.gw, l.seq);
+            inst.credit -= 1;
+            self.end_lease(instance, gw, seq, now, out);
+        }
+    }
+
+    /// Gives a just-freed slot of `instance` to the first eligible queued
+    /// request, or puts it at the back of the free list.
     fn make_available(&mut self, instance: PeerId, now: Instant, out: &mut Vec<LbAction>) {
         let Some(inst) = self.instances.get(&instance) else { return };
         let service = inst.service.clone();
@@ -612,6 +670,7 @@ impl LoadBalancer {
             };
             let q = svc.queue.remove(pos).expect("position is in range");
             self.requests.remove(&(q.gw, q.seq));
+            self.timers.remove(&(q.deadline, Timer::Queue { gw: q.gw, seq: q.seq }));
             if q.deadline <= now {
                 debug!(gateway = q.gw.0, seq = q.seq.0, %service, "queued request expired");
                 self.stats.expired += 1;
@@ -627,10 +686,17 @@ impl LoadBalancer {
         self.gateways.remove(&gw);
         // Queued requests first, so that a lease ended below cannot be
         // handed to a request of the gateway that is going away.
-        for svc in self.services.values_mut() {
-            svc.queue.retain(|q| q.gw != gw);
+        let queued: Vec<(Seq, ServiceName)> = self
+            .requests
+            .iter()
+            .filter_map(|((g, s), w)| match w {
+                Where::Queued(svc) if *g == gw => Some((*s, svc.clone())),
+                _ => None,
+            })
+            .collect();
+        for (seq, service) in queued {
+            self.unqueue(&service, gw, seq);
         }
-        self.requests.retain(|(g, _), w| !(*g == gw && matches!(w, Where::Queued(_))));
         let leased: Vec<(Seq, PeerId)> = self
             .requests
             .iter()
@@ -640,21 +706,7 @@ impl LoadBalancer {
             })
             .collect();
         for (seq, instance) in leased {
-            let Some(inst) = self.instances.get_mut(&instance) else { continue };
-            let Some(lease) = inst.lease.as_mut() else { continue };
-            lease.orphaned = true;
-            if inst.credit > 0 {
-                // The service already reported back; the gateway's report
-                // will never come.
-                inst.credit -= 1;
-                self.end_lease(instance, now, out);
-            } else {
-                debug!(
-                    peer = instance.0,
-                    seq = seq.0,
-                    "lease orphaned; waiting for the service to report back"
-                );
-            }
+            self.orphan(instance, gw, seq, now, out);
         }
     }
 
@@ -663,8 +715,9 @@ impl LoadBalancer {
     fn remove_instance(&mut self, peer: PeerId, _now: Instant, out: &mut Vec<LbAction>) -> Option<Instance> {
         let inst = self.instances.remove(&peer)?;
         info!(peer = peer.0, service = %inst.service, address = %inst.address, "instance left the pool");
-        if let Some(lease) = &inst.lease {
+        for lease in &inst.leases {
             self.requests.remove(&(lease.gw, lease.seq));
+            self.timers.remove(&(lease.stuck_at, Timer::Lease { instance: peer, lease: lease.id }));
         }
         let mut refused = Vec::new();
         if let Some(svc) = self.services.get_mut(&inst.service) {
@@ -674,13 +727,14 @@ impl LoadBalancer {
             svc.queue.retain(|q| {
                 let orphan = none_left || q.target == Some(peer);
                 if orphan {
-                    refused.push((q.gw, q.seq));
+                    refused.push((q.gw, q.seq, q.deadline));
                 }
                 !orphan
             });
         }
-        for (gw, seq) in refused {
+        for (gw, seq, deadline) in refused {
             self.requests.remove(&(gw, seq));
+            self.timers.remove(&(deadline, Timer::Queue { gw, seq }));
             self.stats.denied_no_instance += 1;
             self.deny(gw, seq, Failure::NoInstance(inst.service.clone()), out);
         }
@@ -698,32 +752,38 @@ impl LoadBalancer {
 
     #[cfg(test)]
     fn check_invariants(&self) {
+        let k = self.cfg.instance_concurrency;
         for (name, svc) in &self.services {
-            for p in &svc.free {
-                let inst = &self.instances[p];
-                assert!(inst.lease.is_none(), "free instance {p:?} of {name:?} holds a lease");
-                assert!(
-                    !svc.queue.iter().any(|q| q.target.is_none_or(|t| t == *p)),
-                    "instance {p:?} is free while a request it could serve waits"
-                );
-            }
             for p in &svc.instances {
                 let inst = &self.instances[p];
                 assert_eq!(&inst.service, name);
-                assert_eq!(inst.lease.is_none(), svc.free.contains(p), "free list out of step for {p:?}");
+                let slots = svc.free.iter().filter(|f| *f == p).count();
+                assert_eq!(slots + inst.leases.len(), k, "free slots out of step for {p:?}");
+                if slots > 0 {
+                    assert!(
+                        !svc.queue.iter().any(|q| q.target.is_none_or(|t| t == *p)),
+                        "instance {p:?} has a free slot while a request it could serve waits"
+                    );
+                }
             }
+            assert!(svc.free.iter().all(|p| svc.instances.contains(p)), "free slot of an unknown instance");
             for q in &svc.queue {
                 assert_eq!(self.requests.get(&(q.gw, q.seq)), Some(&Where::Queued(name.clone())));
+                assert!(self.timers.contains(&(q.deadline, Timer::Queue { gw: q.gw, seq: q.seq })));
             }
         }
+        let mut leased = 0;
         for (p, inst) in &self.instances {
-            if let Some(l) = &inst.lease {
+            assert!(inst.leases.len() <= k);
+            for l in &inst.leases {
+                leased += 1;
                 assert_eq!(self.requests.get(&(l.gw, l.seq)), Some(&Where::Leased(*p)));
+                assert!(self.timers.contains(&(l.stuck_at, Timer::Lease { instance: *p, lease: l.id })));
             }
         }
         let queued: usize = self.services.values().map(|s| s.queue.len()).sum();
-        let leased = self.instances.values().filter(|i| i.lease.is_some()).count();
         assert_eq!(self.requests.len(), queued + leased, "request index out of step");
+        assert_eq!(self.timers.len(), queued + leased, "timers out of step");
     }
 }
 
@@ -1223,10 +1283,38 @@ mod tests {
         assert_eq!(f.request(GW, 41, "EQ"), vec![alloc(GW, 41, ":h:1")]);
     }
 
+    #[test]
+    fn instance_concurrency_gives_each_instance_k_slots() {
+        let mut f = Fixture::new(LbConfig { instance_concurrency: 2, ..LbConfig::default() });
+        f.lb.register_gateway(GW, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.register(B, "EQ", ":h:2");
+        // slots interleave: A, B, A, B
+        assert_eq!(f.request(GW, 1, "EQ"), vec![alloc(GW, 1, ":h:1")]);
+        assert_eq!(f.request(GW, 2, "EQ"), vec![alloc(GW, 2, ":h:2")]);
+        assert_eq!(f.request(GW, 3, "EQ"), vec![alloc(GW, 3, ":h:1")]);
+        assert_eq!(f.request(GW, 4, "EQ"), vec![alloc(GW, 4, ":h:2")]);
+        assert!(f.request(GW, 5, "EQ").is_empty(), "two queries per instance at most");
+        assert_eq!(f.done(GW, 3), vec![alloc(GW, 5, ":h:1")]);
+        // anonymous service returns end the oldest orphaned lease only
+        f.closed(GW);
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        assert!(f.request(GW2, 1, "EQ").is_empty(), "orphans still hold every slot");
+        assert_eq!(f.service_return(A), vec![], "echo of seq 3");
+        assert_eq!(f.service_return(A), vec![alloc(GW2, 1, ":h:1")]);
+        assert_eq!(f.lb.snapshot()[0].busy, 2);
+    }
+
     /// A deterministic pseudo-random walk over all events, checking the
-    /// invariants after every step and that no instance is ever leased twice.
+    /// invariants after every step.
     #[test]
     fn random_walk_keeps_invariants() {
+        for k in [1, 2, 3] {
+            random_walk(k);
+        }
+    }
+
+    fn random_walk(k: usize) {
         let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             rng ^= rng << 13;
@@ -1238,6 +1326,7 @@ mod tests {
             queue_limit: 4,
             default_timeout: Duration::from_millis(50),
             stuck_grace: Duration::from_millis(20),
+            instance_concurrency: k,
         };
         let mut f = Fixture::new(cfg);
         let gws = [PeerId(100), PeerId(101), PeerId(102)];

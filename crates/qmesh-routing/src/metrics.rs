@@ -29,6 +29,7 @@
 
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -109,12 +110,35 @@ pub fn register_state<T: Send + Sync + 'static>(
     metrics.register(name, help, m);
 }
 
-/// The event-driven metrics of a gateway.
+/// The event-driven metrics of a gateway. Handles used on every request are
+/// created once (no label allocation per request).
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     pub requests: Family<Labels, Counter>,
     pub errors: Family<Labels, Counter>,
     pub latency: Family<Labels, Histogram>,
+    by_mode: [Counter; 4],
+    by_service: Arc<std::sync::Mutex<std::collections::HashMap<Bytes, Histogram>>>,
+}
+
+/// Reply modes, for [`GatewayMetrics::request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Sync = 0,
+    Deferred = 1,
+    Callback = 2,
+    Http = 3,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Deferred => "deferred",
+            Mode::Callback => "callback",
+            Mode::Http => "http",
+        }
+    }
 }
 
 /// Latency buckets: 20 µs doubling to about 84 s.
@@ -124,10 +148,15 @@ fn latency_histogram() -> Histogram {
 
 impl GatewayMetrics {
     pub fn register(metrics: &Metrics) -> GatewayMetrics {
+        let requests: Family<Labels, Counter> = Family::default();
+        let by_mode = [Mode::Sync, Mode::Deferred, Mode::Callback, Mode::Http]
+            .map(|m| requests.get_or_create(&label("mode", m.name())).clone());
         let m = GatewayMetrics {
-            requests: Family::default(),
+            requests,
             errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            by_mode,
+            by_service: Arc::default(),
         };
         metrics.register(
             "qmesh_gateway_requests",
@@ -145,6 +174,28 @@ impl GatewayMetrics {
             m.latency.clone(),
         );
         m
+    }
+
+    /// Counts a request.
+    pub fn request(&self, mode: Mode) {
+        self.by_mode[mode as usize].inc();
+    }
+
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&label("kind", kind)).inc();
+    }
+
+    /// Records a request's duration.
+    pub fn observe(&self, service: &crate::types::ServiceName, seconds: f64) {
+        let mut map = self.by_service.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(h) = map.get(service.bytes()) {
+            h.observe(seconds);
+            return;
+        }
+        let h = self.latency.get_or_create(&label("service", service.text())).clone();
+        h.observe(seconds);
+        map.insert(service.bytes().clone(), h);
     }
 }
 

@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 
 use crate::gw::{ClientRequest, Gateway, GatewayConfig, GwAction, LinkId, Outcome};
 use crate::lb::{GatewayProtocol, LbAction, LbConfig, LoadBalancer, ServiceRequest};
-use crate::metrics::{GatewayMetrics, Labels, label, register_state};
+use crate::metrics::{GatewayMetrics, Labels, Mode, label, register_state};
 use crate::proto::{self, ServiceReply, UserQuery};
 use crate::types::{Address, ClientId, Failure, PeerId, ServiceName};
 
@@ -64,6 +64,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How often shutdown checks whether requests in flight are done.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
+
+/// Most messages from one instance routed under one lock acquisition (a
+/// bound on how long one link holds the state while others wait).
+const LINK_BATCH: usize = 64;
 
 /// Results larger than this (bytes) are converted to JSON on a blocking
 /// thread, not on the runtime's.
@@ -475,9 +479,9 @@ impl Router {
             Err(f) => Err(f),
         };
         if let Some(m) = &self.metrics {
-            m.latency.get_or_create(&label("service", service.text())).observe(elapsed.as_secs_f64());
+            m.observe(service, elapsed.as_secs_f64());
             if let Err(f) = &result {
-                m.errors.get_or_create(&label("kind", f.word())).inc();
+                m.error(f.word());
             }
         }
         send_reply(reply, result);
@@ -604,9 +608,9 @@ impl Router {
     fn user_query(self: &Arc<Self>, peer: &Peer, args: &[RawObject], responder: Option<Responder>) {
         let parsed = proto::user_query(args);
         let (mode, reply) = match (&parsed, responder) {
-            (_, Some(r)) => ("sync", ReplyTo::Sync(r)),
+            (_, Some(r)) => (Mode::Sync, ReplyTo::Sync(r)),
             (Ok(uq), None) if uq.callback.is_some() => (
-                "callback",
+                Mode::Callback,
                 ReplyTo::Callback {
                     peer: peer.clone(),
                     name: uq.callback.clone().unwrap_or_default(),
@@ -620,7 +624,7 @@ impl Router {
                 .filter(|n| !n.is_empty())
             {
                 Some(name) => (
-                    "callback",
+                    Mode::Callback,
                     ReplyTo::Callback {
                         peer: peer.clone(),
                         name,
@@ -628,19 +632,19 @@ impl Router {
                         query: args.first().cloned().unwrap_or_else(|| RawObject::encode(&K::GenericNull)),
                     },
                 ),
-                None => ("deferred", ReplyTo::Deferred(peer.clone())),
+                None => (Mode::Deferred, ReplyTo::Deferred(peer.clone())),
             },
-            (Ok(_), None) => ("deferred", ReplyTo::Deferred(peer.clone())),
+            (Ok(_), None) => (Mode::Deferred, ReplyTo::Deferred(peer.clone())),
         };
         if let Some(m) = &self.metrics {
-            m.requests.get_or_create(&label("mode", mode)).inc();
+            m.request(mode);
         }
         match parsed {
             Ok(uq) => self.submit(ClientId(peer.id().0), reply, uq),
             Err(text) => {
                 let f = Failure::BadRequest(text);
                 if let Some(m) = &self.metrics {
-                    m.errors.get_or_create(&label("kind", f.word())).inc();
+                    m.error(f.word());
                 }
                 send_reply(reply, Err(f));
             }
@@ -684,7 +688,7 @@ impl Router {
         let id = ClientId(HTTP_CLIENT_BASE + self.next_http.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         if let Some(m) = &self.metrics {
-            m.requests.get_or_create(&label("mode", "http")).inc();
+            m.request(Mode::Http);
         }
         self.submit(id, ReplyTo::Http(tx), uq);
         (id, rx)
@@ -712,23 +716,30 @@ impl Router {
         });
     }
 
-    /// A message from a service instance on our link to it.
-    fn on_service_message(self: &Arc<Self>, address: &Address, msg: Message) {
-        match proto::service_reply(&msg) {
-            Ok(reply) => self.with(|inner, now, work| {
-                if let Some(gw) = inner.gw.as_mut() {
-                    match reply {
-                        ServiceReply::Result(seq, raw) => {
-                            gw.return_res(now, address, seq, Ok(raw), &mut work.gw)
-                        }
-                        ServiceReply::Error(seq, text) => {
-                            gw.return_res(now, address, seq, Err(text), &mut work.gw)
-                        }
+    /// Messages from a service instance on our link to it (drained from
+    /// `batch`), routed under one lock.
+    fn on_service_messages(self: &Arc<Self>, address: &Address, batch: &mut Vec<Message>) {
+        let mut replies = Vec::with_capacity(batch.len());
+        for msg in batch.drain(..) {
+            match proto::service_reply(&msg) {
+                Ok(r) => replies.push(r),
+                Err(e) => warn!(%address, error = %e, "unexpected message from a service; ignored"),
+            }
+        }
+        if replies.is_empty() {
+            return;
+        }
+        self.with(|inner, now, work| {
+            let Some(gw) = inner.gw.as_mut() else { return };
+            for reply in replies {
+                match reply {
+                    ServiceReply::Result(seq, raw) => gw.return_res(now, address, seq, Ok(raw), &mut work.gw),
+                    ServiceReply::Error(seq, text) => {
+                        gw.return_res(now, address, seq, Err(text), &mut work.gw)
                     }
                 }
-            }),
-            Err(e) => warn!(%address, error = %e, "unexpected message from a service; ignored"),
-        }
+            }
+        });
     }
 
     /// A message the load balancer pushed to us.
@@ -829,20 +840,43 @@ impl Router {
                 return;
             }
             debug!(%address, "link to instance up");
+            let cancelled = stop.cancelled();
+            tokio::pin!(cancelled);
+            let mut batch: Vec<Message> = Vec::new();
             loop {
                 let m = tokio::select! {
-                    _ = stop.cancelled() => {
+                    _ = &mut cancelled => {
                         sender.close();
                         return;
                     }
                     m = rx.recv() => m,
                 };
-                match m {
-                    Some(Incoming::Async(msg)) => self.on_service_message(&address, msg),
-                    Some(Incoming::Sync(_, r)) => {
-                        let _ = r.error("bad request: a gateway answers no queries on its links to services");
+                // take everything already waiting, and route it under one lock
+                let mut next = m;
+                let mut open = true;
+                loop {
+                    match next {
+                        Some(Incoming::Async(msg)) => batch.push(msg),
+                        Some(Incoming::Sync(_, r)) => {
+                            let _ =
+                                r.error("bad request: a gateway answers no queries on its links to services");
+                        }
+                        None => {
+                            open = false;
+                            break;
+                        }
                     }
-                    None => break,
+                    if batch.len() >= LINK_BATCH {
+                        break;
+                    }
+                    next = match rx.try_recv() {
+                        Some(m) => Some(m),
+                        None => break,
+                    };
+                }
+                self.on_service_messages(&address, &mut batch);
+                if !open {
+                    break;
                 }
             }
             info!(%address, "link to instance lost");

@@ -9,8 +9,8 @@
 //!
 //! Checked on every step: an instance is never given a query while it is
 //! running (or has queued) another one — the double booking the whitepaper's
-//! load balancer allows — and at the end every client request got exactly one
-//! reply.
+//! load balancer allows — (with a concurrency of k: never more than k at
+//! once), and at the end every client request got exactly one reply.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -86,6 +86,8 @@ struct Sim {
     issued: u64,
     violations: Vec<String>,
     completed_ok: u64,
+    /// Queries one instance may hold (the load balancer's concurrency).
+    k: usize,
 }
 
 impl Sim {
@@ -303,7 +305,7 @@ impl Sim {
                 if s.life != life || !s.alive {
                     return;
                 }
-                if s.running.is_some() || !s.inbox.is_empty() {
+                if usize::from(s.running.is_some()) + s.inbox.len() >= self.k {
                     self.violations.push(format!(
                         "t={} instance {} given seq {} while busy with {:?} (inbox {})",
                         self.t,
@@ -445,7 +447,7 @@ fn core_link(core: &Core, address: &Address) -> Option<LinkId> {
     core.link_of(address)
 }
 
-fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool) -> Sim {
+fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool, k: usize) -> Sim {
     let mut sim = Sim {
         rng: seed,
         t: 0,
@@ -458,6 +460,7 @@ fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool) -> Si
             queue_limit: 64,
             default_timeout: Duration::from_millis(200),
             stuck_grace: Duration::from_millis(300),
+            instance_concurrency: k,
         }),
         gws: Vec::new(),
         svcs: Vec::new(),
@@ -467,6 +470,7 @@ fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool) -> Si
         issued: 0,
         violations: Vec::new(),
         completed_ok: 0,
+        k,
     };
     for i in 0..3 {
         sim.svcs.push(SimSvc {
@@ -537,7 +541,7 @@ fn check(sim: &Sim, label: &str) {
 #[test]
 fn estate_without_failures_never_double_books() {
     for seed in [1u64, 2, 3] {
-        let sim = run(0x1234_5678 + seed, 4_000, false, false);
+        let sim = run(0x1234_5678 + seed, 4_000, false, false, 1);
         check(&sim, "steady");
         let unanswered = sim.replies.values().filter(|n| **n == 0).count();
         assert_eq!(unanswered, 0, "every request answered when nothing dies");
@@ -547,7 +551,7 @@ fn estate_without_failures_never_double_books() {
 #[test]
 fn estate_with_gateway_deaths_never_double_books() {
     for seed in [11u64, 12, 13, 14] {
-        let sim = run(0xdead_beef + seed, 6_000, true, false);
+        let sim = run(0xdead_beef + seed, 6_000, true, false, 1);
         check(&sim, "gateway deaths");
     }
 }
@@ -555,7 +559,15 @@ fn estate_with_gateway_deaths_never_double_books() {
 #[test]
 fn estate_with_gateway_and_service_deaths_never_double_books() {
     for seed in [21u64, 22, 23, 24] {
-        let sim = run(0xfeed_f00d + seed, 6_000, true, true);
+        let sim = run(0xfeed_f00d + seed, 6_000, true, true, 1);
         check(&sim, "gateway and service deaths");
+    }
+}
+
+#[test]
+fn estate_with_concurrency_k_never_exceeds_k_per_instance() {
+    for (seed, k) in [(31u64, 2), (32, 2), (33, 2), (34, 3), (35, 3)] {
+        let sim = run(0xabcd_ef01 + seed, 6_000, true, true, k);
+        check(&sim, &format!("concurrency {k} with deaths"));
     }
 }

@@ -41,6 +41,9 @@ pub struct Args {
     /// Time after a request's deadline before an instance that has not reported back is dropped.
     #[arg(long, env = "QMESH_STUCK_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub stuck_grace: Duration,
+    /// queries one instance may hold at once (1: the whitepaper's one query per free instance).
+    #[arg(long, env = "QMESH_INSTANCE_CONCURRENCY", default_value_t = 1)]
+    pub instance_concurrency: usize,
     /// Largest message accepted (bytes; `1GiB`, `64MiB`).
     #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub max_message_bytes: u64,
@@ -54,6 +57,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
             queue_limit: args.queue_limit,
             default_timeout: args.timeout,
             stuck_grace: args.stuck_grace,
+            instance_concurrency: args.instance_concurrency,
         },
         max_message_bytes: args.max_message_bytes,
         authenticator: users(args.users.as_ref())?,
