@@ -16,6 +16,9 @@
 //! through a gateway); clients are spread over the targets. Prints one JSON
 //! line: throughput and latency percentiles.
 
+// A command-line tool: its output is what it is for.
+#![allow(clippy::print_stdout)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

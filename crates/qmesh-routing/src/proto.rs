@@ -522,7 +522,7 @@ pub fn callback_header(ok: bool, error: &str, services: &[ServiceName], query: &
     )
 }
 
-/// The async message `(`cb;hdr;payload)` that calls `cb[hdr;payload]`.
+/// The async message `` (`cb;hdr;payload) `` that calls `` cb[hdr;payload] ``.
 pub fn callback_call(callback: &[u8], hdr: K, payload: K) -> K {
     K::list(vec![K::sym(callback), hdr, payload])
 }

@@ -248,9 +248,13 @@ struct Work {
     lb: Vec<LbAction>,
 }
 
+/// A reply to send once the lock is released: to whom, what, for which
+/// service, after how long.
+type PendingReply = (ReplyTo, Result<Outcome<RawObject>, Failure>, ServiceName, Duration);
+
 #[derive(Default)]
 struct Done {
-    replies: Vec<(ReplyTo, Result<Outcome<RawObject>, Failure>, ServiceName, Duration)>,
+    replies: Vec<PendingReply>,
     spawns: Vec<(Address, LinkId, CancellationToken)>,
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Timeouts are real here (other processes are involved, so the clock cannot
 //! be paused); tests assert what happens, never how long it took.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! mid-query, a gateway is stopped with SIGTERM.
 //!
 //! Waiting is for states (read from `/api/services`), never for a time.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Shared by the integration tests: whitepaper services (Python, aiokdb),
 //! in-process gateways and load balancers, kdb+ clients.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::process::Command;
