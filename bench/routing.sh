@@ -10,7 +10,7 @@
 # usage: bench/routing.sh [CLIENTS...]      (default: 1 64)
 # env:   SECONDS_PER_RUN (5), WARMUP (1), SERVICES (2), LOAD_THREADS (1),
 #        GATEWAY_THREADS (2), HAPROXY (haproxy),
-#        INSTANCE_CONCURRENCY ("1 4": one round per value; 1 is the whitepaper's
+#        INSTANCE_CONCURRENCY ("1 16": one round per value; 1 is the whitepaper's
 #        one query per free instance, more lets an instance queue short queries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ NSVC="${SERVICES:-2}"
 LOAD_THREADS="${LOAD_THREADS:-1}"
 GATEWAY_THREADS="${GATEWAY_THREADS:-2}"
 HAPROXY="${HAPROXY:-haproxy}"
-read -r -a CONCURRENCY <<<"${INSTANCE_CONCURRENCY:-1 4}"
+read -r -a CONCURRENCY <<<"${INSTANCE_CONCURRENCY:-1 16}"
 
 command -v "$HAPROXY" >/dev/null || { echo "haproxy not found (apt-get install -y haproxy)" >&2; exit 1; }
 cargo build --release -q -p qmesh-routing --example routing_bench

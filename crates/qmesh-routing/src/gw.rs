@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::types::{Address, ClientId, Failure, ReqId, Seq, ServiceName};
+use crate::types::{Address, ClientId, Failure, IdMap, ReqId, Seq, ServiceName};
 
 /// Default time a client waits for a result (per request; a call can give
 /// its own, up to [`DEFAULT_MAX_TIMEOUT`]).
@@ -263,9 +263,9 @@ pub struct Gateway<R, P> {
     /// "unknown service").
     services: HashMap<ServiceName, Vec<Address>>,
     instances: HashMap<Address, InstanceView>,
-    requests: HashMap<ReqId, Request<R, P>>,
-    seqs: HashMap<Seq, SeqEntry>,
-    by_client: HashMap<ClientId, Vec<ReqId>>,
+    requests: IdMap<ReqId, Request<R, P>>,
+    seqs: IdMap<Seq, SeqEntry>,
+    by_client: IdMap<ClientId, Vec<ReqId>>,
     /// Live timers only: an entry is removed when what it guards ends.
     timers: BTreeSet<(Instant, Timer)>,
     stats: GwStats,
@@ -283,9 +283,9 @@ impl<R, P: Clone> Gateway<R, P> {
             next_link: 1,
             services: HashMap::new(),
             instances: HashMap::new(),
-            requests: HashMap::new(),
-            seqs: HashMap::new(),
-            by_client: HashMap::new(),
+            requests: IdMap::default(),
+            seqs: IdMap::default(),
+            by_client: IdMap::default(),
             timers: BTreeSet::new(),
             stats: GwStats::default(),
         }

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::types::{Address, Failure, LeaseId, PeerId, Seq, ServiceName};
+use crate::types::{Address, Failure, IdMap, LeaseId, PeerId, Seq, ServiceName};
 
 /// Default bound on requests waiting for one service (count). Beyond it a
 /// request is refused with `queue full` rather than letting memory and
@@ -241,9 +241,9 @@ enum Timer {
 pub struct LoadBalancer {
     cfg: LbConfig,
     services: HashMap<ServiceName, Service>,
-    instances: HashMap<PeerId, Instance>,
-    gateways: HashMap<PeerId, Gateway>,
-    requests: HashMap<(PeerId, Seq), Where>,
+    instances: IdMap<PeerId, Instance>,
+    gateways: IdMap<PeerId, Gateway>,
+    requests: IdMap<(PeerId, Seq), Where>,
     /// Live timers only: an entry is removed when what it guards ends.
     timers: BTreeSet<(Instant, Timer)>,
     next_lease: u64,
@@ -256,9 +256,9 @@ impl LoadBalancer {
         LoadBalancer {
             cfg,
             services: HashMap::new(),
-            instances: HashMap::new(),
-            gateways: HashMap::new(),
-            requests: HashMap::new(),
+            instances: IdMap::default(),
+            gateways: IdMap::default(),
+            requests: IdMap::default(),
             timers: BTreeSet::new(),
             next_lease: 1,
             stats: LbStats::default(),

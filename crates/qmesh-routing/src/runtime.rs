@@ -52,7 +52,7 @@ use crate::gw::{ClientRequest, Gateway, GatewayConfig, GwAction, LinkId, Outcome
 use crate::lb::{GatewayProtocol, LbAction, LbConfig, LoadBalancer, ServiceRequest};
 use crate::metrics::{GatewayMetrics, Labels, Mode, label, register_state};
 use crate::proto::{self, ServiceReply, UserQuery};
-use crate::types::{Address, ClientId, Failure, PeerId, ServiceName};
+use crate::types::{Address, ClientId, Failure, IdMap, PeerId, ServiceName};
 
 /// Client ids at and above this belong to HTTP requests (IPC connection ids
 /// count up from 1 and never get near it).
@@ -233,7 +233,7 @@ struct Inner {
     gw: Option<Core>,
     lb: Option<LoadBalancer>,
     /// Server-side connections, for the load balancer to push to.
-    peers: HashMap<PeerId, Peer>,
+    peers: IdMap<PeerId, Peer>,
     /// Links to service instances.
     links: HashMap<Address, LinkSlot>,
     /// The connection to a remote load balancer.
@@ -1341,7 +1341,7 @@ fn new_router(
         inner: Mutex::new(Inner {
             gw,
             lb,
-            peers: HashMap::new(),
+            peers: IdMap::default(),
             links: HashMap::new(),
             lb_sender: None,
             armed: None,

@@ -129,6 +129,39 @@ pub struct ClientId(pub u64);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct ReqId(pub u64);
 
+/// A hasher for the maps keyed by ids this process generates itself
+/// (sequence numbers, request, client and peer ids): one multiply and a
+/// shift per word instead of SipHash. Keys never come from a peer, so
+/// hash flooding is not a concern.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by process-generated ids.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Why a request failed. Each variant is one word of the error catalogue
 /// (see the crate docs); [`Failure::to_q_text`] gives the text a q client
 /// sees after `'`.
@@ -267,6 +300,19 @@ mod tests {
         assert_eq!(Failure::LbUnavailable.to_q_text(), "lb unavailable");
         assert_eq!(Failure::LbUnavailable.word(), "lb unavailable");
         assert_eq!(Failure::LbUnavailable.detail(), None);
+    }
+
+    #[test]
+    fn id_hasher_spreads_sequential_ids() {
+        use std::hash::BuildHasher;
+        let b = std::hash::BuildHasherDefault::<IdHasher>::default();
+        let hashes: std::collections::HashSet<u64> = (0..10_000i64).map(|i| b.hash_one(Seq(i))).collect();
+        assert_eq!(hashes.len(), 10_000);
+        let low_bits: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xff).collect();
+        assert!(low_bits.len() > 200, "low bits used: {}", low_bits.len());
+        let mut m: IdMap<(PeerId, Seq), u8> = IdMap::default();
+        m.insert((PeerId(1), Seq(2)), 3);
+        assert_eq!(m.get(&(PeerId(1), Seq(2))), Some(&3));
     }
 
     #[test]
