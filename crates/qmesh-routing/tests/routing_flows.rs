@@ -156,7 +156,7 @@ async fn timeout_keeps_the_instance_until_it_is_really_free() {
     let Some(_s) = wp_service(gw.port, EQ, &[]) else { return };
     wait_instances(&gw.router, EQ, 1).await;
     let c = connect(gw.port).await;
-    let slow = user_query_opts(K::sym(EQ), "sleep 1500", K::long(100));
+    let slow = user_query_opts(K::sym(EQ), "sleep 3000", K::long(100));
     assert_eq!(sync_k(&c, &slow).await, Err("timeout".into()));
     // the query still runs: the instance is not handed to anyone else
     assert_eq!(lb_gauges(&gw.router, EQ), (1, 0, 1, 0));
@@ -224,7 +224,7 @@ async fn queue_is_bounded_fifo_and_disconnect_drops_queued_work() {
     let Some(_s) = wp_service(gw.port, EQ, &[]) else { return };
     wait_instances(&gw.router, EQ, 1).await;
     let mut busy = connect(gw.port).await;
-    busy.send_async(&user_query(EQ, "sleep 700")).unwrap();
+    busy.send_async(&user_query(EQ, "sleep 3000")).unwrap();
     wait_for(&gw.router, "the instance busy", |_| lb_gauges(&gw.router, EQ).2 == 1).await;
 
     // a client queues one request and leaves: its request leaves the queue
@@ -242,7 +242,7 @@ async fn queue_is_bounded_fifo_and_disconnect_drops_queued_work() {
     assert_eq!(sync(&c, EQ, "3+3").await, Err(format!("queue full: {EQ}")));
     assert_eq!(result_or_error(&next_async(&mut c).await), Ok(K::long(2)));
     assert_eq!(result_or_error(&next_async(&mut c).await), Ok(K::long(4)));
-    assert_eq!(result_or_error(&next_async(&mut busy).await), Ok(K::long(700)));
+    assert_eq!(result_or_error(&next_async(&mut busy).await), Ok(K::long(3000)));
     gw.stop().await;
 }
 

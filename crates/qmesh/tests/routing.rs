@@ -173,7 +173,7 @@ async fn dead_gateway_leaves_the_instance_busy_until_it_reports_back() {
     wait_gateway_ready(&g2, 1).await;
 
     let c1 = connect(&g1).await;
-    c1.send_async(&user_query("sleep 1500")).unwrap();
+    c1.send_async(&user_query("sleep 4000")).unwrap();
     let busy = |s: &Value| entry(s, "load_balancer").and_then(|e| e["busy"].as_u64()) == Some(1);
     wait_for(&lb, "the instance busy", busy).await;
     g1.kill();
