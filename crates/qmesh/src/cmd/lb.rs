@@ -13,7 +13,7 @@ use qmesh_process::Shutdown;
 use qmesh_routing::LbOptions;
 use qmesh_routing::lb::LbConfig;
 
-use super::gateway::{parse_bytes, parse_duration, users};
+use super::flags::{parse_bytes, parse_duration, users};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

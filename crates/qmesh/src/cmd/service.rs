@@ -13,6 +13,8 @@ use qmesh_service::demo::{DEFAULT_SEED, DemoSpec};
 use qmesh_service::load::LoadSpec;
 use qmesh_service::{Config, Limits};
 
+use super::flags::{parse_bytes_usize, parse_duration};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The service name; instances with the same name form one pool behind the load balancer.
@@ -52,52 +54,20 @@ pub struct Args {
     #[arg(long, env = "QMESH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Per-query memory for DataFusion's operators (`1GiB`, `256MiB`, bytes).
-    #[arg(long, env = "QMESH_QUERY_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, env = "QMESH_QUERY_MEMORY", default_value = "1GiB", value_parser = parse_bytes_usize)]
     pub query_memory: usize,
     /// Most rows a result may have.
     #[arg(long, env = "QMESH_MAX_RESULT_ROWS", default_value_t = qmesh_service::engine::DEFAULT_MAX_RESULT_ROWS)]
     pub max_result_rows: usize,
     /// Most Arrow bytes a result may have.
-    #[arg(long, env = "QMESH_MAX_RESULT_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "QMESH_MAX_RESULT_BYTES", default_value = "512MiB", value_parser = parse_bytes_usize)]
     pub max_result_bytes: usize,
     /// Most bytes all tables may hold; appends past it are refused.
-    #[arg(long, env = "QMESH_MAX_STORE_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    #[arg(long, env = "QMESH_MAX_STORE_BYTES", default_value = "8GiB", value_parser = parse_bytes_usize)]
     pub max_store_bytes: usize,
     /// Threads running queries (0: one per core).
     #[arg(long, env = "QMESH_QUERY_THREADS", default_value_t = 0)]
     pub query_threads: usize,
-}
-
-/// `10s`, `500ms`, `2m`, `1.5` (seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (try 10s, 500ms, 2m)"))?;
-    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration {s:?}: {e}"))
-}
-
-/// `1GiB`, `256MiB`, `64KiB`, `1000` (bytes).
-fn parse_bytes(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let units: [(&str, usize); 6] = [
-        ("KiB", 1 << 10),
-        ("MiB", 1 << 20),
-        ("GiB", 1 << 30),
-        ("KB", 1000),
-        ("MB", 1_000_000),
-        ("GB", 1_000_000_000),
-    ];
-    let (num, scale) = units.iter().find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m))).unwrap_or((s, 1));
-    let v: usize = num.trim().parse().map_err(|_| format!("not a size: {s:?} (try 1GiB, 256MiB)"))?;
-    v.checked_mul(scale).ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
@@ -134,22 +104,4 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     }
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_bytes("1000"), Ok(1000));
-        assert!(parse_bytes("lots").is_err());
-    }
 }

@@ -1,0 +1,82 @@
+//! Flag values shared by several subcommands: durations, byte sizes, `-u`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use qmesh_ipc::PasswordFile;
+
+/// `10s`, `500ms`, `2m`, `1h`, `1.5` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (try 10s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// `1GiB`, `256MiB`, `64KiB`, `1000` (bytes).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let units: [(&str, u64); 6] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+    ];
+    let (num, scale) = units.iter().find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m))).unwrap_or((s, 1));
+    let v: u64 = num.trim().parse().map_err(|_| format!("not a size: {s:?} (try 1GiB, 256MiB)"))?;
+    v.checked_mul(scale).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+/// [`parse_bytes`] for sizes held as `usize`.
+pub fn parse_bytes_usize(s: &str) -> Result<usize, String> {
+    parse_bytes(s).and_then(|v| usize::try_from(v).map_err(|_| format!("size too large: {s:?}")))
+}
+
+/// The `-u` password file, if one is given.
+pub fn users(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<dyn qmesh_ipc::Authenticator>>> {
+    Ok(match path {
+        Some(p) => {
+            let file = PasswordFile::load(p).with_context(|| format!("-u {}", p.display()))?;
+            Some(Arc::new(file))
+        }
+        None => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes_usize("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+}
