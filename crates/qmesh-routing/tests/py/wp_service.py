@@ -199,7 +199,13 @@ class Service(ServerContext):
                 reply = kk(ks("returnRes"), kk(seq, cv(str(e)), kb(True)))
             else:
                 reply = kk(ks("returnRes"), kk(seq, cv(str(e))))
-        dotzw.write(reply, MessageType.ASYNC)
+        try:
+            dotzw.write(reply, MessageType.ASYNC)
+        except Exception:  # noqa: BLE001 - the gateway died while we ran its query
+            # service.q would signal here and skip returnService, leaving the
+            # instance to the load balancer's stuck grace; report back instead,
+            # so tests of a dead gateway see the instance freed when the query ends.
+            pass
         # NLB(`returnService;serviceName)
         if self.lb_writer is not None and not self.lb_writer.writer.is_closing():
             self.lb_writer.write(kk(ks("returnService"), ks(self.name)), MessageType.ASYNC)
