@@ -1,7 +1,6 @@
 //! `qmesh gateway (--lb HOST:PORT | --embedded-lb) [-p PORT] [--http PORT]`:
 //! the query-routing gateway (see `qmesh-routing`).
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,16 +96,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_routing::bind_gateway(opts).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        if let Some(a) = bound.ipc_addr() {
-            writeln!(out, "gateway listening ipc {a}")?;
-        }
-        if let Some(a) = bound.http_addr() {
-            writeln!(out, "gateway listening http {a}")?;
-        }
-        out.flush()?;
-    }
+    super::announce("gateway", bound.ipc_addr(), bound.http_addr())?;
     tracing::info!(name = %args.name, "gateway started");
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,6 @@
 //! `qmesh-routing`). Services register with it (`registerResource`),
 //! gateways subscribe (`registerGW`) and ask it for instances.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,16 +63,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_routing::bind_lb(opts).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        if let Some(a) = bound.ipc_addr() {
-            writeln!(out, "lb listening ipc {a}")?;
-        }
-        if let Some(a) = bound.http_addr() {
-            writeln!(out, "lb listening http {a}")?;
-        }
-        out.flush()?;
-    }
+    super::announce("lb", bound.ipc_addr(), bound.http_addr())?;
     tracing::info!(name = %args.name, "load balancer started");
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)

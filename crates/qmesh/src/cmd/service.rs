@@ -1,6 +1,5 @@
 //! `qmesh service --name NAME [--lb HOST:PORT] [-p PORT]`: the query service.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,14 +93,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_service::bind(config, Metrics::new()).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "service listening ipc {}", bound.ipc_addr())?;
-        if let Some(http) = bound.http_addr() {
-            writeln!(out, "service listening http {http}")?;
-        }
-        out.flush()?;
-    }
+    super::announce("service", Some(bound.ipc_addr()), bound.http_addr())?;
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
