@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use qmesh_codec::{Attr, EncodeOptions, K, MsgType, Vector, encode_message};
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target)
+    common::manifest_dir().join("../../fuzz/corpus").join(target)
 }
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {

@@ -75,7 +75,7 @@ fn kx_reads_what_we_write() {
     let path = dir.join("ours.json");
     std::fs::write(&path, serde_json::Value::Object(json).to_string()).unwrap();
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_decode.py");
+    let script = common::manifest_dir().join("../../scripts/check_decode.py");
     let out = Command::new(&python)
         .arg(&script)
         .arg(&path)

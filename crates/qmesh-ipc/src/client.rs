@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use qmesh_codec::limits::MAX_MESSAGE_BYTES;
 use qmesh_codec::{K, Message};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,9 +28,10 @@ use tracing::{debug, warn};
 use crate::address::{Address, Endpoint};
 use crate::error::IpcError;
 use crate::handshake::{self, MAX_CAPABILITY};
-use crate::link::{self, ConnId, ConnInfo, Dispatch, Link, LinkLimits, Peer, RemoteAddr, Responder};
+use crate::link::{self, ConnId, ConnInfo, Link, LinkLimits, Peer, RemoteAddr, Responder};
 use crate::server::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_FRAMES,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_FRAMES, Handler,
+    HandlerDispatch,
 };
 use crate::stream::{self, IntoHalves};
 
@@ -152,17 +153,19 @@ impl std::ops::Deref for Connection {
     }
 }
 
-struct ClientDispatch {
+/// The [`Handler`] behind [`Connection::connect`]: hands what the server
+/// sends on its own to the [`Receiver`].
+struct ChannelHandler {
     tx: mpsc::Sender<Incoming>,
 }
 
-impl Dispatch for ClientDispatch {
-    async fn on_sync(&self, msg: Message, responder: Responder) {
+impl Handler for ChannelHandler {
+    async fn on_sync(&self, _peer: &Peer, msg: Message, responder: Responder) {
         // If the receiver is gone the responder is dropped with the
         // message, which answers the server with an error.
         let _ = self.tx.send(Incoming::Sync(msg, responder)).await;
     }
-    async fn on_async(&self, msg: Message) {
+    async fn on_async(&self, _peer: &Peer, msg: Message) {
         if self.tx.send(Incoming::Async(msg)).await.is_err() {
             debug!("async message from the server discarded: no receiver");
         }
@@ -173,6 +176,25 @@ impl Connection {
     /// Connects, authenticates with the address's credentials and starts the
     /// connection's tasks. A refusal (no reply byte) is [`IpcError::Access`].
     pub async fn connect(addr: &Address, opts: ClientOptions) -> Result<Connection, IpcError> {
+        let (tx, rx) = mpsc::channel(opts.push_queue.max(1));
+        let sender = Connection::connect_with_handler(addr, opts, ChannelHandler { tx }).await?;
+        Ok(Connection { sender, receiver: Receiver { rx } })
+    }
+
+    /// As [`connect`](Connection::connect), but what the server sends on its
+    /// own goes to `handler`, run on the connection's reader task as a
+    /// server runs its handler: [`Handler::on_async`] and
+    /// [`Handler::on_sync`] for each message, in order, with the next
+    /// message read only once the handler returns (no channel between, and
+    /// the writes the handler causes are batched with the read's other
+    /// answers); [`Handler::on_open`] once connected and
+    /// [`Handler::on_close`] once the connection has closed.
+    /// [`Handler::authenticate`] is not called.
+    pub async fn connect_with_handler<H: Handler>(
+        addr: &Address,
+        opts: ClientOptions,
+        handler: H,
+    ) -> Result<Sender, IpcError> {
         let fut = async {
             match &addr.endpoint {
                 Endpoint::Tcp { host, port } => {
@@ -187,18 +209,35 @@ impl Connection {
                 }
             }
         };
-        match tokio::time::timeout(opts.connect_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(IpcError::ConnectTimeout(addr.to_string())),
+        let (link, r, buf) = match tokio::time::timeout(opts.connect_timeout, fut).await {
+            Ok(r) => r?,
+            Err(_) => return Err(IpcError::ConnectTimeout(addr.to_string())),
+        };
+        let writer = tokio::spawn(link::write_loop(link.clone()));
+        let peer = Peer { link: link.clone() };
+        let drain = opts.drain_timeout;
+        {
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                handler.on_open(&peer).await;
+                let dispatch = HandlerDispatch { handler, peer };
+                link::read_loop(&link, r, buf, &dispatch).await;
+                link.begin_drain();
+                crate::server::finish_writer(&link, writer, drain).await;
+                dispatch.handler.on_close(&dispatch.peer).await;
+            });
         }
+        Ok(Sender { inner: Arc::new(SenderInner { peer }) })
     }
 
+    /// The handshake; on success the link (its writer not yet started),
+    /// the read half and what was read past the handshake.
     async fn start<S: IntoHalves>(
         mut s: S,
         remote: RemoteAddr,
         addr: &Address,
         opts: &ClientOptions,
-    ) -> Result<Connection, IpcError> {
+    ) -> Result<(Arc<Link>, Box<dyn AsyncRead + Unpin + Send>, BytesMut), IpcError> {
         let hello = handshake::client_hello(&addr.credentials(), opts.capability)?;
         s.write_all(&hello).await?;
         let mut reply = [0u8; 1];
@@ -219,23 +258,9 @@ impl Connection {
             validate: opts.validate_messages,
         };
         let compress = opts.force_compression || !remote.is_local();
-        let link = Arc::new(Link::new(info, compress, limits, CancellationToken::new()));
         let (r, w) = s.into_halves();
-        let writer = tokio::spawn(link::write_loop(link.clone(), w));
-        let (tx, rx) = mpsc::channel(opts.push_queue.max(1));
-        let drain = opts.drain_timeout;
-        {
-            let link = link.clone();
-            tokio::spawn(async move {
-                let dispatch = ClientDispatch { tx };
-                link::read_loop(&link, r, BytesMut::new(), &dispatch).await;
-                drop(dispatch);
-                link.begin_drain();
-                crate::server::finish_writer(&link, writer, drain).await;
-            });
-        }
-        let sender = Sender { inner: Arc::new(SenderInner { peer: Peer { link } }) };
-        Ok(Connection { sender, receiver: Receiver { rx } })
+        let link = Arc::new(Link::new(info, compress, limits, CancellationToken::new(), Arc::new(w)));
+        Ok((link, Box::new(r), BytesMut::new()))
     }
 
     /// Splits into the sending and receiving sides.

@@ -88,6 +88,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod batch;
 pub mod client;
 pub mod echo;
 pub mod error;
@@ -100,6 +101,7 @@ mod stream;
 
 pub use address::{Address, AddressError, Endpoint};
 pub use auth::{Authenticator, PasswordFile};
+pub use batch::on_thread_park;
 pub use client::{Backoff, ClientOptions, Connection, Incoming, Receiver, Reconnecting, Sender};
 pub use error::IpcError;
 pub use link::{ConnId, ConnInfo, Peer, RemoteAddr, Responder};

@@ -1,9 +1,22 @@
-//! One open connection, either side: the outbound queue and its writer task,
-//! the FIFO of sync requests awaiting our answer, the FIFO of our calls
-//! awaiting the peer's answer, and the read loop.
+//! One open connection, either side: the outbound queue and the write
+//! turn, the FIFO of sync requests awaiting our answer, the FIFO of our
+//! calls awaiting the peer's answer, the writer task and the read loop.
 //!
 //! Locking: one `std::sync::Mutex` per connection guards all queues; it is
 //! held only to push or pop, never across an `.await` or a syscall.
+//!
+//! Writing: one task at a time holds the connection's *write turn*
+//! (`State::writing`) and only it writes to the socket, so frames never
+//! interleave. A task that queues a message while nobody holds the turn
+//! takes it and writes everything queued at once with one non-blocking
+//! `writev`: a small message leaves from the task that produced it, with no
+//! wake-up of another task. What the socket does not take (it is full)
+//! stays at the front of the queue and the connection's writer task, which
+//! can wait for the socket, finishes it. A task that finds the turn taken
+//! only queues; the holder writes it before giving the turn back.
+//!
+//! Batching: while a read loop handles a batch of messages, the writes its
+//! handlers cause are gathered and leave together ([`crate::batch`]).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -16,14 +29,16 @@ use qmesh_codec::limits::COMPRESS_MIN_BYTES;
 use qmesh_codec::{
     EncodeOptions, HEADER_LEN, Header, K, Message, MsgType, RawObject, check_encodable, types,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::batch;
 use crate::error::IpcError;
 use crate::framing::{FrameError, IpcCodec};
+use crate::stream::WriteSock;
 
 /// Most buffers handed to one `writev`, in slices. Linux allows 1024; 64
 /// frames per syscall already amortises the call for small messages.
@@ -146,10 +161,23 @@ type CallSlot = oneshot::Sender<Result<Message, IpcError>>;
 
 #[derive(Default)]
 struct State {
-    /// Frames for the writer, in order.
+    /// Frames not yet written, in order.
     queue: VecDeque<Out>,
+    /// Bytes of `queue.front()` already written (the socket took part of
+    /// it).
+    head_written: usize,
     /// Bytes queued or being written.
     queued_bytes: usize,
+    /// A task holds the write turn: it alone writes to the socket, and
+    /// writes what is queued before giving the turn back.
+    writing: bool,
+    /// The link is in a read loop's batch or corked ([`crate::batch`]):
+    /// whoever holds that list writes it.
+    deferred: bool,
+    /// The socket's write side; `None` once the connection is closed, so
+    /// the socket closes when the tasks drop their halves even while
+    /// handles on the connection remain.
+    sock: Option<Arc<dyn WriteSock>>,
     /// Answers to the peer's sync requests, in request order; `None` until
     /// the [`Responder`] answers. Only a filled front slot moves to `queue`.
     replies: VecDeque<Option<Out>>,
@@ -172,7 +200,7 @@ pub(crate) struct Link {
     compress: bool,
     pub(crate) limits: LinkLimits,
     state: Mutex<State>,
-    /// Wakes the writer.
+    /// Wakes the writer task.
     wake: Notify,
     /// Cancelled when the connection starts closing: the reader stops.
     pub(crate) closing: CancellationToken,
@@ -189,23 +217,19 @@ impl std::fmt::Debug for Link {
     }
 }
 
-enum Push {
-    Ok { wake: bool },
-    Slow { limit: usize },
-}
-
 impl Link {
     pub(crate) fn new(
         info: ConnInfo,
         compress: bool,
         limits: LinkLimits,
         closing: CancellationToken,
+        sock: Arc<dyn WriteSock>,
     ) -> Link {
         Link {
             info,
             compress,
             limits,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State { sock: Some(sock), ..State::default() }),
             wake: Notify::new(),
             closing,
             abort: CancellationToken::new(),
@@ -222,73 +246,149 @@ impl Link {
         EncodeOptions { capability: self.info.capability, compress: self.compress }
     }
 
-    /// Appends to the queue under the lock, checking the bounds. A frame
-    /// always fits an empty queue, so one message larger than the byte
-    /// bound can still be sent to a peer that keeps up.
-    fn push_locked(&self, st: &mut State, out: Out) -> Push {
+    /// Appends to the queue under the lock, checking the bounds (`Err` is
+    /// the bound reached). A frame always fits an empty queue, so one
+    /// message larger than the byte bound can still be sent to a peer that
+    /// keeps up.
+    fn push_locked(&self, st: &mut State, out: Out) -> Result<(), usize> {
         let len = out.len();
         if st.queued_bytes > 0 && st.queued_bytes + len > self.limits.max_queue_bytes {
-            return Push::Slow { limit: self.limits.max_queue_bytes };
+            return Err(self.limits.max_queue_bytes);
         }
         if st.queue.len() >= self.limits.max_queue_frames {
-            return Push::Slow { limit: self.limits.max_queue_frames };
+            return Err(self.limits.max_queue_frames);
         }
-        let wake = st.queue.is_empty();
         st.queued_bytes += len;
         st.queue.push_back(out);
-        Push::Ok { wake }
+        Ok(())
     }
 
-    fn after_push(&self, p: Push) -> Result<(), IpcError> {
-        match p {
-            Push::Ok { wake } => {
-                if wake {
-                    self.wake.notify_one();
-                }
-                Ok(())
+    /// The outbound queue bound was reached: the peer does not read fast
+    /// enough. Drops the connection.
+    fn slow_peer(&self, limit: usize) -> IpcError {
+        warn!(conn = %self.info.id, remote = %self.info.remote, limit,
+            "dropping connection: slow reader, outbound queue bound reached");
+        self.abort_now();
+        IpcError::SlowPeer { limit }
+    }
+
+    /// Called after queuing, with the lock held. If nobody holds the write
+    /// turn, either notes the link on the running read loop's deferred list
+    /// or, outside one, writes at once ([`Link::write_now`]).
+    fn kick(self: &Arc<Self>, st: MutexGuard<'_, State>) {
+        if !st.closed && !st.writing && !st.queue.is_empty() && !st.deferred {
+            let mut st = st;
+            if batch::defer(self) {
+                st.deferred = true;
+                return;
             }
-            Push::Slow { limit } => {
-                warn!(conn = %self.info.id, remote = %self.info.remote, limit,
-                    "dropping connection: slow reader, outbound queue bound reached");
-                self.abort_now();
-                Err(IpcError::SlowPeer { limit })
-            }
+            drop(st);
+            batch::check_corks();
+            return self.write_queued();
+        }
+        let wake = !st.closed && !st.writing && !st.deferred && st.draining;
+        drop(st);
+        if wake {
+            self.wake.notify_one();
         }
     }
 
-    /// Queues an outgoing frame.
-    pub(crate) fn enqueue(&self, out: Out) -> Result<(), IpcError> {
-        let p = {
-            let mut st = self.state();
+    /// Writes what is queued, now (see [`Link::write_now`]).
+    pub(crate) fn write_queued(&self) {
+        let st = self.state();
+        self.write_now(st);
+    }
+
+    /// Unless someone holds the write turn, takes it and writes what is
+    /// queued with one non-blocking `writev`; what the socket does not take
+    /// goes back to the front of the queue and the writer task is woken to
+    /// finish it.
+    fn write_now<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+        st.deferred = false;
+        if st.closed {
+            return;
+        }
+        if !st.writing
+            && !st.queue.is_empty()
+            && let Some(sock) = st.sock.clone()
+        {
+            st.writing = true;
+            let off = std::mem::take(&mut st.head_written);
+            let mut batch: Vec<Out> = st.queue.drain(..).collect();
+            drop(st);
+            let result = write_once(&*sock, &batch, 0, off);
+            drop(sock);
+            st = self.state();
+            st.writing = false;
             if st.closed {
-                return Err(IpcError::Closed);
+                return;
             }
-            self.push_locked(&mut st, out)
-        };
-        self.after_push(p)
+            let k = match result {
+                Ok(k) => k,
+                Err(e) => {
+                    drop(st);
+                    debug!(conn = %self.info.id, error = %e, "write failed; closing");
+                    self.abort_now();
+                    return;
+                }
+            };
+            let (done, rest) = advance(&batch, 0, off, k);
+            let written: usize = batch[..done].iter().map(Out::len).sum();
+            st.queued_bytes = st.queued_bytes.saturating_sub(written);
+            for out in batch.drain(done..).rev() {
+                st.queue.push_front(out);
+            }
+            st.head_written = rest;
+            let wake = !st.queue.is_empty() || st.draining;
+            drop(st);
+            resolve_flushes(&mut batch);
+            if wake {
+                self.wake.notify_one();
+            }
+            return;
+        }
+        let wake = !st.writing && st.draining;
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Queues an outgoing frame (and writes it at once if the connection
+    /// is idle).
+    pub(crate) fn enqueue(self: &Arc<Self>, out: Out) -> Result<(), IpcError> {
+        let mut st = self.state();
+        if st.closed {
+            return Err(IpcError::Closed);
+        }
+        if let Err(limit) = self.push_locked(&mut st, out) {
+            drop(st);
+            return Err(self.slow_peer(limit));
+        }
+        self.kick(st);
+        Ok(())
     }
 
     /// Queues a sync request and registers the slot its response completes.
     pub(crate) fn enqueue_call(
-        &self,
+        self: &Arc<Self>,
         out: Out,
     ) -> Result<oneshot::Receiver<Result<Message, IpcError>>, IpcError> {
         let (tx, rx) = oneshot::channel();
-        let p = {
-            let mut st = self.state();
-            if st.closed || st.draining {
-                return Err(IpcError::Closed);
-            }
-            if st.calls.len() >= self.limits.max_pending {
-                return Err(IpcError::TooManyPending { limit: self.limits.max_pending });
-            }
-            let p = self.push_locked(&mut st, out);
-            if matches!(p, Push::Ok { .. }) {
-                st.calls.push_back(tx);
-            }
-            p
-        };
-        self.after_push(p)?;
+        let mut st = self.state();
+        if st.closed || st.draining {
+            return Err(IpcError::Closed);
+        }
+        if st.calls.len() >= self.limits.max_pending {
+            return Err(IpcError::TooManyPending { limit: self.limits.max_pending });
+        }
+        if let Err(limit) = self.push_locked(&mut st, out) {
+            drop(st);
+            return Err(self.slow_peer(limit));
+        }
+        // registered before the request can be written
+        st.calls.push_back(tx);
+        self.kick(st);
         Ok(rx)
     }
 
@@ -322,40 +422,29 @@ impl Link {
 
     /// Fills reply slot `seq` and moves every filled slot at the front of
     /// the FIFO to the queue, so answers leave in request order.
-    pub(crate) fn complete_reply(&self, seq: u64, out: Out) -> Result<(), IpcError> {
-        let mut wake = false;
-        let mut slow = None;
-        {
-            let mut st = self.state();
-            if st.closed {
-                return Err(IpcError::Closed);
-            }
-            let Some(idx) = seq.checked_sub(st.replies_base).map(|i| i as usize) else {
-                return Err(IpcError::Protocol("reply slot answered twice".into()));
-            };
-            match st.replies.get_mut(idx) {
-                Some(slot @ None) => *slot = Some(out),
-                _ => return Err(IpcError::Protocol("reply slot answered twice".into())),
-            }
-            while matches!(st.replies.front(), Some(Some(_))) {
-                let Some(Some(o)) = st.replies.pop_front() else { break };
-                st.replies_base += 1;
-                match self.push_locked(&mut st, o) {
-                    Push::Ok { wake: w } => wake |= w,
-                    Push::Slow { limit } => {
-                        slow = Some(limit);
-                        break;
-                    }
-                }
-            }
-            // A draining writer waits for the last reply; wake it even when
-            // the queue was not empty before.
-            wake |= st.draining && st.replies.is_empty();
+    pub(crate) fn complete_reply(self: &Arc<Self>, seq: u64, out: Out) -> Result<(), IpcError> {
+        let mut st = self.state();
+        if st.closed {
+            return Err(IpcError::Closed);
         }
-        match slow {
-            Some(limit) => self.after_push(Push::Slow { limit }),
-            None => self.after_push(Push::Ok { wake }),
+        let Some(idx) = seq.checked_sub(st.replies_base).map(|i| i as usize) else {
+            return Err(IpcError::Protocol("reply slot answered twice".into()));
+        };
+        match st.replies.get_mut(idx) {
+            Some(slot @ None) => *slot = Some(out),
+            _ => return Err(IpcError::Protocol("reply slot answered twice".into())),
         }
+        while matches!(st.replies.front(), Some(Some(_))) {
+            let Some(Some(o)) = st.replies.pop_front() else { break };
+            st.replies_base += 1;
+            if let Err(limit) = self.push_locked(&mut st, o) {
+                drop(st);
+                return Err(self.slow_peer(limit));
+            }
+        }
+        // (a draining writer waits for the last reply: kick wakes it)
+        self.kick(st);
+        Ok(())
     }
 
     /// Stops reading; the writer sends what is queued and every reply still
@@ -374,15 +463,17 @@ impl Link {
 
     /// Closes at once: queued output is dropped, calls in flight fail.
     pub(crate) fn abort_now(&self) {
-        let calls = {
+        let (calls, sock) = {
             let mut st = self.state();
             st.closed = true;
             st.draining = true;
             st.queue.clear();
             st.queued_bytes = 0;
+            st.head_written = 0;
             st.replies.clear();
-            std::mem::take(&mut st.calls)
+            (std::mem::take(&mut st.calls), st.sock.take())
         };
+        drop(sock);
         for c in calls {
             let _ = c.send(Err(IpcError::Closed));
         }
@@ -422,6 +513,90 @@ impl Link {
     }
 }
 
+/// Signals the flush markers among items that are written.
+fn resolve_flushes(written: &mut Vec<Out>) {
+    for out in written.drain(..) {
+        if let Out::Flush(tx) = out {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The position `k` bytes after byte `off` of `batch[item]`, as (item,
+/// offset), stepping over items that are done (flush markers included).
+fn advance(batch: &[Out], mut item: usize, mut off: usize, mut k: usize) -> (usize, usize) {
+    while item < batch.len() {
+        let left = batch[item].len() - off;
+        if k < left {
+            return (item, off + k);
+        }
+        k -= left;
+        item += 1;
+        off = 0;
+    }
+    (item, 0)
+}
+
+/// One non-blocking `writev` of `batch` from byte `off` of `batch[item]`,
+/// at most [`MAX_IOVECS`] slices. A full socket writes nothing (`Ok(0)`).
+fn write_once(sock: &dyn WriteSock, batch: &[Out], item: usize, off: usize) -> std::io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+    let mut n = 0;
+    let (mut i, mut o) = (item, off);
+    while i < batch.len() && n + 2 <= MAX_IOVECS {
+        match &batch[i] {
+            Out::Frame(b) => {
+                if o < b.len() {
+                    slices[n] = IoSlice::new(&b[o..]);
+                    n += 1;
+                }
+            }
+            Out::Parts(h, b) => {
+                if o < HEADER_LEN {
+                    slices[n] = IoSlice::new(&h[o..]);
+                    n += 1;
+                    if !b.is_empty() {
+                        slices[n] = IoSlice::new(b);
+                        n += 1;
+                    }
+                } else if o - HEADER_LEN < b.len() {
+                    slices[n] = IoSlice::new(&b[o - HEADER_LEN..]);
+                    n += 1;
+                }
+            }
+            Out::Flush(_) => {}
+        }
+        i += 1;
+        o = 0;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    match sock.try_write_vectored(&slices[..n]) {
+        Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+        Ok(k) => Ok(k),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes all of `batch` from byte `off` of its first item, waiting for
+/// the socket whenever it is full.
+async fn write_all(sock: &dyn WriteSock, batch: &[Out], off: usize) -> std::io::Result<()> {
+    let (mut item, mut off) = advance(batch, 0, off, 0);
+    while item < batch.len() {
+        let k = write_once(sock, batch, item, off)?;
+        if k == 0 {
+            std::future::poll_fn(|cx| sock.poll_write_ready(cx)).await?;
+            continue;
+        }
+        (item, off) = advance(batch, item, off, k);
+    }
+    Ok(())
+}
+
 /// The text of an error object (`-128h`) filling `body`, if it is one.
 pub(crate) fn error_text(body: &[u8]) -> Option<String> {
     let rest = body.strip_prefix(&[types::ERROR as u8])?;
@@ -429,111 +604,64 @@ pub(crate) fn error_text(body: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
 
-/// The writer task: takes everything queued, writes it with as few
-/// `writev` calls as it takes, repeats. Exits when aborted, on a write
-/// error, or once draining with nothing left to send.
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(link: Arc<Link>, mut w: W) {
+/// The writer task: whenever the queue holds what a direct write left
+/// (the socket was full) or nobody else holds the write turn, it takes the
+/// turn and writes everything queued, waiting for the socket as needed.
+/// Exits when aborted, on a write error, or once draining with nothing
+/// left to send (then the write side is shut: the peer reads end of file).
+pub(crate) async fn write_loop(link: Arc<Link>) {
     let mut batch: Vec<Out> = Vec::new();
     loop {
-        let done = {
+        let turn = {
             let mut st = link.state();
             if st.closed {
                 return;
             }
-            batch.extend(st.queue.drain(..));
-            batch.is_empty() && st.draining && st.replies.is_empty()
+            if st.writing || st.queue.is_empty() {
+                if !st.writing && st.draining && st.replies.is_empty() {
+                    break;
+                }
+                None
+            } else {
+                match st.sock.clone() {
+                    Some(sock) => {
+                        st.writing = true;
+                        batch.extend(st.queue.drain(..));
+                        Some((sock, std::mem::take(&mut st.head_written)))
+                    }
+                    None => return,
+                }
+            }
         };
-        if done {
-            break;
-        }
-        if batch.is_empty() {
+        let Some((sock, off)) = turn else {
             tokio::select! {
                 _ = link.wake.notified() => continue,
                 _ = link.abort.cancelled() => return,
             }
-        }
-        let written: usize = batch.iter().map(Out::len).sum();
+        };
         let result = tokio::select! {
-            r = write_batch(&mut w, &batch) => r,
+            r = write_all(&*sock, &batch, off) => r,
             _ = link.abort.cancelled() => return,
         };
+        drop(sock);
         if let Err(e) = result {
             debug!(conn = %link.info.id, error = %e, "write failed; closing");
             link.abort_now();
             return;
         }
+        let written: usize = batch.iter().map(Out::len).sum();
         {
             let mut st = link.state();
+            st.writing = false;
             st.queued_bytes = st.queued_bytes.saturating_sub(written);
         }
-        for out in batch.drain(..) {
-            if let Out::Flush(tx) = out {
-                let _ = tx.send(());
-            }
-        }
+        resolve_flushes(&mut batch);
     }
-    if let Err(e) = w.shutdown().await {
+    let sock = link.state().sock.clone();
+    if let Some(sock) = sock
+        && let Err(e) = sock.shutdown_write()
+    {
         debug!(conn = %link.info.id, error = %e, "shutdown of the write side failed");
-    }
-}
-
-/// Writes every item of `batch`, several per `writev`.
-async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Out]) -> std::io::Result<()> {
-    // (item, bytes of the item already written)
-    let mut item = 0usize;
-    let mut off = 0usize;
-    loop {
-        while item < batch.len() && off >= batch[item].len() {
-            item += 1;
-            off = 0;
-        }
-        if item >= batch.len() {
-            return Ok(());
-        }
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut n = 0;
-        let (mut i, mut o) = (item, off);
-        while i < batch.len() && n + 2 <= MAX_IOVECS {
-            match &batch[i] {
-                Out::Frame(b) => {
-                    if o < b.len() {
-                        slices[n] = IoSlice::new(&b[o..]);
-                        n += 1;
-                    }
-                }
-                Out::Parts(h, b) => {
-                    if o < HEADER_LEN {
-                        slices[n] = IoSlice::new(&h[o..]);
-                        n += 1;
-                        if !b.is_empty() {
-                            slices[n] = IoSlice::new(b);
-                            n += 1;
-                        }
-                    } else if o - HEADER_LEN < b.len() {
-                        slices[n] = IoSlice::new(&b[o - HEADER_LEN..]);
-                        n += 1;
-                    }
-                }
-                Out::Flush(_) => {}
-            }
-            i += 1;
-            o = 0;
-        }
-        let mut k = w.write_vectored(&slices[..n]).await?;
-        if k == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while k > 0 && item < batch.len() {
-            let left = batch[item].len() - off;
-            if k >= left {
-                k -= left;
-                item += 1;
-                off = 0;
-            } else {
-                off += k;
-                k = 0;
-            }
-        }
     }
 }
 
@@ -544,8 +672,18 @@ pub(crate) trait Dispatch: Send + Sync {
 }
 
 /// Reads messages until the peer closes, the connection starts closing, or
-/// the input is bad. Ends with the link draining (or aborted).
-pub(crate) async fn read_loop<R, D>(link: &Arc<Link>, mut r: R, mut buf: BytesMut, dispatch: &D)
+/// the input is bad. Ends with the link draining (or aborted). What the
+/// handlers write while a batch of messages is handled is deferred to the
+/// batch's end (see the module docs).
+pub(crate) async fn read_loop<R, D>(link: &Arc<Link>, r: R, buf: BytesMut, dispatch: &D)
+where
+    R: AsyncRead + Unpin,
+    D: Dispatch,
+{
+    batch::Batched::new(link.info.id, read_messages(link, r, buf, dispatch)).await
+}
+
+async fn read_messages<R, D>(link: &Arc<Link>, mut r: R, mut buf: BytesMut, dispatch: &D)
 where
     R: AsyncRead + Unpin,
     D: Dispatch,
@@ -593,6 +731,8 @@ where
                 }
             }
         }
+        // the batch is handled: its answers leave before the next read
+        batch::end_of_batch();
         if buf.capacity() - buf.len() < MIN_READ_SPACE {
             buf.reserve(MIN_READ_SPACE);
         }
@@ -869,93 +1009,133 @@ impl Peer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::stream::IntoHalves;
+    use std::io::Read;
+    use std::time::Duration;
 
-    fn link(limits: LinkLimits) -> Arc<Link> {
+    /// A link over one end of a real Unix socket pair, and the other end
+    /// (blocking, with a read timeout) to see what was written. The read
+    /// half of the link's end is returned so the socket stays open.
+    pub(crate) async fn link(limits: LinkLimits) -> (Arc<Link>, std::os::unix::net::UnixStream, impl Sized) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (r, w) = tokio::net::UnixStream::from_std(ours).unwrap().into_halves();
+        // until the reactor has seen the new socket writable, a direct
+        // write finds it "full" and leaves the message to the writer task
+        w.writable().await.unwrap();
         let info =
             ConnInfo { id: ConnId::next(), remote: RemoteAddr::Unix, user: String::new(), capability: 6 };
-        Arc::new(Link::new(info, false, limits, CancellationToken::new()))
+        let l = Arc::new(Link::new(info, false, limits, CancellationToken::new(), Arc::new(w)));
+        (l, theirs, r)
     }
 
-    fn limits() -> LinkLimits {
+    pub(crate) fn limits() -> LinkLimits {
         LinkLimits {
-            max_queue_bytes: 1 << 20,
+            max_queue_bytes: 64 << 20,
             max_queue_frames: 1000,
             max_pending: 100,
-            max_message_bytes: 1 << 20,
+            max_message_bytes: 1 << 30,
             validate: true,
         }
     }
 
-    fn queued(l: &Link) -> Vec<Vec<u8>> {
-        l.state()
-            .queue
-            .iter()
-            .map(|o| match o {
-                Out::Frame(b) => b.to_vec(),
-                Out::Parts(h, b) => [&h[..], &b[..]].concat(),
-                Out::Flush(_) => vec![],
-            })
-            .collect()
+    /// Reads `n` whole messages from the other end.
+    pub(crate) fn read_messages(theirs: &mut std::os::unix::net::UnixStream, n: usize) -> Vec<Message> {
+        let mut codec = IpcCodec::new(1 << 30);
+        let mut buf = BytesMut::new();
+        let mut out = vec![];
+        let mut chunk = vec![0u8; 1 << 16];
+        while out.len() < n {
+            while let Some(m) = codec.decode(&mut buf).unwrap() {
+                out.push(m);
+            }
+            if out.len() >= n {
+                break;
+            }
+            let k = theirs.read(&mut chunk).expect("more output");
+            assert!(k > 0, "end of file after {} messages", out.len());
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        out
     }
 
-    #[test]
-    fn replies_leave_in_request_order() {
-        let l = link(limits());
+    pub(crate) fn nothing_written(theirs: &mut std::os::unix::net::UnixStream) -> bool {
+        theirs.set_nonblocking(true).unwrap();
+        let r = theirs.read(&mut [0u8; 16]);
+        theirs.set_nonblocking(false).unwrap();
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    fn queued_len(l: &Link) -> usize {
+        l.state().queue.len()
+    }
+
+    #[tokio::test]
+    async fn replies_leave_in_request_order() {
+        let (l, mut theirs, _r) = link(limits()).await;
         let r1 = Responder::new(l.clone()).unwrap();
         let r2 = Responder::new(l.clone()).unwrap();
         let r3 = Responder::new(l.clone()).unwrap();
         r3.reply(K::long(3)).unwrap();
         r2.reply(K::long(2)).unwrap();
-        assert!(queued(&l).is_empty(), "held back behind the first request");
+        assert!(nothing_written(&mut theirs), "held back behind the first request");
         r1.reply(K::long(1)).unwrap();
-        let q = queued(&l);
-        assert_eq!(q.len(), 3);
-        let vals: Vec<K> = q
-            .into_iter()
-            .map(|f| Message::from_frame(f.into(), 1 << 20).unwrap().decode().unwrap())
-            .collect();
+        let vals: Vec<K> = read_messages(&mut theirs, 3).iter().map(|m| m.decode().unwrap()).collect();
         assert_eq!(vals, vec![K::long(1), K::long(2), K::long(3)]);
         assert_eq!(l.pending_replies(), 0);
+        assert_eq!(queued_len(&l), 0, "written by the answering task, not queued");
     }
 
-    #[test]
-    fn dropped_responder_sends_an_error() {
-        let l = link(limits());
+    #[tokio::test]
+    async fn dropped_responder_sends_an_error() {
+        let (l, mut theirs, _r) = link(limits()).await;
         drop(Responder::new(l.clone()).unwrap());
-        let q = queued(&l);
-        assert_eq!(error_text(&q[0][HEADER_LEN..]).as_deref(), Some(DROPPED_RESPONSE_TEXT));
-        assert_eq!(q[0][1], MsgType::Response as u8);
+        let m = read_messages(&mut theirs, 1).remove(0);
+        assert_eq!(error_text(m.body()).as_deref(), Some(DROPPED_RESPONSE_TEXT));
+        assert_eq!(m.msg_type(), MsgType::Response);
     }
 
-    #[test]
-    fn pending_bound() {
-        let l = link(LinkLimits { max_pending: 2, ..limits() });
+    #[tokio::test]
+    async fn pending_bound() {
+        let (l, _theirs, _r) = link(LinkLimits { max_pending: 2, ..limits() }).await;
         let _a = Responder::new(l.clone()).unwrap();
         let _b = Responder::new(l.clone()).unwrap();
         assert!(matches!(Responder::new(l.clone()), Err(IpcError::TooManyPending { limit: 2 })));
     }
 
-    #[test]
-    fn queue_bound_aborts_the_link() {
-        let l = link(LinkLimits { max_queue_bytes: 100, ..limits() });
+    /// A message larger than the socket buffers: the first write takes part
+    /// of it, the rest waits in the queue (nobody reads the other end).
+    fn big() -> K {
+        K::string(vec![b'x'; 8 << 20])
+    }
+
+    #[tokio::test]
+    async fn queue_bound_aborts_the_link() {
+        let (l, _theirs, _r) = link(LinkLimits { max_queue_bytes: 100, ..limits() }).await;
         let p = Peer { link: l.clone() };
-        // One frame larger than the bound fits an empty queue.
-        p.send_async(&K::string(vec![b'x'; 200])).unwrap();
+        // One frame larger than the bound fits an empty queue; the socket
+        // takes only part of it.
+        p.send_async(&big()).unwrap();
+        assert_eq!(queued_len(&l), 1);
+        assert!(l.queued_bytes() > 100);
         // The next does not.
         assert!(matches!(p.send_async(&K::long(1)), Err(IpcError::SlowPeer { limit: 100 })));
         assert!(p.is_closed());
         assert!(matches!(p.send_async(&K::long(1)), Err(IpcError::Closed)));
     }
 
-    #[test]
-    fn raw_replies_are_not_copied() {
-        let l = link(limits());
+    #[tokio::test]
+    async fn raw_replies_are_not_copied() {
+        let (l, _theirs, _r) = link(limits()).await;
+        let p = Peer { link: l.clone() };
+        p.send_async(&big()).unwrap();
         let obj = RawObject::encode(&K::long(7));
         let body_ptr = obj.bytes().as_ptr();
         Responder::new(l.clone()).unwrap().reply_raw(obj).unwrap();
-        match l.state().queue.front() {
+        match l.state().queue.back() {
             Some(Out::Parts(h, b)) => {
                 assert_eq!(b.as_ptr(), body_ptr);
                 assert_eq!(Header::parse(h).unwrap().length, 17);
@@ -972,28 +1152,60 @@ mod tests {
         assert_eq!(error_text(&[0xf9, 0, 0]), None);
     }
 
+    #[test]
+    fn advance_steps_over_written_items_and_markers() {
+        let (tx, _rx) = oneshot::channel();
+        let batch = vec![
+            Out::Frame(Bytes::from_static(b"abc")),
+            Out::Flush(tx),
+            Out::Parts([0; HEADER_LEN], Bytes::from_static(b"de")),
+        ];
+        assert_eq!(advance(&batch, 0, 0, 0), (0, 0));
+        assert_eq!(advance(&batch, 0, 0, 2), (0, 2));
+        assert_eq!(advance(&batch, 0, 0, 3), (2, 0), "the marker after written bytes is passed");
+        assert_eq!(advance(&batch, 0, 2, 5), (2, 4));
+        assert_eq!(advance(&batch, 0, 0, 13), (3, 0));
+    }
+
+    /// With the socket full, messages queue behind the partly written one
+    /// and the writer task finishes them all, in order, once the other end
+    /// reads; frames and header + body parts are batched alike.
     #[tokio::test]
-    async fn writer_batches_parts_and_frames() {
-        let l = link(limits());
+    async fn writer_task_finishes_what_the_full_socket_left() {
+        let (l, mut theirs, _r) = link(limits()).await;
         let p = Peer { link: l.clone() };
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let w = tokio::spawn(write_loop(l.clone(), server));
+        let w = tokio::spawn(write_loop(l.clone()));
+        p.send_async(&big()).unwrap();
         for i in 0..100 {
             p.send_async(&K::long(i)).unwrap();
             p.send_raw(MsgType::Async, RawObject::encode(&K::long(i))).unwrap();
         }
+        let reader = std::thread::spawn(move || {
+            theirs.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let msgs = read_messages(&mut theirs, 201);
+            let mut rest = vec![];
+            theirs.read_to_end(&mut rest).unwrap();
+            (msgs, rest)
+        });
         p.flush().await.unwrap();
+        assert_eq!(l.queued_bytes(), 0);
         l.begin_drain();
         w.await.unwrap();
-        let mut all = vec![];
-        client.read_to_end(&mut all).await.unwrap();
-        let mut buf = BytesMut::from(&all[..]);
-        let mut codec = IpcCodec::new(1 << 20);
-        let mut n = 0;
-        while let Some(m) = codec.decode(&mut buf).unwrap() {
-            assert_eq!(m.decode().unwrap(), K::long(n / 2));
-            n += 1;
+        let (msgs, rest) = reader.join().unwrap();
+        assert!(rest.is_empty(), "end of file after the last message");
+        assert_eq!(msgs[0].decode().unwrap(), big());
+        for (n, m) in msgs[1..].iter().enumerate() {
+            assert_eq!(m.decode().unwrap(), K::long(n as i64 / 2));
         }
-        assert_eq!(n, 200);
+    }
+
+    /// An idle connection's flush resolves at once: nothing is queued.
+    #[tokio::test]
+    async fn flush_of_an_idle_connection() {
+        let (l, mut theirs, _r) = link(limits()).await;
+        let p = Peer { link: l.clone() };
+        p.send_async(&K::long(5)).unwrap();
+        p.flush().await.unwrap();
+        assert_eq!(read_messages(&mut theirs, 1)[0].decode().unwrap(), K::long(5));
     }
 }

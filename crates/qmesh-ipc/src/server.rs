@@ -401,12 +401,13 @@ struct ConnCtx<H> {
     _permit: OwnedSemaphorePermit,
 }
 
-struct ServerDispatch<H> {
-    handler: Arc<H>,
-    peer: Peer,
+/// A [`Handler`] bound to one connection, as the read loop calls it.
+pub(crate) struct HandlerDispatch<H> {
+    pub(crate) handler: H,
+    pub(crate) peer: Peer,
 }
 
-impl<H: Handler> Dispatch for ServerDispatch<H> {
+impl<H: Handler> Dispatch for HandlerDispatch<H> {
     async fn on_sync(&self, msg: Message, responder: Responder) {
         self.handler.on_sync(&self.peer, msg, responder).await;
     }
@@ -478,10 +479,10 @@ async fn serve<H: Handler, S: IntoHalves>(ctx: ConnCtx<H>, mut s: S, remote: Rem
     };
     debug!(conn = %id, %remote, user = %info.user, capability = info.capability, "connection open");
     let compress = ctx.config.force_compression || !remote.is_local();
-    let link = Arc::new(Link::new(info, compress, ctx.config.limits(), ctx.closing.clone()));
-    let peer = Peer { link: link.clone() };
     let (r, w) = s.into_halves();
-    let writer = tokio::spawn(link::write_loop(link.clone(), w));
+    let link = Arc::new(Link::new(info, compress, ctx.config.limits(), ctx.closing.clone(), Arc::new(w)));
+    let peer = Peer { link: link.clone() };
+    let writer = tokio::spawn(link::write_loop(link.clone()));
     ctx.registry.map().insert(id, peer.clone());
 
     let reader = {
@@ -490,7 +491,7 @@ async fn serve<H: Handler, S: IntoHalves>(ctx: ConnCtx<H>, mut s: S, remote: Rem
         let peer = peer.clone();
         tokio::spawn(async move {
             handler.on_open(&peer).await;
-            let dispatch = ServerDispatch { handler, peer };
+            let dispatch = HandlerDispatch { handler, peer };
             link::read_loop(&link, r, rest, &dispatch).await;
         })
     };

@@ -1,5 +1,9 @@
 //! Sockets: TCP tuning, q's Unix domain socket (abstract on Linux), and
-//! splitting a stream into owned halves for the reader and writer tasks.
+//! splitting a stream into an owned read half for the reader task and a
+//! shared write side.
+
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -7,11 +11,24 @@ use tracing::debug;
 
 use crate::error::IpcError;
 
-/// A stream that splits into independently owned read and write halves
-/// (no lock between them).
+/// The write side of a connected socket, used through `&self`: whichever
+/// task holds the connection's write turn (see [`crate::link`]) writes
+/// with non-blocking vectored writes, and the writer task waits for
+/// readiness when the socket is full.
+pub(crate) trait WriteSock: Send + Sync + 'static {
+    /// One non-blocking `writev`; `WouldBlock` when the socket is full.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Ready when the socket may take more bytes.
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Sends FIN: the peer reads end of file after what was written.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+/// A stream that splits into an independently owned read half and a write
+/// side (no lock between them).
 pub(crate) trait IntoHalves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
-    type Write: AsyncWrite + Unpin + Send + 'static;
+    type Write: WriteSock;
     fn into_halves(self) -> (Self::Read, Self::Write);
 }
 
@@ -20,6 +37,18 @@ impl IntoHalves for TcpStream {
     type Write = tokio::net::tcp::OwnedWriteHalf;
     fn into_halves(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+}
+
+impl WriteSock for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_write_ready(cx)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(self.as_ref()).shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -50,6 +79,18 @@ mod unix {
         type Write = tokio::net::unix::OwnedWriteHalf;
         fn into_halves(self) -> (Self::Read, Self::Write) {
             self.into_split()
+        }
+    }
+
+    impl WriteSock for tokio::net::unix::OwnedWriteHalf {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            tokio::net::unix::OwnedWriteHalf::try_write_vectored(self, bufs)
+        }
+        fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.as_ref().poll_write_ready(cx)
+        }
+        fn shutdown_write(&self) -> io::Result<()> {
+            socket2::SockRef::from(self.as_ref()).shutdown(std::net::Shutdown::Write)
         }
     }
 

@@ -20,7 +20,7 @@ use qmesh_ipc::echo::EchoHandler;
 use qmesh_ipc::{PasswordFile, ServerConfig};
 
 fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(name)
+    qmesh_testkit::manifest_dir().join("tests/py").join(name)
 }
 
 fn config() -> ServerConfig {

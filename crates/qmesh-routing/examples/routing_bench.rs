@@ -74,7 +74,11 @@ impl Handler for BenchService {
 
 fn service(args: &[String]) {
     // one thread: the service runs one message at a time, as q does
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .on_thread_park(qmesh_ipc::on_thread_park)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let port: u16 = arg(args, "--port").and_then(|p| p.parse().ok()).unwrap_or(0);
         let name = qmesh_routing::ServiceName::new(arg(args, "--name").unwrap_or_else(|| "BENCH".into()));
@@ -101,8 +105,12 @@ fn service(args: &[String]) {
 
 fn gateway(args: &[String]) {
     let threads: usize = arg(args, "--threads").and_then(|c| c.parse().ok()).unwrap_or(2);
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .on_thread_park(qmesh_ipc::on_thread_park)
+        .enable_all()
+        .build()
+        .expect("rt");
     rt.block_on(async {
         let port: u16 = arg(args, "--port").and_then(|p| p.parse().ok()).unwrap_or(0);
         let lb = match arg(args, "--lb") {
@@ -132,8 +140,12 @@ fn load(args: &[String]) {
     let warmup: f64 = arg(args, "--warmup").and_then(|c| c.parse().ok()).unwrap_or(1.0);
     let threads: usize = arg(args, "--threads").and_then(|c| c.parse().ok()).unwrap_or(1);
     let service = arg(args, "--service").unwrap_or_else(|| "BENCH".into());
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .on_thread_park(qmesh_ipc::on_thread_park)
+        .enable_all()
+        .build()
+        .expect("rt");
     rt.block_on(async move {
         let msg = if routed {
             K::list(vec![K::sym("userQuery"), K::list(vec![K::sym(service.as_str()), K::string("1+1")])])

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use qmesh_codec::limits::{COMPRESS_MIN_BYTES, MAX_MESSAGE_BYTES};
 use qmesh_codec::{K, Message, MsgType, RawObject};
 use qmesh_ipc::{
-    Authenticator, Backoff, ClientOptions, Connection, Handler, Incoming, IpcError, Peer, Responder, Server,
+    Authenticator, Backoff, ClientOptions, Connection, Handler, IpcError, Peer, Responder, Server,
     ServerConfig, pykx,
 };
 use qmesh_process::{Health, Metrics, Shutdown};
@@ -64,10 +64,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How often shutdown checks whether requests in flight are done.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
-
-/// Most messages from one instance routed under one lock acquisition (a
-/// bound on how long one link holds the state while others wait).
-const LINK_BATCH: usize = 64;
 
 /// Results larger than this (bytes) are converted to JSON on a blocking
 /// thread, not on the runtime's.
@@ -720,28 +716,20 @@ impl Router {
         });
     }
 
-    /// Messages from a service instance on our link to it (drained from
-    /// `batch`), routed under one lock.
-    fn on_service_messages(self: &Arc<Self>, address: &Address, batch: &mut Vec<Message>) {
-        let mut replies = Vec::with_capacity(batch.len());
-        for msg in batch.drain(..) {
-            match proto::service_reply(&msg) {
-                Ok(r) => replies.push(r),
-                Err(e) => warn!(%address, error = %e, "unexpected message from a service; ignored"),
+    /// A message from a service instance on our link to it.
+    fn on_service_message(self: &Arc<Self>, address: &Address, msg: &Message) {
+        let reply = match proto::service_reply(msg) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%address, error = %e, "unexpected message from a service; ignored");
+                return;
             }
-        }
-        if replies.is_empty() {
-            return;
-        }
+        };
         self.with(|inner, now, work| {
             let Some(gw) = inner.gw.as_mut() else { return };
-            for reply in replies {
-                match reply {
-                    ServiceReply::Result(seq, raw) => gw.return_res(now, address, seq, Ok(raw), &mut work.gw),
-                    ServiceReply::Error(seq, text) => {
-                        gw.return_res(now, address, seq, Err(text), &mut work.gw)
-                    }
-                }
+            match reply {
+                ServiceReply::Result(seq, raw) => gw.return_res(now, address, seq, Ok(raw), &mut work.gw),
+                ServiceReply::Error(seq, text) => gw.return_res(now, address, seq, Err(text), &mut work.gw),
             }
         });
     }
@@ -809,12 +797,15 @@ impl Router {
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
+            let (closed_tx, closed) = oneshot::channel::<()>();
+            let handler =
+                ServiceLinkHandler { router: self.clone(), address: address.clone(), _closed: closed_tx };
             let conn = tokio::select! {
                 _ = stop.cancelled() => return,
-                c = Connection::connect(&target, self.link_opts.clone()) => c,
+                c = Connection::connect_with_handler(&target, self.link_opts.clone(), handler) => c,
             };
             let conn = match conn {
-                Ok(c) => c,
+                Ok(c) => (c, closed),
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     if failures == 1 {
@@ -828,7 +819,7 @@ impl Router {
                     continue;
                 }
             };
-            let (sender, mut rx) = conn.split();
+            let (sender, closed) = conn;
             let current = self.with(|inner, now, work| {
                 let Some(slot) = inner.links.get_mut(&address).filter(|s| s.link == link) else {
                     return false;
@@ -844,44 +835,13 @@ impl Router {
                 return;
             }
             debug!(%address, "link to instance up");
-            let cancelled = stop.cancelled();
-            tokio::pin!(cancelled);
-            let mut batch: Vec<Message> = Vec::new();
-            loop {
-                let m = tokio::select! {
-                    _ = &mut cancelled => {
-                        sender.close();
-                        return;
-                    }
-                    m = rx.recv() => m,
-                };
-                // take everything already waiting, and route it under one lock
-                let mut next = m;
-                let mut open = true;
-                loop {
-                    match next {
-                        Some(Incoming::Async(msg)) => batch.push(msg),
-                        Some(Incoming::Sync(_, r)) => {
-                            let _ =
-                                r.error("bad request: a gateway answers no queries on its links to services");
-                        }
-                        None => {
-                            open = false;
-                            break;
-                        }
-                    }
-                    if batch.len() >= LINK_BATCH {
-                        break;
-                    }
-                    next = match rx.try_recv() {
-                        Some(m) => Some(m),
-                        None => break,
-                    };
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    sender.close();
+                    return;
                 }
-                self.on_service_messages(&address, &mut batch);
-                if !open {
-                    break;
-                }
+                // the handler is dropped when the connection's reader ends
+                _ = closed => {}
             }
             info!(%address, "link to instance lost");
             self.with(|inner, now, work| {
@@ -909,12 +869,15 @@ impl Router {
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
+            let (closed_tx, closed) = oneshot::channel::<()>();
+            let gate = Arc::new(Mutex::new(LbGate::Registering(Vec::new())));
+            let handler = LbLinkHandler { router: self.clone(), gate: gate.clone(), _closed: closed_tx };
             let conn = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                c = Connection::connect(&target, self.link_opts.clone()) => c,
+                c = Connection::connect_with_handler(&target, self.link_opts.clone(), handler) => c,
             };
-            let (sender, mut rx) = match conn {
-                Ok(c) => c.split(),
+            let sender = match conn {
+                Ok(c) => c,
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     if failures == 1 || failures.is_multiple_of(20) {
@@ -937,28 +900,30 @@ impl Router {
                 }
             };
             info!(lb = %target, resources = rows.len(), "registered with the load balancer");
-            self.with(|inner, _now, work| {
-                inner.lb_sender = Some(sender.clone());
-                if let Some(gw) = inner.gw.as_mut() {
-                    gw.lb_connected(rows, &mut work.gw);
+            {
+                // the resource list first, then what was pushed meanwhile,
+                // in order; from here on the handler routes pushes itself
+                let mut gate = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.with(|inner, _now, work| {
+                    inner.lb_sender = Some(sender.clone());
+                    if let Some(gw) = inner.gw.as_mut() {
+                        gw.lb_connected(rows, &mut work.gw);
+                    }
+                });
+                if let LbGate::Registering(held) = std::mem::replace(&mut *gate, LbGate::Open) {
+                    for msg in held {
+                        self.on_lb_message(msg);
+                    }
                 }
-            });
+            }
             self.health.set_ready(true);
-            loop {
-                let m = tokio::select! {
-                    _ = self.stop.cancelled() => {
-                        sender.close();
-                        return;
-                    }
-                    m = rx.recv() => m,
-                };
-                match m {
-                    Some(Incoming::Async(msg)) => self.on_lb_message(msg),
-                    Some(Incoming::Sync(_, r)) => {
-                        let _ = r.error("bad request: a gateway answers no queries from its load balancer");
-                    }
-                    None => break,
+            tokio::select! {
+                _ = self.stop.cancelled() => {
+                    sender.close();
+                    return;
                 }
+                // the handler is dropped when the connection's reader ends
+                _ = closed => {}
             }
             warn!(lb = %target, "connection to the load balancer lost; reconnecting");
             self.health.set_ready(false);
@@ -1110,6 +1075,57 @@ fn send_reply(reply: ReplyTo, result: Result<Payload, Failure>) {
     };
     if let Err(e) = r {
         debug!(error = %e, "could not answer a client (gone?)");
+    }
+}
+
+/// What a service instance sends on the gateway's link to it, handled on
+/// the link's reader task (no hop to another task).
+struct ServiceLinkHandler {
+    router: Arc<Router>,
+    address: Address,
+    /// Dropped with the handler when the connection's reader ends: tells
+    /// the link task the link is down.
+    _closed: oneshot::Sender<()>,
+}
+
+impl Handler for ServiceLinkHandler {
+    async fn on_sync(&self, _peer: &Peer, _msg: Message, responder: Responder) {
+        let _ = responder.error("bad request: a gateway answers no queries on its links to services");
+    }
+
+    async fn on_async(&self, _peer: &Peer, msg: Message) {
+        self.router.on_service_message(&self.address, &msg);
+    }
+}
+
+/// Whether pushes from the load balancer can be routed yet.
+enum LbGate {
+    /// `registerGW` has not been answered: pushes wait here, in order, so
+    /// none is applied before the resource list it follows.
+    Registering(Vec<Message>),
+    Open,
+}
+
+/// What a remote load balancer pushes to the gateway (`serviceAlloc`,
+/// `addResource`…), handled on the connection's reader task.
+struct LbLinkHandler {
+    router: Arc<Router>,
+    gate: Arc<Mutex<LbGate>>,
+    /// Dropped with the handler when the connection's reader ends.
+    _closed: oneshot::Sender<()>,
+}
+
+impl Handler for LbLinkHandler {
+    async fn on_sync(&self, _peer: &Peer, _msg: Message, responder: Responder) {
+        let _ = responder.error("bad request: a gateway answers no queries from its load balancer");
+    }
+
+    async fn on_async(&self, _peer: &Peer, msg: Message) {
+        let mut gate = self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &mut *gate {
+            LbGate::Registering(held) => held.push(msg),
+            LbGate::Open => self.router.on_lb_message(msg),
+        }
     }
 }
 

@@ -23,6 +23,14 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `None` when there is none — unless `QMESH_REQUIRE_PYTHON` is set (as
 /// `.ci/run` sets it), in which case a missing interpreter panics: in CI an
 /// interop test must run, not skip.
+/// The directory of the package under test, read when the test runs
+/// (cargo sets `CARGO_MANIFEST_DIR` for it), not baked in when it was
+/// compiled: a test binary reused from a build of another checkout (a
+/// shared target directory) still finds this checkout's files.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
 pub fn python() -> Option<PathBuf> {
     find_interpreter("QMESH_PYTHON", &[".cache/qmesh-venv/bin/python", ".cache/qmesh-ci-venv/bin/python"])
 }

@@ -67,7 +67,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(&cli.common);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // on_thread_park: writes caused by a burst of reads leave together
+    // (qmesh_ipc::batch)
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .on_thread_park(qmesh_ipc::on_thread_park)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qmesh: cannot start the runtime: {e}");

@@ -24,7 +24,7 @@ fn bin() -> &'static str {
 }
 
 fn py_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../qmesh-routing/tests/py")
+    qmesh_testkit::manifest_dir().join("../qmesh-routing/tests/py")
 }
 
 fn lb(port: u16) -> Process {

@@ -19,8 +19,15 @@ pub fn hex(b: &[u8]) -> String {
     })
 }
 
+/// The package directory, read when the test runs (cargo sets
+/// `CARGO_MANIFEST_DIR`), not baked in at compile time: a test binary
+/// reused from a build of another checkout still finds this one's files.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    manifest_dir().join("tests").join("fixtures")
 }
 
 /// The golden fixtures: case name → whole message bytes.

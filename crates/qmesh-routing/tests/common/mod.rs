@@ -23,7 +23,7 @@ pub const SETTLE: Duration = Duration::from_secs(30);
 pub const REPLY: Duration = Duration::from_secs(30);
 
 pub fn py_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py")
+    qmesh_testkit::manifest_dir().join("tests/py")
 }
 
 /// A whitepaper service (tests/py/wp_service.py) registering with the load

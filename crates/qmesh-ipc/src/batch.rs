@@ -1,0 +1,284 @@
+//! Write batching: many small messages, few syscalls.
+//!
+//! A message normally leaves from the task that queued it, in one
+//! non-blocking `writev` ([`crate::link`]). Two mechanisms, both per
+//! thread, gather the writes of a burst:
+//!
+//! * **Deferral within a read.** While a read loop handles the messages of
+//!   one read, the connections its handlers write to are noted, once each,
+//!   instead of written. When the batch is handled (before the next read)
+//!   or the task suspends, the connection just read from is written at
+//!   once: forty answers to forty pipelined requests leave in one syscall.
+//! * **Corking across reads.** Writes that a read caused on *other*
+//!   connections stay corked on the thread until it runs out of work (the
+//!   runtime calls [`on_thread_park`] just before the thread sleeps), or
+//!   [`MAX_CORKED_READS`] reads later, or once [`MAX_CORK_DELAY`] has passed
+//!   since the first (checked whenever this thread finishes a read or
+//!   writes outside one). A gateway that reads one request from each of
+//!   sixty-four clients then sends them on to a service in one `writev`,
+//!   not sixty-four; the service reads them in one `read` and answers them
+//!   in one `writev`. This is Redis's write of pending replies in
+//!   `beforeSleep`.
+//!
+//! Corking needs [`on_thread_park`] installed on the runtime
+//! (`tokio::runtime::Builder::on_thread_park`); a thread that has never
+//! run it never corks (it writes other connections at the end of each
+//! batch instead), so a runtime without the hook is correct, only less
+//! batched. Nothing deferred outlives a suspension of its task, and
+//! nothing corked outlives the thread's next park, so a handler that waits
+//! for the answer to something it sent cannot wait on its own unwritten
+//! output.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+// tokio's clock, so tests can move it (it is the system clock otherwise)
+use tokio::time::Instant;
+
+use crate::link::{ConnId, Link};
+
+/// Most reads a thread finishes while writes stay corked: a bound on how
+/// long a busy thread, which does not park, holds them (reads).
+pub const MAX_CORKED_READS: u32 = 16;
+
+/// Longest a write stays corked on a busy thread, checked when the thread
+/// finishes a read or writes outside one. Well under one network round
+/// trip between hosts.
+pub const MAX_CORK_DELAY: Duration = Duration::from_micros(50);
+
+/// The read loop being polled on this thread.
+struct Scope {
+    /// The connection it reads.
+    own: ConnId,
+    /// The connections its handlers wrote to, in first-write order.
+    links: Vec<Arc<Link>>,
+}
+
+#[derive(Default)]
+struct ThreadBatch {
+    /// Set while a read loop is polled.
+    scope: Option<Scope>,
+    /// Connections written to by earlier reads, not yet written.
+    corked: Vec<Arc<Link>>,
+    /// When the first of `corked` was corked.
+    corked_at: Option<Instant>,
+    /// Reads finished since then.
+    corked_reads: u32,
+    /// The runtime runs [`on_thread_park`] on this thread.
+    parks_flush: bool,
+}
+
+thread_local! {
+    static BATCH: RefCell<ThreadBatch> = RefCell::new(ThreadBatch::default());
+}
+
+/// Install with `tokio::runtime::Builder::on_thread_park` on a runtime that
+/// serves many connections: the thread writes what is corked before it
+/// sleeps, and from then on corks (see the module docs).
+pub fn on_thread_park() {
+    BATCH.with_borrow_mut(|b| b.parks_flush = true);
+    flush_corked();
+}
+
+/// Notes `link` in the running read loop's batch; false outside a read
+/// loop (the caller writes at once).
+pub(crate) fn defer(link: &Arc<Link>) -> bool {
+    BATCH.with_borrow_mut(|b| match &mut b.scope {
+        Some(scope) => {
+            scope.links.push(link.clone());
+            true
+        }
+        None => false,
+    })
+}
+
+/// The running read loop has handled a batch: its own connection is
+/// written now, others corked (or written, on a thread that does not
+/// cork); corks that are due are written.
+pub(crate) fn end_of_batch() {
+    let mut write = BATCH.with_borrow_mut(|b| {
+        let ThreadBatch { scope, corked, corked_at, corked_reads, parks_flush } = b;
+        let Some(scope) = scope else { return Vec::new() };
+        let mut links = std::mem::take(&mut scope.links);
+        if *parks_flush {
+            let was_empty = corked.is_empty();
+            let own = scope.own;
+            corked.extend(links.extract_if(.., |l| l.info.id != own));
+            if was_empty && !corked.is_empty() {
+                *corked_at = Some(Instant::now());
+                *corked_reads = 0;
+            }
+        }
+        links
+    });
+    for link in write.drain(..) {
+        link.write_queued();
+    }
+    let due = BATCH.with_borrow_mut(|b| {
+        // give the allocation back for the next batch
+        if let Some(scope) = &mut b.scope
+            && scope.links.is_empty()
+        {
+            scope.links = write;
+        }
+        if b.corked.is_empty() {
+            return false;
+        }
+        b.corked_reads += 1;
+        b.corked_reads >= MAX_CORKED_READS || b.corked_at.is_some_and(|t| t.elapsed() >= MAX_CORK_DELAY)
+    });
+    if due {
+        flush_corked();
+    }
+}
+
+/// Called before a write outside a read loop: writes the corks if they are
+/// overdue (a thread busy with other work).
+pub(crate) fn check_corks() {
+    let due = BATCH
+        .with_borrow(|b| !b.corked.is_empty() && b.corked_at.is_some_and(|t| t.elapsed() >= MAX_CORK_DELAY));
+    if due {
+        flush_corked();
+    }
+}
+
+/// Writes every corked connection, in the order they were corked.
+fn flush_corked() {
+    let corked = BATCH.with_borrow_mut(|b| {
+        b.corked_at = None;
+        std::mem::take(&mut b.corked)
+    });
+    for link in corked {
+        link.write_queued();
+    }
+}
+
+/// A read loop's future, run with its writes batched: the scope is set up
+/// around each poll and its batch ended when the poll returns (even by
+/// panic), so nothing deferred outlives a suspension.
+pub(crate) struct Batched<F> {
+    inner: Pin<Box<F>>,
+    own: ConnId,
+}
+
+impl<F: Future> Batched<F> {
+    pub(crate) fn new(own: ConnId, inner: F) -> Batched<F> {
+        Batched { inner: Box::pin(inner), own }
+    }
+}
+
+impl<F: Future> Future for Batched<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        /// Ends the batch and restores an enclosing scope (none in
+        /// practice: each read loop is its own task).
+        struct Exit(Option<Scope>);
+        impl Drop for Exit {
+            fn drop(&mut self) {
+                end_of_batch();
+                let outer = self.0.take();
+                BATCH.with_borrow_mut(|b| b.scope = outer);
+            }
+        }
+        let own = self.own;
+        let outer = BATCH.with_borrow_mut(|b| b.scope.replace(Scope { own, links: Vec::new() }));
+        let _exit = Exit(outer);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::tests::{limits, link, nothing_written, read_messages};
+    use crate::link::{Peer, Responder};
+    use qmesh_codec::K;
+
+    fn values(theirs: &mut std::os::unix::net::UnixStream, n: usize) -> Vec<K> {
+        read_messages(theirs, n).iter().map(|m| m.decode().unwrap()).collect()
+    }
+
+    /// Inside a read loop's batch nothing is written until the batch ends;
+    /// then each connection gets one write, in order.
+    #[tokio::test]
+    async fn a_batch_is_written_when_it_ends() {
+        BATCH.with_borrow_mut(|b| b.parks_flush = false);
+        let (own, mut own_far, _r1) = link(limits()).await;
+        let (other, mut other_far, _r2) = link(limits()).await;
+        let (own_peer, other_peer) = (Peer { link: own.clone() }, Peer { link: other.clone() });
+        Batched::new(own.info.id, async {
+            for i in 0..3 {
+                Responder::new(own.clone()).unwrap().reply(K::long(i)).unwrap();
+                other_peer.send_async(&K::long(10 + i)).unwrap();
+            }
+            own_peer.send_async(&K::long(3)).unwrap();
+            assert!(nothing_written(&mut own_far), "deferred to the end of the batch");
+            assert!(nothing_written(&mut other_far));
+        })
+        .await;
+        // this thread never ran on_thread_park: nothing is corked
+        assert_eq!(values(&mut own_far, 4), vec![K::long(0), K::long(1), K::long(2), K::long(3)]);
+        assert_eq!(values(&mut other_far, 3), vec![K::long(10), K::long(11), K::long(12)]);
+    }
+
+    /// On a thread whose runtime flushes at park, writes to other
+    /// connections stay corked past the batch until the thread parks; the
+    /// connection read from is written at the batch's end.
+    #[tokio::test]
+    async fn other_connections_are_corked_until_park() {
+        on_thread_park();
+        let (own, mut own_far, _r1) = link(limits()).await;
+        let (other, mut other_far, _r2) = link(limits()).await;
+        let other_peer = Peer { link: other.clone() };
+        Batched::new(own.info.id, async {
+            Responder::new(own.clone()).unwrap().reply(K::long(1)).unwrap();
+            other_peer.send_async(&K::long(2)).unwrap();
+        })
+        .await;
+        assert_eq!(values(&mut own_far, 1), vec![K::long(1)]);
+        assert!(nothing_written(&mut other_far), "corked");
+        // a second batch writing the same connection joins the cork
+        Batched::new(own.info.id, async { other_peer.send_async(&K::long(3)).unwrap() }).await;
+        assert!(nothing_written(&mut other_far));
+        on_thread_park();
+        assert_eq!(values(&mut other_far, 2), vec![K::long(2), K::long(3)]);
+    }
+
+    /// A thread that never parks still writes its corks after
+    /// MAX_CORKED_READS reads.
+    #[tokio::test]
+    async fn corks_are_bounded_by_reads() {
+        on_thread_park();
+        let (own, _own_far, _r1) = link(limits()).await;
+        let (other, mut other_far, _r2) = link(limits()).await;
+        let other_peer = Peer { link: other.clone() };
+        Batched::new(own.info.id, async { other_peer.send_async(&K::long(7)).unwrap() }).await;
+        // the batch that corked counts as the first read
+        for _ in 1..MAX_CORKED_READS - 1 {
+            Batched::new(own.info.id, async {}).await;
+        }
+        assert!(nothing_written(&mut other_far));
+        Batched::new(own.info.id, async {}).await;
+        assert_eq!(values(&mut other_far, 1), vec![K::long(7)]);
+    }
+
+    /// Outside a read loop a write goes out at once, and first writes what
+    /// is corked past its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn overdue_corks_go_with_the_next_write() {
+        on_thread_park();
+        let (own, _own_far, _r1) = link(limits()).await;
+        let (other, mut other_far, _r2) = link(limits()).await;
+        let (third, mut third_far, _r3) = link(limits()).await;
+        let other_peer = Peer { link: other.clone() };
+        Batched::new(own.info.id, async { other_peer.send_async(&K::long(1)).unwrap() }).await;
+        assert!(nothing_written(&mut other_far));
+        tokio::time::advance(MAX_CORK_DELAY).await;
+        Peer { link: third.clone() }.send_async(&K::long(2)).unwrap();
+        assert_eq!(values(&mut third_far, 1), vec![K::long(2)]);
+        assert_eq!(values(&mut other_far, 1), vec![K::long(1)]);
+    }
+}
