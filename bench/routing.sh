@@ -4,11 +4,14 @@
 #   (b) through the qmesh gateway (embedded load balancer, the whitepaper's
 #       protocol; one round per instance concurrency),
 #   (c) through HAProxy in TCP mode (leastconn) in front of the same services.
-# One run, same machine. Prints throughput, p50/p99 latency, the ratios and
-# the latency qmesh adds.
+# One run, same machine. Each measurement is repeated REPEAT times, the
+# three paths interleaved, and the median is printed: throughput, p50/p99
+# latency, CPU time per request (load generator + services + gateway or
+# HAProxy: a figure that does not depend on what else the machine is
+# doing), the ratios and the latency qmesh adds.
 #
 # usage: bench/routing.sh [CLIENTS...]      (default: 1 64)
-# env:   SECONDS_PER_RUN (5), WARMUP (1), SERVICES (2), LOAD_THREADS (1),
+# env:   SECONDS_PER_RUN (5), WARMUP (1), REPEAT (3), SERVICES (2), LOAD_THREADS (1),
 #        GATEWAY_THREADS (2), HAPROXY (haproxy),
 #        INSTANCE_CONCURRENCY ("1 16": one round per value; 1 is the whitepaper's
 #        one query per free instance, more lets an instance queue short queries)
@@ -19,6 +22,7 @@ CLIENTS=("${@:-1 64}")
 read -r -a CLIENTS <<<"${CLIENTS[*]}"
 SECS="${SECONDS_PER_RUN:-5}"
 WARMUP="${WARMUP:-1}"
+REPEAT="${REPEAT:-3}"
 NSVC="${SERVICES:-2}"
 LOAD_THREADS="${LOAD_THREADS:-1}"
 GATEWAY_THREADS="${GATEWAY_THREADS:-2}"
@@ -61,13 +65,15 @@ round() {
     local rtmp="$tmp/k$k"
     mkdir -p "$rtmp"
     "$B" gateway --threads "$GATEWAY_THREADS" --concurrency "$k" >"$rtmp/gw.out" 2>"$rtmp/gw.err" &
-    pids+=($!)
+    local gwpid=$!
+    pids+=($gwpid)
     local GW
     GW=$(listening "$rtmp/gw.out")
-    local svcs=()
+    local svcs=() svcpids=()
     for i in $(seq 1 "$NSVC"); do
         "$B" service --lb "$GW" --name BENCH >"$rtmp/s$i.out" 2>"$rtmp/s$i.err" &
         pids+=($!)
+        svcpids+=($!)
         svcs+=("$(listening "$rtmp/s$i.out")")
     done
     local SVCS
@@ -103,22 +109,35 @@ round() {
     # the services must have registered with the gateway before routed runs
     "$B" load --targets "$GW" --mode routed --clients 1 --seconds 0.2 --warmup 0 >/dev/null
 
+    local SP
+    SP=$(IFS=,; echo "${svcpids[*]}")
+
     echo
-    echo "== instance concurrency $k (1 = the whitepaper's one query per free instance)"
-    printf '%-8s %-8s %12s %10s %10s\n' clients path qps p50_us p99_us
+    echo "== instance concurrency $k (1 = the whitepaper's one query per free instance); median of $REPEAT"
+    printf '%-8s %-8s %12s %10s %10s %14s\n' clients path qps p50_us p99_us cpu_us/req
     for n in "${CLIENTS[@]}"; do
-        local d q h
-        d=$(run "$SVCS" direct "$n")
-        q=$(run "$GW" routed "$n")
-        h=$(run "127.0.0.1:$HAP_PORT" direct "$n")
-        for pair in "direct:$d" "qmesh:$q" "haproxy:$h"; do
-            printf '%-8s %-8s %12s %10s %10s\n' "$n" "${pair%%:*}" "$(field "${pair#*:}" qps)" \
-                "$(field "${pair#*:}" p50_us)" "$(field "${pair#*:}" p99_us)"
+        local runs="$rtmp/runs-$n"
+        : >"$runs"
+        for _ in $(seq 1 "$REPEAT"); do
+            echo "direct $(run "$SVCS" direct "$n" "$SP")" >>"$runs"
+            echo "qmesh $(run "$GW" routed "$n" "$SP,$gwpid")" >>"$runs"
+            echo "haproxy $(run "127.0.0.1:$HAP_PORT" direct "$n" "$SP,$hap")" >>"$runs"
         done
-        python3 - "$d" "$q" "$h" <<'EOF2'
-import json, sys
-d, q, h = (json.loads(a) for a in sys.argv[1:4])
+        python3 - "$n" "$runs" <<'EOF2'
+import json, statistics, sys
+n, path = sys.argv[1], sys.argv[2]
+runs = {}
+for line in open(path):
+    name, js = line.split(" ", 1)
+    runs.setdefault(name, []).append(json.loads(js))
+med = {name: {k: statistics.median(r[k] for r in rs) for k in ("qps", "p50_us", "p99_us", "cpu_us")}
+       for name, rs in runs.items()}
+for name in ("direct", "qmesh", "haproxy"):
+    m = med[name]
+    print(f"{n:<8} {name:<8} {m['qps']:12.0f} {m['p50_us']:10.1f} {m['p99_us']:10.1f} {m['cpu_us']:14.1f}")
+d, q, h = med["direct"], med["qmesh"], med["haproxy"]
 print(f"         qmesh/direct throughput {q['qps']/d['qps']:.2f}  haproxy/direct {h['qps']/d['qps']:.2f}  qmesh/haproxy {q['qps']/h['qps']:.2f}")
+print(f"         cpu per request: qmesh/haproxy {q['cpu_us']/h['cpu_us']:.2f}  qmesh/direct {q['cpu_us']/d['cpu_us']:.2f}")
 print(f"         added by qmesh: p50 {q['p50_us']-d['p50_us']:+.1f} us  p99 {q['p99_us']-d['p99_us']:+.1f} us"
       f"   (haproxy adds p50 {h['p50_us']-d['p50_us']:+.1f} us, p99 {h['p99_us']-d['p99_us']:+.1f} us)")
 EOF2
@@ -129,10 +148,9 @@ EOF2
     pids=()
 }
 
-run() { "$B" load --targets "$1" --mode "$2" --clients "$3" --seconds "$SECS" --warmup "$WARMUP" --threads "$LOAD_THREADS"; }
-field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
+run() { "$B" load --targets "$1" --mode "$2" --clients "$3" --seconds "$SECS" --warmup "$WARMUP" --threads "$LOAD_THREADS" --watch "$4"; }
 
-echo "machine: $(nproc) cores, $(uname -r); $NSVC services; gateway threads $GATEWAY_THREADS; load threads $LOAD_THREADS; ${SECS}s per run after ${WARMUP}s warm-up"
+echo "machine: $(nproc) cores, $(uname -r); $NSVC services; gateway threads $GATEWAY_THREADS; load threads $LOAD_THREADS; ${SECS}s per run after ${WARMUP}s warm-up; median of $REPEAT"
 for k in "${CONCURRENCY[@]}"; do
     round "$k"
 done

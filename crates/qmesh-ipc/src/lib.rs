@@ -69,8 +69,10 @@
 //! * A malformed message closes that connection only (logged).
 //! * Messages are compressed, by q's rule, only to peers that are neither
 //!   loopback nor Unix sockets ([`ServerConfig::force_compression`] for
-//!   tests). TCP_NODELAY is set; each connection has one writer task that
-//!   writes everything queued with vectored writes.
+//!   tests). TCP_NODELAY is set. A message leaves from the task that queued
+//!   it (one non-blocking `writev`), or with the others its read caused
+//!   ([`batch`]); each connection's writer task only finishes what a full
+//!   socket did not take.
 //! * Bodies are never copied on the way in ([`qmesh_codec::Message`] slices
 //!   the read buffer) and raw bodies are not copied on the way out
 //!   ([`Responder::reply_raw`], [`Peer::send_raw`], [`Peer::send_frame`]).
@@ -83,6 +85,8 @@
 //!   (plain, MD5 or SHA-1 of the password, as q accepts).
 //! * [`framing`]: the `tokio_util` codec for whole messages.
 //! * [`client`], [`server`]: the two ends; [`link`]: what they share.
+//! * [`batch`]: many small writes, few syscalls ([`on_thread_park`] is the
+//!   runtime hook that lets a thread cork writes until it sleeps).
 //! * [`pykx`]: answers PyKX's connect-time probes.
 //! * [`echo`]: an echo handler, the stand-in backend of tests and benchmarks.
 

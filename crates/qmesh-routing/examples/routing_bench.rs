@@ -14,7 +14,8 @@
 //! --seconds S [--warmup S] [--service NAME]`: N clients, each in a closed
 //! loop of sync requests (`"1+1"` directly, `(`userQuery;(`NAME;"1+1"))`
 //! through a gateway); clients are spread over the targets. Prints one JSON
-//! line: throughput and latency percentiles.
+//! line: throughput, latency percentiles, and the CPU time per request of
+//! this process plus the `--watch PID,PID` processes (the servers).
 
 // A command-line tool: its output is what it is for.
 #![allow(clippy::print_stdout)]
@@ -131,6 +132,25 @@ fn gateway(args: &[String]) {
     });
 }
 
+/// Linux's USER_HZ: the unit of the CPU times in `/proc/PID/stat`.
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// User + system CPU time of the processes, in clock ticks (threads
+/// included; `self` is this process).
+fn cpu_ticks(pids: &[String]) -> u64 {
+    pids.iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // fields after the command (which may hold spaces) end with ')'
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15: indexes 11 and 12 after ')'
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            t(11) + t(12)
+        })
+        .sum()
+}
+
 fn load(args: &[String]) {
     let targets: Vec<String> =
         arg(args, "--targets").expect("--targets").split(',').map(str::to_string).collect();
@@ -140,6 +160,11 @@ fn load(args: &[String]) {
     let warmup: f64 = arg(args, "--warmup").and_then(|c| c.parse().ok()).unwrap_or(1.0);
     let threads: usize = arg(args, "--threads").and_then(|c| c.parse().ok()).unwrap_or(1);
     let service = arg(args, "--service").unwrap_or_else(|| "BENCH".into());
+    // the processes whose CPU time counts with ours (servers, proxy)
+    let mut watch: Vec<String> = arg(args, "--watch")
+        .map(|w| w.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
+    watch.push("self".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .on_thread_park(qmesh_ipc::on_thread_park)
@@ -185,11 +210,13 @@ fn load(args: &[String]) {
             }));
         }
         tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+        let cpu0 = cpu_ticks(&watch);
         measuring.store(true, Ordering::Relaxed);
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
         measuring.store(false, Ordering::Relaxed);
         let elapsed = t0.elapsed().as_secs_f64();
+        let cpu_s = (cpu_ticks(&watch) - cpu0) as f64 / CLOCK_TICKS_PER_S;
         stop.store(true, Ordering::Relaxed);
         let mut all: Vec<u32> = Vec::new();
         for t in tasks {
@@ -204,13 +231,14 @@ fn load(args: &[String]) {
             f64::from(all[i]) / 1000.0
         };
         println!(
-            "{{\"mode\":\"{}\",\"clients\":{},\"requests\":{},\"qps\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+            "{{\"mode\":\"{}\",\"clients\":{},\"requests\":{},\"qps\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"cpu_us\":{:.2}}}",
             if routed { "routed" } else { "direct" },
             clients,
             all.len(),
             all.len() as f64 / elapsed,
             pct(0.5),
-            pct(0.99)
+            pct(0.99),
+            cpu_s * 1e6 / all.len().max(1) as f64
         );
     });
 }

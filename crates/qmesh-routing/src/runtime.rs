@@ -8,18 +8,22 @@
 //! message from a client, a service, a gateway or the load balancer, a link
 //! going up or down, a timer — takes the lock, feeds the core(s), and carries
 //! out the resulting actions: messages to the load balancer, gateways and
-//! services are *queued* on their connections (a non-blocking push onto the
-//! connection's outbound queue; its writer task does the syscalls), so the
-//! lock is held for microseconds and never across an `.await`. Replies to
-//! clients (which may involve joining or encoding a large result) are sent
-//! after the lock is released.
+//! services are *queued* on their connections, so the lock is held for
+//! microseconds and never across an `.await`. Within a read loop (every
+//! message from a peer) queuing is a push and nothing more: the write
+//! happens when the read's batch ends, after the lock is released
+//! (`qmesh_ipc::batch`); elsewhere (timers, HTTP) it may be one
+//! non-blocking `writev`. Replies to clients (which may involve joining or
+//! encoding a large result) are sent after the lock is released.
 //!
 //! Why a mutex rather than an actor task: an actor costs a channel hop (a
 //! task wake-up, often a cross-thread one) per event on the hot path, on top
 //! of the connection's own reader task. With the lock, the reader task that
-//! decoded the message runs the state machine itself; on two cores that
-//! saves several microseconds per routed query. Contention is low because
-//! each critical section is a few hash-map operations.
+//! decoded the message runs the state machine itself — for client
+//! connections, service links and the load balancer link alike — and the
+//! writes it causes leave in batches: queries from many clients to one
+//! instance share a `writev`, and so do the instance's answers. Contention
+//! is low because each critical section is a few hash-map operations.
 //!
 //! Sending while holding the lock keeps each connection's messages in the
 //! order the cores decided them (an `addResource` always precedes the
