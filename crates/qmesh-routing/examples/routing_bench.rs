@@ -106,12 +106,14 @@ fn service(args: &[String]) {
 
 fn gateway(args: &[String]) {
     let threads: usize = arg(args, "--threads").and_then(|c| c.parse().ok()).unwrap_or(2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .on_thread_park(qmesh_ipc::on_thread_park)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let mut builder = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder.on_thread_park(qmesh_ipc::on_thread_park).enable_all().build().expect("rt");
     rt.block_on(async {
         let port: u16 = arg(args, "--port").and_then(|p| p.parse().ok()).unwrap_or(0);
         let lb = match arg(args, "--lb") {
