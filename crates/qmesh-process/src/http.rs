@@ -114,7 +114,7 @@ mod tests {
         assert!(http_get(addr, "/metrics").await.contains("# EOF"));
         let fail = http_get(addr, "/api/fail").await;
         assert!(fail.starts_with("HTTP/1.1 429"), "{fail}");
-        assert!(fail.contains(r#"{"detail":"FX","error":"queue full"}"#), "{fail}");
+        assert!(fail.contains(r#"{"error":"queue full","detail":"FX"}"#), "{fail}");
 
         shutdown.trigger();
         server.await.unwrap().unwrap();

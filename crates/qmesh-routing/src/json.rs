@@ -233,6 +233,17 @@ mod tests {
         );
     }
 
+    /// JSON objects keep the table's column order (not sorted keys).
+    #[test]
+    fn columns_keep_their_order_in_the_text() {
+        let text = |form| serde_json::to_string(&to_json(&trade(), form)).unwrap();
+        assert_eq!(
+            text(TableForm::Records),
+            r#"[{"sym":"a","px":1.5,"n":null},{"sym":"b","px":null,"n":7}]"#
+        );
+        assert_eq!(text(TableForm::Columns), r#"{"sym":["a","b"],"px":[1.5,null],"n":[null,7]}"#);
+    }
+
     #[test]
     fn keyed_table_puts_keys_first() {
         let K::Table(t) = trade() else { panic!() };
