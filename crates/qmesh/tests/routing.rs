@@ -253,3 +253,37 @@ async fn config_file_and_environment_give_the_flags() {
     assert_eq!(sync(&c, "sleep 2000").await, Err("timeout".into()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `-u` on both processes: no password or a wrong one is refused at the
+/// handshake (no reply byte, as q does); the right one gets the protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_file_guards_the_load_balancer_and_the_gateway() {
+    let dir = std::env::temp_dir().join(format!("qmesh-routing-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "alice:secret\n").unwrap();
+    let u = users.to_str().unwrap();
+    let l = Process::qmesh(
+        bin(),
+        &["lb", "--bind", "127.0.0.1", "-p", "0", "--http", "0", "-u", u],
+        &["ipc", "http"],
+    );
+    let g = gateway(&["--embedded-lb", "-u", u]);
+    for (p, what) in [(&l, "lb"), (&g, "gateway")] {
+        let port = p.port("ipc");
+        for refused in [format!(":127.0.0.1:{port}"), format!(":127.0.0.1:{port}:alice:wrong")] {
+            let r = Connection::connect(&Address::parse(&refused).unwrap(), ClientOptions::default()).await;
+            assert!(matches!(r, Err(IpcError::Access)), "{what} let {refused} in: {r:?}");
+        }
+        let ok = Address::parse(&format!(":127.0.0.1:{port}:alice:secret")).unwrap();
+        let c = Connection::connect(&ok, ClientOptions::default()).await.unwrap();
+        if what == "lb" {
+            // registerGW answers with the (empty) resource table
+            let reply = c.call(&K::list(vec![K::sym("registerGW"), K::GenericNull])).await.unwrap();
+            assert!(matches!(reply.decode().unwrap(), K::Table(_)), "registerGW gave a table");
+        } else {
+            assert_eq!(sync(&c, "1+1").await, Err(format!("unknown service: {EQ}")));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
