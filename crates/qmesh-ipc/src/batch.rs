@@ -227,7 +227,8 @@ mod tests {
     /// On a thread whose runtime flushes at park, writes to other
     /// connections stay corked past the batch until the thread parks; the
     /// connection read from is written at the batch's end.
-    #[tokio::test]
+    // paused clock: the cork deadline must not pass while the test runs
+    #[tokio::test(start_paused = true)]
     async fn other_connections_are_corked_until_park() {
         on_thread_park();
         let (own, mut own_far, _r1) = link(limits()).await;
@@ -249,7 +250,8 @@ mod tests {
 
     /// A thread that never parks still writes its corks after
     /// MAX_CORKED_READS reads.
-    #[tokio::test]
+    // paused clock: the cork deadline must not pass while the test runs
+    #[tokio::test(start_paused = true)]
     async fn corks_are_bounded_by_reads() {
         on_thread_park();
         let (own, _own_far, _r1) = link(limits()).await;
