@@ -69,6 +69,9 @@ struct ThreadBatch {
     corked_reads: u32,
     /// The runtime runs [`on_thread_park`] on this thread.
     parks_flush: bool,
+    /// An empty list kept for the next read loop poll, so that setting up
+    /// a batch allocates nothing.
+    spare: Vec<Arc<Link>>,
 }
 
 thread_local! {
@@ -100,7 +103,7 @@ pub(crate) fn defer(link: &Arc<Link>) -> bool {
 /// cork); corks that are due are written.
 pub(crate) fn end_of_batch() {
     let mut write = BATCH.with_borrow_mut(|b| {
-        let ThreadBatch { scope, corked, corked_at, corked_reads, parks_flush } = b;
+        let ThreadBatch { scope, corked, corked_at, corked_reads, parks_flush, .. } = b;
         let Some(scope) = scope else { return Vec::new() };
         let mut links = std::mem::take(&mut scope.links);
         if *parks_flush {
@@ -180,11 +183,20 @@ impl<F: Future> Future for Batched<F> {
             fn drop(&mut self) {
                 end_of_batch();
                 let outer = self.0.take();
-                BATCH.with_borrow_mut(|b| b.scope = outer);
+                BATCH.with_borrow_mut(|b| {
+                    if let Some(done) = std::mem::replace(&mut b.scope, outer)
+                        && done.links.is_empty()
+                    {
+                        b.spare = done.links;
+                    }
+                });
             }
         }
         let own = self.own;
-        let outer = BATCH.with_borrow_mut(|b| b.scope.replace(Scope { own, links: Vec::new() }));
+        let outer = BATCH.with_borrow_mut(|b| {
+            let links = std::mem::take(&mut b.spare);
+            b.scope.replace(Scope { own, links })
+        });
         let _exit = Exit(outer);
         self.inner.as_mut().poll(cx)
     }

@@ -163,6 +163,9 @@ type CallSlot = oneshot::Sender<Result<Message, IpcError>>;
 struct State {
     /// Frames not yet written, in order.
     queue: VecDeque<Out>,
+    /// The buffer a direct write moves the queue into, kept (empty)
+    /// between writes so that writing allocates nothing.
+    spare: Vec<Out>,
     /// Bytes of `queue.front()` already written (the socket took part of
     /// it).
     head_written: usize,
@@ -314,19 +317,15 @@ impl Link {
         {
             st.writing = true;
             let off = std::mem::take(&mut st.head_written);
-            let mut batch: Vec<Out> = st.queue.drain(..).collect();
+            let mut batch = std::mem::take(&mut st.spare);
+            batch.extend(st.queue.drain(..));
             drop(st);
             let result = write_once(&*sock, &batch, 0, off);
             drop(sock);
-            st = self.state();
-            st.writing = false;
-            if st.closed {
-                return;
-            }
             let k = match result {
                 Ok(k) => k,
                 Err(e) => {
-                    drop(st);
+                    self.state().writing = false;
                     debug!(conn = %self.info.id, error = %e, "write failed; closing");
                     self.abort_now();
                     return;
@@ -334,14 +333,22 @@ impl Link {
             };
             let (done, rest) = advance(&batch, 0, off, k);
             let written: usize = batch[..done].iter().map(Out::len).sum();
+            let rest_items = batch.split_off(done);
+            resolve_flushes(&mut batch);
+            st = self.state();
+            st.writing = false;
+            if st.closed {
+                return;
+            }
             st.queued_bytes = st.queued_bytes.saturating_sub(written);
-            for out in batch.drain(done..).rev() {
+            for out in rest_items.into_iter().rev() {
                 st.queue.push_front(out);
             }
             st.head_written = rest;
+            // the emptied buffer serves the next write: no allocation per message
+            st.spare = batch;
             let wake = !st.queue.is_empty() || st.draining;
             drop(st);
-            resolve_flushes(&mut batch);
             if wake {
                 self.wake.notify_one();
             }
