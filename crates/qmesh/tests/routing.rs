@@ -95,6 +95,27 @@ async fn wait_gateway_ready(g: &Process, instances: u64) {
     .await
 }
 
+/// Waits for the whitepaper service to print a line starting with `prefix`
+/// (lines before it are skipped).
+fn wait_line(s: &Process, prefix: &str) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    tokio::task::block_in_place(|| {
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match s.next_line(left) {
+                Some(line) if line.starts_with(prefix) => return,
+                Some(_) => {}
+                None => panic!("the service did not print {prefix:?} in time"),
+            }
+        }
+    })
+}
+
+/// Waits until the whitepaper service has started running `query`.
+fn wait_running(s: &Process, query: &str) {
+    wait_line(s, &format!("service running {query}"))
+}
+
 async fn connect(p: &Process) -> Connection {
     let a = Address::parse(&p.addr("ipc").to_string()).unwrap();
     Connection::connect(&a, ClientOptions::default()).await.unwrap()
@@ -168,14 +189,18 @@ async fn dead_gateway_leaves_the_instance_busy_until_it_reports_back() {
     let lb_arg = format!("127.0.0.1:{}", lb.port("ipc"));
     let mut g1 = gateway(&["--lb", &lb_arg]);
     let g2 = gateway(&["--lb", &lb_arg]);
-    let Some(_s) = service(lb.port("ipc")) else { return };
+    let Some(s) = service(lb.port("ipc")) else { return };
     wait_gateway_ready(&g1, 1).await;
     wait_gateway_ready(&g2, 1).await;
 
     let c1 = connect(&g1).await;
     c1.send_async(&user_query("sleep 4000")).unwrap();
+    // killed once the query runs on the service: the load balancer showing
+    // the instance busy is not enough, it allocates before the gateway
+    // dispatches (a gateway dead in between is the next test's case)
+    wait_running(&s, "sleep 4000");
     let busy = |s: &Value| entry(s, "load_balancer").and_then(|e| e["busy"].as_u64()) == Some(1);
-    wait_for(&lb, "the instance busy", busy).await;
+    assert!(busy(&status(&lb).await), "the running instance is busy");
     g1.kill();
     wait_for(&lb, "the gateway gone", |s| s["load_balancer"]["gateways"] == 1).await;
     // the whitepaper's load balancer would free the instance now; ours keeps it
@@ -188,6 +213,44 @@ async fn dead_gateway_leaves_the_instance_busy_until_it_reports_back() {
         entry(s, "load_balancer").and_then(|e| e["free"].as_u64()) == Some(1)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_dead_before_dispatching_costs_the_instance_its_deadline_and_grace() {
+    let args =
+        ["lb", "--bind", "127.0.0.1", "-p", "0", "--http", "0", "--timeout", "1s", "--stuck-grace", "500ms"];
+    let lb = Process::qmesh(bin(), &args, &["ipc", "http"]);
+    let Some(s) = service(lb.port("ipc")) else { return };
+    wait_for(&lb, "the instance", |s| entry(s, "load_balancer").and_then(|e| e["free"].as_u64()) == Some(1))
+        .await;
+    wait_line(&s, "service registered");
+
+    // a gateway (gateway.q's messages) takes an allocation and dies before
+    // it sends the query: nobody will ever report the instance free
+    let mut gw = connect(&lb).await;
+    gw.call(&K::list(vec![K::sym("registerGW"), K::sym("")])).await.unwrap();
+    gw.send_async(&K::list(vec![K::sym("requestService"), K::long(1), K::sym(EQ)])).unwrap();
+    let alloc = next_async(&mut gw).await;
+    assert!(
+        matches!(&alloc, K::List(_, items) if items.first() == Some(&K::sym("serviceAlloc"))),
+        "{alloc:?}"
+    );
+    drop(gw);
+    wait_for(&lb, "the gateway gone", |s| s["load_balancer"]["gateways"] == 0).await;
+    let busy = |s: &Value| entry(s, "load_balancer").and_then(|e| e["busy"].as_u64()) == Some(1);
+    assert!(busy(&status(&lb).await), "instance handed out while possibly running");
+
+    // at the request's deadline plus the stuck grace the load balancer drops
+    // the instance (closing its connection); the service registers again
+    wait_line(&s, "service lost the load balancer");
+    wait_line(&s, "service registered");
+    wait_for(&lb, "the instance free again", |s| {
+        entry(s, "load_balancer").and_then(|e| e["free"].as_u64()) == Some(1)
+    })
+    .await;
+    let g = gateway(&["--lb", &format!("127.0.0.1:{}", lb.port("ipc"))]);
+    wait_gateway_ready(&g, 1).await;
+    assert_eq!(sync(&connect(&g).await, "1+1").await, Ok(K::long(2)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

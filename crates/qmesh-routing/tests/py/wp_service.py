@@ -35,7 +35,9 @@ q is not available here, so queries are a small fixed language:
 Direct sync queries (a client connected to the service itself) evaluate the
 same language; errors are q errors.
 
-It listens on 127.0.0.1 only and prints "service listening ipc 127.0.0.1:PORT".
+It listens on 127.0.0.1 only and prints "service listening ipc 127.0.0.1:PORT",
+then "service registered NAME ADDRESS" on each registration with the load
+balancer and "service running QUERY" when a gateway's query starts.
 """
 
 import argparse
@@ -189,7 +191,12 @@ class Service(ServerContext):
         seq, query = rq[0], rq[1]
         # execRequest: nh(`returnRes;(rq 0;@[value;rq 1;{x}])); nh[]
         try:
-            result = self.evaluate(text_of(query))
+            text = text_of(query)
+            # for tests that must know the query reached the service (not
+            # only that the load balancer allocated it) before they kill its
+            # gateway
+            print(f"service running {text}", flush=True)
+            result = self.evaluate(text)
             reply = kk(ks("returnRes"), kk(seq, result))
         except Stop:
             # errProj: nh(sq;`$er) — no function name (the paper's bug)
