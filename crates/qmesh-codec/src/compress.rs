@@ -273,6 +273,19 @@ mod tests {
         assert!(compress(&[]).is_none());
     }
 
+
+    /// The format's hash is the XOR of two bytes. In a repeated unit whose
+    /// two aligned pairs share a slot (191^124 == 248^59) each evicts the
+    /// other, so no lookup ever finds its pair: a repetition that does not
+    /// compress, sent plain. (The decompressor rebuilds the same table, so
+    /// a compressor cannot choose a better hash.)
+    #[test]
+    fn repetition_with_colliding_pairs_is_none() {
+        let body: Vec<u8> = [191u8, 124, 248, 59].iter().copied().cycle().take(2754).collect();
+        assert!(compress(&plain(&K::Vector(Attr::None, Vector::Byte(body)))).is_none());
+        let body: Vec<u8> = [191u8, 124, 248, 60].iter().copied().cycle().take(2754).collect();
+        assert!(compress(&plain(&K::Vector(Attr::None, Vector::Byte(body)))).is_some());
+    }
     #[test]
     fn big_endian_messages() {
         let mut msg = plain(&K::Vector(Attr::None, Vector::Boolean(vec![true; 2000])));

@@ -101,7 +101,13 @@ proptest! {
         flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
     ) {
         let msg = message(&body);
-        let mut c = compress(&msg).expect("a repeated pattern halves");
+        // A repetition almost always halves, but not always: in a unit like
+        // [191,124,248,59] two aligned pairs share the format's XOR hash
+        // slot and evict each other, so nothing ever matches (q's own
+        // compressor, with the same table, fares no better). ~1 in 8000.
+        let c = compress(&msg);
+        prop_assume!(c.is_some(), "not compressible");
+        let mut c = c.unwrap_or_default();
         for (i, b) in flips {
             let i = i.index(c.len());
             c[i] = b;
