@@ -273,7 +273,6 @@ mod tests {
         assert!(compress(&[]).is_none());
     }
 
-
     /// The format's hash is the XOR of two bytes. In a repeated unit whose
     /// two aligned pairs share a slot (191^124 == 248^59) each evicts the
     /// other, so no lookup ever finds its pair: a repetition that does not

@@ -138,11 +138,12 @@ async fn null_empty_and_500mb_results_arrive_unchanged() {
         assert_eq!(routed.body(), straight.body(), "{q}");
     }
 
+    // the call's own deadline: moving 500 MB through a Python service may
+    // pass the default 30 s on a loaded machine
     let n = 500_000_000usize;
-    let m = tokio::time::timeout(Duration::from_secs(300), c.call(&user_query(EQ, &format!("bytes {n}"))))
-        .await
-        .expect("500 MB in time")
-        .unwrap();
+    let big = user_query_opts(K::sym(EQ), &format!("bytes {n}"), K::long(300_000));
+    let m =
+        tokio::time::timeout(Duration::from_secs(300), c.call(&big)).await.expect("500 MB in time").unwrap();
     let body = m.body();
     assert_eq!(body.len(), 6 + n);
     assert_eq!(&body[..6], &[4, 0, 0x00, 0x65, 0xcd, 0x1d], "byte vector of 500,000,000");
