@@ -458,8 +458,10 @@ pub fn datetime_to_unix_ns(d: f64) -> Result<Option<i64>, &'static str> {
 }
 
 /// Unix nanoseconds → kdb+ datetime: the double whose nanosecond value
-/// ([`datetime_to_unix_ns`]) is `v`, the nearest one when several are (only
-/// within 64 days of 2000.01.01 are doubles finer than a nanosecond).
+/// ([`datetime_to_unix_ns`]) is `v`, the nearest to `v` when several are
+/// (within 64 days of 2000.01.01 doubles are finer than a nanosecond). So a
+/// datetime made from milliseconds (divided by 86,400,000, as q does) comes
+/// back bit for bit.
 pub fn unix_ns_to_datetime(v: i64) -> Result<f64, &'static str> {
     match v {
         i64::MAX => return Ok(f64::INFINITY),
@@ -468,6 +470,17 @@ pub fn unix_ns_to_datetime(v: i64) -> Result<f64, &'static str> {
     }
     let k = i128::from(v) - i128::from(KDB_EPOCH_NS);
     let k = i64::try_from(k).map_err(|_| OUT_OF_RANGE)?;
+    // Within ±2^53 ns (104 days) `k` is exact as a double, so one division
+    // gives the double nearest to k / NS_PER_DAY; if it maps back to `k`,
+    // no other double that does is nearer.
+    if k.unsigned_abs() < 1 << 53 {
+        let nearest = k as f64 / NS_PER_DAY as f64;
+        if days_f64_to_ns(nearest) == Some(k) {
+            return Ok(nearest);
+        }
+    }
+    // Otherwise the double is within a few ulps of this guess (beyond 64
+    // days it is the only one that maps to `k`).
     let days = k.div_euclid(NS_PER_DAY);
     let rest = k.rem_euclid(NS_PER_DAY);
     let guess = days as f64 + rest as f64 / NS_PER_DAY as f64;
@@ -1621,6 +1634,19 @@ mod tests {
         let f = KdbType::Char.field("c", DataType::Utf8);
         let a: ArrayRef = Arc::new(StringArray::from(vec!["ab"]));
         assert_eq!(arrays_to_column(&f, &[a.as_ref()]).expect("chars"), K::list(vec![K::string("ab")]));
+    }
+
+    /// Near 2000.01.01 several doubles name the same nanosecond; the one
+    /// q computes from milliseconds is the one that comes back (a proptest
+    /// found this one: the old sum `days + rest / NS_PER_DAY` gave its
+    /// neighbour).
+    #[test]
+    fn datetime_near_the_epoch_comes_back_bit_for_bit() {
+        for ms in [-86_771_151i64, -1, 1, 86_399_999, -4_000_000_000, 4_000_000_000] {
+            let d = ms as f64 / 86_400_000.0;
+            let ns = datetime_to_unix_ns(d).expect("range").expect("not null");
+            assert_eq!(unix_ns_to_datetime(ns).expect("back").to_bits(), d.to_bits(), "{ms}");
+        }
     }
 
     proptest! {
