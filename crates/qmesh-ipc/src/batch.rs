@@ -150,13 +150,22 @@ pub(crate) fn check_corks() {
 
 /// Writes every corked connection, in the order they were corked.
 fn flush_corked() {
-    let corked = BATCH.with_borrow_mut(|b| {
+    let mut corked = BATCH.with_borrow_mut(|b| {
         b.corked_at = None;
         std::mem::take(&mut b.corked)
     });
-    for link in corked {
+    if corked.is_empty() {
+        return;
+    }
+    for link in corked.drain(..) {
         link.write_queued();
     }
+    // give the allocation back for the next cork (writing corks nothing)
+    BATCH.with_borrow_mut(|b| {
+        if b.corked.is_empty() {
+            b.corked = corked;
+        }
+    });
 }
 
 /// A read loop's future, run with its writes batched: the scope is set up

@@ -209,7 +209,7 @@ impl Connection {
                 }
             }
         };
-        let (link, r, buf) = match tokio::time::timeout(opts.connect_timeout, fut).await {
+        let (link, r) = match tokio::time::timeout(opts.connect_timeout, fut).await {
             Ok(r) => r?,
             Err(_) => return Err(IpcError::ConnectTimeout(addr.to_string())),
         };
@@ -221,7 +221,8 @@ impl Connection {
             tokio::spawn(async move {
                 handler.on_open(&peer).await;
                 let dispatch = HandlerDispatch { handler, peer };
-                link::read_loop(&link, r, buf, &dispatch).await;
+                // the handshake reads only its one reply byte: nothing is buffered yet
+                link::read_loop(&link, r, BytesMut::new(), &dispatch).await;
                 link.begin_drain();
                 crate::server::finish_writer(&link, writer, drain).await;
                 dispatch.handler.on_close(&dispatch.peer).await;
@@ -230,14 +231,14 @@ impl Connection {
         Ok(Sender { inner: Arc::new(SenderInner { peer }) })
     }
 
-    /// The handshake; on success the link (its writer not yet started),
-    /// the read half and what was read past the handshake.
+    /// The handshake; on success the link (its writer not yet started) and
+    /// the read half.
     async fn start<S: IntoHalves>(
         mut s: S,
         remote: RemoteAddr,
         addr: &Address,
         opts: &ClientOptions,
-    ) -> Result<(Arc<Link>, Box<dyn AsyncRead + Unpin + Send>, BytesMut), IpcError> {
+    ) -> Result<(Arc<Link>, Box<dyn AsyncRead + Unpin + Send>), IpcError> {
         let hello = handshake::client_hello(&addr.credentials(), opts.capability)?;
         s.write_all(&hello).await?;
         let mut reply = [0u8; 1];
@@ -260,7 +261,7 @@ impl Connection {
         let compress = opts.force_compression || !remote.is_local();
         let (r, w) = s.into_halves();
         let link = Arc::new(Link::new(info, compress, limits, CancellationToken::new(), Arc::new(w)));
-        Ok((link, Box::new(r), BytesMut::new()))
+        Ok((link, Box::new(r)))
     }
 
     /// Splits into the sending and receiving sides.

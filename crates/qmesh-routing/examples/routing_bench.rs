@@ -218,7 +218,8 @@ fn load(args: &[String]) {
         tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
         measuring.store(false, Ordering::Relaxed);
         let elapsed = t0.elapsed().as_secs_f64();
-        let cpu_s = (cpu_ticks(&watch) - cpu0) as f64 / CLOCK_TICKS_PER_S;
+        // (a watched process that exited meanwhile counts no more)
+        let cpu_s = cpu_ticks(&watch).saturating_sub(cpu0) as f64 / CLOCK_TICKS_PER_S;
         stop.store(true, Ordering::Relaxed);
         let mut all: Vec<u32> = Vec::new();
         for t in tasks {

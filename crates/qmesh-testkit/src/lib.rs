@@ -17,12 +17,6 @@ use std::time::{Duration, Instant};
 /// How long a started process may take to print its listening lines.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The interpreter with PyKX, aiokdb, duckdb and pyarrow: `$QMESH_PYTHON`,
-/// else `~/.cache/qmesh-venv/bin/python` or `~/.cache/qmesh-ci-venv/bin/python`.
-///
-/// `None` when there is none — unless `QMESH_REQUIRE_PYTHON` is set (as
-/// `.ci/run` sets it), in which case a missing interpreter panics: in CI an
-/// interop test must run, not skip.
 /// The directory of the package under test, read when the test runs
 /// (cargo sets `CARGO_MANIFEST_DIR` for it), not baked in when it was
 /// compiled: a test binary reused from a build of another checkout (a
@@ -31,6 +25,12 @@ pub fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The interpreter with PyKX, aiokdb, duckdb and pyarrow: `$QMESH_PYTHON`,
+/// else `~/.cache/qmesh-venv/bin/python` or `~/.cache/qmesh-ci-venv/bin/python`.
+///
+/// `None` when there is none — unless `QMESH_REQUIRE_PYTHON` is set (as
+/// `.ci/run` sets it), in which case a missing interpreter panics: in CI an
+/// interop test must run, not skip.
 pub fn python() -> Option<PathBuf> {
     find_interpreter("QMESH_PYTHON", &[".cache/qmesh-venv/bin/python", ".cache/qmesh-ci-venv/bin/python"])
 }
