@@ -220,7 +220,8 @@ impl Connection {
             let peer = peer.clone();
             tokio::spawn(async move {
                 handler.on_open(&peer).await;
-                let dispatch = HandlerDispatch { handler, peer };
+                // a client answers what its server asks; probes are a server's business
+                let dispatch = HandlerDispatch { handler, peer, answer_probes: false };
                 // the handshake reads only its one reply byte: nothing is buffered yet
                 link::read_loop(&link, r, BytesMut::new(), &dispatch).await;
                 link.begin_drain();

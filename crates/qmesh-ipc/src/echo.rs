@@ -65,7 +65,6 @@ fn parse(msg: &Message) -> Request {
 
 impl Handler for EchoHandler {
     async fn on_sync(&self, peer: &Peer, msg: Message, responder: Responder) {
-        let Some(responder) = crate::pykx::try_answer(&msg, responder) else { return };
         let result = match parse(&msg) {
             Request::Command(word, Some(arg)) => match &word[..] {
                 b"echo" => responder.reply_raw(arg),

@@ -21,20 +21,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`client::Reconnecting`] reconnects with [`client::Backoff`] when the
-//! connection drops.
+//! [`session::Session`] keeps a connection up: it reconnects with
+//! [`client::Backoff`], sends a hello on every connect and reports the
+//! connection up and down; every long-lived link between qmesh processes is
+//! one. [`client::Reconnecting`] is the simpler request-only form (no
+//! hello, no pushes).
 //!
 //! # Server
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), qmesh_ipc::IpcError> {
-//! use qmesh_ipc::{Handler, Peer, Responder, Server, ServerConfig, pykx};
+//! use qmesh_ipc::{Handler, Peer, Responder, Server, ServerConfig};
 //! use qmesh_codec::Message;
 //!
 //! struct Echo;
 //! impl Handler for Echo {
 //!     async fn on_sync(&self, _peer: &Peer, msg: Message, responder: Responder) {
-//!         let Some(responder) = pykx::try_answer(&msg, responder) else { return };
+//!         // PyKX's connect probes and q's `h""` never get here: the server
+//!         // answers them (ServerConfig::answer_client_probes)
 //!         let _ = responder.forward(&msg); // or .reply(K), .error("type"), or move it to another task
 //!     }
 //! }
@@ -84,10 +88,12 @@
 //! * [`auth`]: the [`auth::Authenticator`] trait and `-u` password files
 //!   (plain, MD5 or SHA-1 of the password, as q accepts).
 //! * [`framing`]: the `tokio_util` codec for whole messages.
-//! * [`client`], [`server`]: the two ends; [`link`]: what they share.
+//! * [`client`], [`server`]: the two ends; [`link`]: what they share;
+//!   [`session`]: a client connection kept up.
 //! * [`batch`]: many small writes, few syscalls ([`on_thread_park`] is the
 //!   runtime hook that lets a thread cork writes until it sleeps).
-//! * [`pykx`]: answers PyKX's connect-time probes.
+//! * [`pykx`]: the answers to PyKX's connect-time probes and q's `h""`,
+//!   which a server gives itself ([`ServerConfig::answer_client_probes`]).
 //! * [`echo`]: an echo handler, the stand-in backend of tests and benchmarks.
 
 pub mod address;
@@ -101,6 +107,7 @@ pub mod handshake;
 pub mod link;
 pub mod pykx;
 pub mod server;
+pub mod session;
 mod stream;
 
 pub use address::{Address, AddressError, Endpoint};
@@ -110,3 +117,4 @@ pub use client::{Backoff, ClientOptions, Connection, Incoming, Receiver, Reconne
 pub use error::IpcError;
 pub use link::{ConnId, ConnInfo, Peer, RemoteAddr, Responder};
 pub use server::{Handler, Server, ServerConfig, ServerHandle};
+pub use session::{Hello, Session, SessionHooks};

@@ -12,9 +12,16 @@
 //! 3. `"@[{2<count .s};(::);{0b}]"` (is the SQL interface loaded?), answered
 //!    `0b`.
 //!
-//! Call [`try_answer`] first in [`crate::server::Handler::on_sync`]. A
-//! request is recognised by its length, then by comparing its bytes with
-//! the probe's encoding: other requests cost one or two length comparisons.
+//! q's own client sends one probe too: `h""` (an empty string, sync), which
+//! q answers with `::`; PyKX and q use it to wait for async messages sent
+//! before it to have been read.
+//!
+//! A [`crate::Server`] answers all of these itself before the handler sees
+//! them ([`crate::ServerConfig::answer_client_probes`], on by default), so a
+//! handler need not call anything. [`try_answer`] remains for handlers run
+//! elsewhere. A request is recognised by its length, then by comparing its
+//! bytes with the probe's encoding: other requests cost one or two length
+//! comparisons.
 
 use std::sync::LazyLock;
 
@@ -67,7 +74,20 @@ pub fn answer_probe(msg: &Message) -> Option<K> {
     PROBES.iter().find(|p| p.body.len() == b.len() && p.body[..] == b[..]).map(|p| (p.answer)())
 }
 
-/// Answers `msg` if it is a PyKX probe and returns `None`; otherwise hands
+/// The body of q's `h""`: an empty char vector (type 10, attribute, length 0).
+const EMPTY_STRING_LEN: usize = 6;
+
+/// The answer q would give if `msg` is a connect-time probe of a client:
+/// one of PyKX's ([`answer_probe`]) or q's `h""` chaser (answered `::`).
+pub fn answer_client_probe(msg: &Message) -> Option<K> {
+    let b = msg.body();
+    if b.len() == EMPTY_STRING_LEN && b[0] == 10 && b[2..] == [0, 0, 0, 0] {
+        return Some(K::GenericNull);
+    }
+    answer_probe(msg)
+}
+
+/// Answers `msg` if it is a client probe ([`answer_client_probe`]) and returns `None`; otherwise hands
 /// the responder back.
 ///
 /// ```ignore
@@ -77,7 +97,7 @@ pub fn answer_probe(msg: &Message) -> Option<K> {
 /// }
 /// ```
 pub fn try_answer(msg: &Message, responder: Responder) -> Option<Responder> {
-    match answer_probe(msg) {
+    match answer_client_probe(msg) {
         Some(k) => {
             // A closed connection cannot be answered; nothing else to do.
             let _ = responder.reply(k);
@@ -105,6 +125,13 @@ mod tests {
         assert_eq!(answer_probe(&m).map(|k| k.ty()), Some(11));
         let m = sync(&K::string(SQL_PROBE));
         assert_eq!(answer_probe(&m), Some(K::Atom(Atom::Boolean(false))));
+    }
+
+    #[test]
+    fn q_empty_string_chaser_is_answered_with_generic_null() {
+        assert_eq!(answer_client_probe(&sync(&K::string(""))), Some(K::GenericNull));
+        assert_eq!(answer_client_probe(&sync(&K::string(" "))), None);
+        assert_eq!(answer_client_probe(&sync(&K::long(0))), None);
     }
 
     #[test]

@@ -143,6 +143,12 @@ pub struct ServerConfig {
     pub validate_messages: bool,
     /// The password file check (`-u`), before [`Handler::authenticate`].
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// Answer the probes clients send on connecting — PyKX's context and
+    /// SQL probes, q's `h""` — as q would, before [`Handler::on_sync`]
+    /// sees them ([`crate::pykx::answer_client_probe`]). On by default: a
+    /// server that does not run q must still let `pykx.SyncQConnection`
+    /// and q's `h""` work; turn it off only to see these requests yourself.
+    pub answer_client_probes: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -158,6 +164,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_pending", &self.max_pending)
             .field("force_compression", &self.force_compression)
             .field("authenticator", &self.authenticator.is_some())
+            .field("answer_client_probes", &self.answer_client_probes)
             .finish_non_exhaustive()
     }
 }
@@ -179,6 +186,7 @@ impl ServerConfig {
             force_compression: false,
             validate_messages: true,
             authenticator: None,
+            answer_client_probes: true,
         }
     }
 
@@ -405,10 +413,19 @@ struct ConnCtx<H> {
 pub(crate) struct HandlerDispatch<H> {
     pub(crate) handler: H,
     pub(crate) peer: Peer,
+    /// Answer clients' connect probes before the handler sees them.
+    pub(crate) answer_probes: bool,
 }
 
 impl<H: Handler> Dispatch for HandlerDispatch<H> {
     async fn on_sync(&self, msg: Message, responder: Responder) {
+        if self.answer_probes
+            && let Some(k) = crate::pykx::answer_client_probe(&msg)
+        {
+            // a connection closed meanwhile cannot be answered; nothing to do
+            let _ = responder.reply(k);
+            return;
+        }
         self.handler.on_sync(&self.peer, msg, responder).await;
     }
     async fn on_async(&self, msg: Message) {
@@ -489,9 +506,10 @@ async fn serve<H: Handler, S: IntoHalves>(ctx: ConnCtx<H>, mut s: S, remote: Rem
         let link = link.clone();
         let handler = ctx.handler.clone();
         let peer = peer.clone();
+        let answer_probes = ctx.config.answer_client_probes;
         tokio::spawn(async move {
             handler.on_open(&peer).await;
-            let dispatch = HandlerDispatch { handler, peer };
+            let dispatch = HandlerDispatch { handler, peer, answer_probes };
             link::read_loop(&link, r, rest, &dispatch).await;
         })
     };

@@ -123,11 +123,9 @@ fn gateway(args: &[String]) {
                 ..qmesh_routing::lb::LbConfig::default()
             }),
         };
-        let opts = qmesh_routing::GatewayOptions {
-            ipc: ([127, 0, 0, 1], port).into(),
-            lb,
-            ..qmesh_routing::GatewayOptions::default()
-        };
+        let mut shell = qmesh_process::ShellOptions::new("gateway", "gateway");
+        shell.ipc = qmesh_ipc::ServerConfig::tcp(([127, 0, 0, 1], port).into());
+        let opts = qmesh_routing::GatewayOptions { shell, lb, ..qmesh_routing::GatewayOptions::default() };
         let bound = qmesh_routing::bind_gateway(opts).await.expect("bind");
         println!("gateway listening ipc {}", bound.ipc_addr().expect("tcp"));
         bound.run(qmesh_process::Shutdown::new()).await.expect("run");

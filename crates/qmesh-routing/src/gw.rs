@@ -880,8 +880,25 @@ impl<R, P: Clone> Gateway<R, P> {
         }
     }
 
-    #[cfg(test)]
-    fn check_invariants(&self) {
+    /// The invariants that cost O(1), checked after every event in release
+    /// builds too (the socket layer calls this after each critical
+    /// section): every request has its deadline timer, and the only other
+    /// timers are the forget times of answered sequence numbers. A failure
+    /// is a bug: the assertion panics and the process ends (fail fast).
+    pub fn check_cheap_invariants(&self) {
+        assert!(
+            self.requests.len() <= self.timers.len()
+                && self.timers.len() <= self.requests.len() + self.seqs.len(),
+            "gateway: timers out of step with requests and sequence numbers"
+        );
+    }
+
+    /// Every invariant, O(requests + parts): the cheap ones, and each part,
+    /// sequence number and client index agreeing one by one. Debug builds
+    /// and tests only; too slow to run after every event in release.
+    #[cfg(any(test, debug_assertions))]
+    pub fn check_invariants(&self) {
+        self.check_cheap_invariants();
         let forgets = self.seqs.values().filter(|e| e.forget_at.is_some()).count();
         assert_eq!(self.timers.len(), self.requests.len() + forgets, "timers out of step");
         for (seq, e) in &self.seqs {

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::json::TableForm;
 use crate::proto::UserQuery;
-use crate::runtime::{Router, payload_json};
+use crate::router::{Router, payload_json};
 use crate::types::{ClientId, Failure, ServiceName};
 
 #[derive(Debug, Deserialize)]

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::proto::ToLb;
 use crate::types::{Address, Failure, IdMap, LeaseId, PeerId, Seq, ServiceName};
 
 /// Default bound on requests waiting for one service (count). Beyond it a
@@ -361,6 +362,37 @@ impl LoadBalancer {
         }
     }
 
+    /// Applies a call of the protocol from a gateway or a service (`from`):
+    /// the one mapping from the whitepaper's messages to this core's events,
+    /// used by the socket layer and the simulation alike. `registerGW`
+    /// returns the resource rows its answer carries; every other call
+    /// returns `None`.
+    pub fn apply(
+        &mut self,
+        from: PeerId,
+        msg: ToLb,
+        now: Instant,
+        out: &mut Vec<LbAction>,
+    ) -> Option<Vec<(ServiceName, Address)>> {
+        match msg {
+            ToLb::RegisterGw { qmesh } => {
+                let proto = if qmesh { GatewayProtocol::Qmesh } else { GatewayProtocol::Whitepaper };
+                return Some(self.register_gateway(from, proto));
+            }
+            ToLb::RegisterResource { service, address } => {
+                self.register_resource(from, service, address, now, out)
+            }
+            ToLb::RequestService { seq, service, target, timeout } => {
+                self.request_service(from, ServiceRequest { seq, service, target, timeout }, now, out);
+            }
+            ToLb::ReleaseService(seq) => self.gateway_release(from, seq, now, out),
+            ToLb::ServiceFree => self.service_return(from, now, out),
+            ToLb::ServiceDone(seq) => self.gateway_done(from, seq, now, out),
+            ToLb::ServiceLost(seq) => self.gateway_lost(from, seq, now, out),
+        }
+        None
+    }
+
     /// `requestService[seq;service]` (and the qmesh form with a target and a
     /// timeout) from a gateway.
     pub fn request_service(
@@ -609,7 +641,7 @@ impl LoadBalancer {
         let service_ends = self.gateways.get(&gw).is_none_or(|g| g.proto == GatewayProtocol::Whitepaper);
         let stuck_at = deadline + self.cfg.stuck_grace;
         let inst = self.instances.get_mut(&instance).expect("granting a registered instance");
-        debug_assert!(inst.leases.len() < self.cfg.instance_concurrency, "granting a full instance");
+        assert!(inst.leases.len() < self.cfg.instance_concurrency, "granting a full instance");
         inst.leases.push(Lease { id, gw, seq, stuck_at, orphaned: false, service_ends });
         let address = inst.address.clone();
         self.requests.insert((gw, seq), Where::Leased(instance));
@@ -750,8 +782,22 @@ impl LoadBalancer {
         Some(inst)
     }
 
-    #[cfg(test)]
-    fn check_invariants(&self) {
+    /// The invariants that cost O(1), checked after every event in release
+    /// builds too (the socket layer calls this after each critical
+    /// section): every request in the index has exactly one timer (its
+    /// queue deadline or its lease's stuck time). A failure is a bug: the
+    /// assertion panics and the process ends (fail fast) rather than
+    /// allocate from state out of step.
+    pub fn check_cheap_invariants(&self) {
+        assert_eq!(self.timers.len(), self.requests.len(), "load balancer: timers out of step with requests");
+    }
+
+    /// Every invariant, O(instances + requests): the cheap ones, and free
+    /// slots, queues, leases and timers agreeing one by one. Debug builds
+    /// and tests only; too slow to run after every event in release.
+    #[cfg(any(test, debug_assertions))]
+    pub fn check_invariants(&self) {
+        self.check_cheap_invariants();
         let k = self.cfg.instance_concurrency;
         for (name, svc) in &self.services {
             for p in &svc.instances {

@@ -91,7 +91,7 @@
 //! # The protocol
 //!
 //! The whitepaper's messages, unchanged, so its `service.q` works as it is
-//! ([`proto`] has every form): services send the load balancer
+//! ([`proto`], the `qmesh-whitepaper` crate, has every form): services send the load balancer
 //! `registerResource[name;address]` and, after each query,
 //! `returnService[name]`; gateways call `registerGW` (sync; answered with the
 //! `([] source; address)` table) and receive `addResource`; a gateway asks
@@ -166,7 +166,8 @@ pub mod join;
 pub mod json;
 pub mod lb;
 pub mod metrics;
-pub mod proto;
+pub use qmesh_whitepaper as proto;
+mod router;
 pub mod runtime;
 pub mod types;
 

@@ -17,26 +17,28 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::gw::{ClientRequest, Gateway, GatewayConfig, GwAction, LinkId};
-use crate::lb::{GatewayProtocol, LbAction, LbConfig, LoadBalancer, ServiceRequest};
+use qmesh_codec::{EncodeOptions, Message, MsgType};
+
+use crate::lb::{GatewayProtocol, LbAction, LbConfig, LoadBalancer};
+use crate::proto::{self, ToLb};
 use crate::types::{Address, ClientId, PeerId, Seq, ServiceName};
 
 type Core = Gateway<u64, u64>;
 
-#[derive(Debug, Clone)]
-enum ToLb {
-    RegisterResource { address: Address },
-    ReturnService,
-    Request(ServiceRequest),
-    Release(Seq),
-    Done(Seq),
-    Lost(Seq),
-    Closed,
+/// A message to the load balancer travels as the whitepaper's bytes: built
+/// with [`ToLb::to_k`], encoded, and read back with [`ToLb::parse`], as the
+/// socket layer does; `None` is the connection closing.
+fn over_the_wire(msg: ToLb) -> ToLb {
+    let frame = Message::encode(MsgType::Async, &msg.to_k(), EncodeOptions::default()).expect("encodes");
+    let msg = Message::from_frame(frame, 1 << 20).expect("a whole message");
+    let call = proto::call_of(&msg).expect("a call");
+    ToLb::parse(&call).expect("a load balancer call").expect("well formed")
 }
 
 #[derive(Debug)]
 enum Ev {
     ClientQuery { gw: usize, timeout_ms: u64 },
-    ToLb { from: PeerId, msg: ToLb },
+    ToLb { from: PeerId, msg: Option<ToLb> },
     LbToGw { gw: usize, epoch: u32, act: LbAction },
     ToSvc { svc: usize, life: u32, gw: usize, gw_epoch: u32, seq: Seq },
     SvcToGw { gw: usize, epoch: u32, from: Address, seq: Seq, result: u64 },
@@ -169,17 +171,16 @@ impl Sim {
                     Self::lb_chan(peer),
                     Ev::ToLb {
                         from: peer,
-                        msg: ToLb::Request(ServiceRequest { seq, service, target, timeout: Some(timeout) }),
+                        msg: Some(ToLb::RequestService { seq, service, target, timeout: Some(timeout) }),
                     },
                 ),
-                GwAction::Release { seq } => {
-                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Release(seq) })
-                }
+                GwAction::Release { seq } => self
+                    .send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: Some(ToLb::ReleaseService(seq)) }),
                 GwAction::Done { seq } => {
-                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Done(seq) })
+                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: Some(ToLb::ServiceDone(seq)) })
                 }
                 GwAction::Lost { seq } => {
-                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Lost(seq) })
+                    self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: Some(ToLb::ServiceLost(seq)) })
                 }
                 GwAction::Dispatch { address, seq, query: _ } => {
                     let svc = self.svcs.iter().position(|s| s.address == address).expect("known address");
@@ -255,15 +256,10 @@ impl Sim {
             Ev::ToLb { from, msg } => {
                 let mut out = Vec::new();
                 match msg {
-                    ToLb::RegisterResource { address } => {
-                        self.lb.register_resource(from, ServiceName::new("EQ"), address, now, &mut out)
+                    Some(msg) => {
+                        self.lb.apply(from, over_the_wire(msg), now, &mut out);
                     }
-                    ToLb::ReturnService => self.lb.service_return(from, now, &mut out),
-                    ToLb::Request(r) => self.lb.request_service(from, r, now, &mut out),
-                    ToLb::Release(seq) => self.lb.gateway_release(from, seq, now, &mut out),
-                    ToLb::Done(seq) => self.lb.gateway_done(from, seq, now, &mut out),
-                    ToLb::Lost(seq) => self.lb.gateway_lost(from, seq, now, &mut out),
-                    ToLb::Closed => self.lb.connection_closed(from, now, &mut out),
+                    None => self.lb.connection_closed(from, now, &mut out),
                 }
                 self.run_lb(out);
             }
@@ -334,7 +330,7 @@ impl Sim {
                     );
                 }
                 if let Some(p) = lb_peer {
-                    self.send(Self::lb_chan(p), Ev::ToLb { from: p, msg: ToLb::ReturnService });
+                    self.send(Self::lb_chan(p), Ev::ToLb { from: p, msg: Some(ToLb::ServiceFree) });
                 }
                 self.start_query(svc);
             }
@@ -363,7 +359,10 @@ impl Sim {
                 let address = self.svcs[svc].address.clone();
                 self.send(
                     Self::lb_chan(peer),
-                    Ev::ToLb { from: peer, msg: ToLb::RegisterResource { address } },
+                    Ev::ToLb {
+                        from: peer,
+                        msg: Some(ToLb::RegisterResource { service: ServiceName::new("EQ"), address }),
+                    },
                 );
             }
             Ev::KillGw { gw } => {
@@ -371,7 +370,7 @@ impl Sim {
                     return;
                 }
                 let peer = self.gws[gw].peer;
-                self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: ToLb::Closed });
+                self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: None });
                 // its clients are gone with it: their requests count as answered
                 let t = self.t + 50 + self.rand() % 100;
                 self.at(t, Ev::StartGw { gw });
@@ -406,7 +405,7 @@ impl Sim {
                 let lb_peer = s.lb_peer.take();
                 let address = s.address.clone();
                 if let Some(p) = lb_peer {
-                    self.send(Self::lb_chan(p), Ev::ToLb { from: p, msg: ToLb::Closed });
+                    self.send(Self::lb_chan(p), Ev::ToLb { from: p, msg: None });
                 }
                 for gw in 0..self.gws.len() {
                     let epoch = self.gws[gw].epoch;

@@ -13,20 +13,16 @@
 //! A function name may also be sent as a string (`("upd";`trade;data)`), as
 //! some client libraries do.
 //!
-//! Outgoing, as in the whitepaper's `service.q`:
-//!
-//! * to the load balancer on connecting: `` (`registerResource;`NAME;`:host:port) ``;
-//! * to the gateway after a `queryService`: `` (`returnRes;(seq;result)) ``;
-//!   on failure `` (`returnRes;(seq;"error text";1b)) ``: a whitepaper gateway
-//!   reads items 0 and 1 and so forwards the error text as the paper's
-//!   service does (`@[value;q;{x}]` gives a string), while a qmesh gateway
-//!   sees the third item and raises it as a q error;
-//! * then to the load balancer: `` (`returnService;`NAME) ``.
+//! The whitepaper's messages — `queryService` read here, and what the
+//! service sends as `service.q` does (`registerResource` on connecting to the
+//! load balancer, `returnRes` to the gateway, `returnService` after each
+//! query) — are parsed and built by the `qmesh-whitepaper` crate, the one
+//! place both ends of the protocol live.
 
 use qmesh_codec::{Atom, K, Vector};
-
-/// Longest table name or function name accepted, in bytes.
-pub const MAX_NAME_BYTES: usize = 256;
+/// Longest service, table or function name accepted, in bytes: the one
+/// bound of the whole estate ([`qmesh_whitepaper::MAX_NAME_BYTES`]).
+pub use qmesh_whitepaper::MAX_NAME_BYTES;
 
 /// A request the service can act on.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,11 +92,7 @@ pub fn parse(msg: K) -> Result<Request, String> {
                     let [arg]: [K; 1] = args.try_into().map_err(|a: Vec<K>| {
                         format!("bad request: queryService takes 1 argument (seq;query), got {}", a.len())
                     })?;
-                    let K::List(_, pair) = arg else {
-                        return Err("type: queryService takes (seq;query)".to_string());
-                    };
-                    let [seq, query]: [K; 2] =
-                        pair.try_into().map_err(|_| "length: queryService takes (seq;query)".to_string())?;
+                    let (seq, query) = qmesh_whitepaper::query_service_arg(arg)?;
                     let query = match &query {
                         K::Vector(_, Vector::Char(_)) => {
                             text(&query).ok_or_else(|| "bad request: SQL text is not UTF-8".to_string())
@@ -120,27 +112,6 @@ pub fn parse(msg: K) -> Result<Request, String> {
         }
         other => Err(format!("bad request: expected a SQL string, got type {}h", other.ty())),
     }
-}
-
-/// `` (`returnRes;(seq;result)) `` or, for an error,
-/// `` (`returnRes;(seq;"text";1b)) ``.
-pub fn return_res(seq: K, result: Result<K, String>) -> K {
-    let payload = match result {
-        Ok(k) => K::list(vec![seq, k]),
-        Err(e) => K::list(vec![seq, K::string(e), K::Atom(Atom::Boolean(true))]),
-    };
-    K::list(vec![K::sym("returnRes"), payload])
-}
-
-/// `` (`returnService;`NAME) ``.
-pub fn return_service(service: &str) -> K {
-    K::list(vec![K::sym("returnService"), K::sym(service)])
-}
-
-/// `` (`registerResource;`NAME;`:host:port) ``.
-pub fn register_resource(service: &str, address: &str) -> K {
-    let addr = if address.starts_with(':') { address.to_string() } else { format!(":{address}") };
-    K::list(vec![K::sym("registerResource"), K::sym(service), K::sym(addr)])
 }
 
 /// The table names as a symbol vector.
@@ -189,28 +160,5 @@ mod tests {
         assert!(e.contains("unknown function `hopen`"), "{e}");
         assert!(parse(K::list(vec![K::long(1)])).is_err());
         assert_eq!(parse(K::list(vec![K::sym("tables"), K::GenericNull])), Ok(Request::Tables));
-    }
-
-    #[test]
-    fn outgoing_messages_follow_service_q() {
-        assert_eq!(
-            register_resource("EQUITY_MARKET_RDB", "127.0.0.1:5002"),
-            K::list(vec![K::sym("registerResource"), K::sym("EQUITY_MARKET_RDB"), K::sym(":127.0.0.1:5002")])
-        );
-        assert_eq!(
-            return_service("EQUITY_MARKET_RDB"),
-            K::list(vec![K::sym("returnService"), K::sym("EQUITY_MARKET_RDB")])
-        );
-        assert_eq!(
-            return_res(K::long(3), Ok(K::long(1))),
-            K::list(vec![K::sym("returnRes"), K::list(vec![K::long(3), K::long(1)])])
-        );
-        assert_eq!(
-            return_res(K::long(3), Err("timeout".into())),
-            K::list(vec![
-                K::sym("returnRes"),
-                K::list(vec![K::long(3), K::string("timeout"), K::Atom(Atom::Boolean(true))])
-            ])
-        );
     }
 }

@@ -10,7 +10,6 @@
 //! (re-registering) when the load balancer goes away.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,12 +19,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use qmesh_codec::{K, Message};
 use qmesh_ipc::client::Backoff;
-use qmesh_ipc::{
-    Address, ClientOptions, Connection, Handler, Incoming, PasswordFile, Peer, Responder, Sender,
-};
-use qmesh_ipc::{Server, ServerConfig};
-use qmesh_process::{Health, Metrics, Shutdown};
-use tokio::net::TcpListener;
+use qmesh_ipc::session::{Down, Hello, Session, SessionHooks, Up};
+use qmesh_ipc::{Address, ClientOptions, Handler, Peer, Responder, Sender};
+use qmesh_process::{Identity, Metrics, Shell, ShellError, ShellOptions, Shutdown};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::demo::{self, DemoSpec};
@@ -33,6 +30,7 @@ use crate::engine::{Engine, Limits, QueryError};
 use crate::load::{self, LoadSpec};
 use crate::protocol::{self, Request};
 use crate::store::{Ingest, Store};
+use qmesh_whitepaper::{Address as WpAddress, ServiceName, ToLb};
 
 /// Longest wait between attempts to reach the load balancer; the
 /// whitepaper's service retries every 10 s.
@@ -44,18 +42,14 @@ pub const LB_RETRY_INITIAL: Duration = Duration::from_millis(200);
 /// How a service runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The service name instances of one pool share (`EQUITY_MARKET_RDB`).
-    pub name: String,
-    /// The kdb+ IPC listening address (port 0: a free one).
-    pub listen: SocketAddr,
-    /// The HTTP listening address, if any.
-    pub http: Option<SocketAddr>,
+    /// Ports, `-u`, message size and the rest every server kind has.
+    /// `shell.name` is the service name the instances of one pool share
+    /// (`EQUITY_MARKET_RDB`); `shell.advertise_host` the host gateways
+    /// reach it at (default: the listening IP, or the machine's host name
+    /// when listening on all interfaces — the whitepaper's `.z.h`).
+    pub shell: ShellOptions,
     /// The load balancer to register with.
     pub lb: Option<Address>,
-    /// The host gateways should use to reach this service; defaults to the
-    /// listening IP, or the machine's host name when listening on all
-    /// interfaces (the whitepaper's `.z.h`).
-    pub advertise_host: Option<String>,
     pub limits: Limits,
     /// Bound on the bytes the store holds.
     pub max_store_bytes: usize,
@@ -65,25 +59,19 @@ pub struct Config {
     pub demo: Option<DemoSpec>,
     /// Files to load at start.
     pub load: Vec<LoadSpec>,
-    /// A `-u` password file.
-    pub users: Option<PathBuf>,
 }
 
 impl Config {
     /// A service called `name` on a free loopback port, with the defaults.
     pub fn new(name: impl Into<String>) -> Config {
         Config {
-            name: name.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http: None,
+            shell: ShellOptions::new("service", name),
             lb: None,
-            advertise_host: None,
             limits: Limits::default(),
             max_store_bytes: crate::store::DEFAULT_MAX_STORE_BYTES,
             query_threads: 0,
             demo: None,
             load: Vec::new(),
-            users: None,
         }
     }
 }
@@ -97,12 +85,12 @@ pub enum ServiceError {
     Demo(crate::store::StoreError),
     #[error("engine: {0}")]
     Engine(#[from] crate::engine::EngineError),
-    #[error("ipc: {0}")]
-    Ipc(#[from] qmesh_ipc::IpcError),
-    #[error("password file: {0}")]
-    Users(String),
-    #[error("http: {0}")]
-    Http(#[from] std::io::Error),
+    #[error(transparent)]
+    Shell(#[from] ShellError),
+    #[error("{0}")]
+    Task(String),
+    #[error("a service listens on TCP: the load balancer hands out its address")]
+    NoTcp,
     #[error("bad name {0:?}: a service name is letters, digits and `_`")]
     Name(String),
 }
@@ -172,11 +160,17 @@ struct LbSlot(Arc<Mutex<Option<Sender>>>);
 
 impl LbSlot {
     fn set(&self, s: Option<Sender>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        *self.lock() = s;
     }
 
     fn get(&self) -> Option<Sender> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().clone()
+    }
+
+    /// A panic while holding this lock is a bug that ends the process
+    /// (fail fast); a poisoned lock is not carried on with.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Sender>> {
+        self.0.lock().expect("the load balancer slot's lock is poisoned: a panic while holding it")
     }
 }
 
@@ -220,7 +214,9 @@ impl ServiceHandler {
     fn return_service(&self) {
         match self.lb.get() {
             Some(lb) => {
-                if let Err(e) = lb.send_async(&protocol::return_service(&self.name)) {
+                if let Err(e) =
+                    lb.send_async(&qmesh_whitepaper::return_service_name(&ServiceName::new(&self.name)))
+                {
                     warn!(error = %e, "cannot tell the load balancer this instance is free");
                 }
             }
@@ -235,7 +231,7 @@ impl ServiceHandler {
             Ok(sql) => self.query(&sql).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
-        if let Err(e) = gateway.send_async(&protocol::return_res(seq, result)) {
+        if let Err(e) = gateway.send_async(&qmesh_whitepaper::return_res(seq, result)) {
             warn!(conn = %gateway.id(), error = %e, "cannot send returnRes to the gateway");
         }
         self.return_service();
@@ -254,7 +250,7 @@ fn reply(responder: Responder, result: Result<K, String>) {
 
 impl Handler for ServiceHandler {
     async fn on_sync(&self, peer: &Peer, msg: Message, responder: Responder) {
-        let Some(responder) = qmesh_ipc::pykx::try_answer(&msg, responder) else { return };
+        // (PyKX's probes and q's `h""` were answered by the server)
         let k = match msg.decode() {
             Ok(k) => k,
             Err(e) => return reply(responder, Err(format!("bad request: {e}"))),
@@ -321,13 +317,10 @@ impl Handler for ServiceHandler {
 /// A service with its ports bound, ready to [`run`](Bound::run).
 #[derive(Debug)]
 pub struct Bound {
-    config: Config,
-    server: Server,
-    http: Option<TcpListener>,
-    engine: Arc<Engine>,
-    metrics: Metrics,
-    health: Health,
+    shell: Shell,
     ipc_addr: SocketAddr,
+    lb: Option<Address>,
+    engine: Arc<Engine>,
 }
 
 fn check_name(name: &str) -> Result<(), ServiceError> {
@@ -342,8 +335,8 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
 }
 
 /// Builds the store, loads data and binds the ports.
-pub async fn bind(config: Config, metrics: Metrics) -> Result<Bound, ServiceError> {
-    check_name(&config.name)?;
+pub async fn bind(config: Config) -> Result<Bound, ServiceError> {
+    check_name(&config.shell.name)?;
     let store = Arc::new(Store::new(config.max_store_bytes));
     let engine = Arc::new(Engine::new(Arc::clone(&store), config.limits, config.query_threads)?);
     // Generating and loading are CPU and disk work: off the async threads.
@@ -359,22 +352,13 @@ pub async fn bind(config: Config, metrics: Metrics) -> Result<Bound, ServiceErro
         Ok(())
     })
     .await
-    .map_err(|e| ServiceError::Http(std::io::Error::other(e.to_string())))??;
-
-    let mut server_config = ServerConfig::tcp(config.listen);
-    if let Some(path) = &config.users {
-        let users = PasswordFile::load(path).map_err(|e| ServiceError::Users(e.to_string()))?;
-        server_config.authenticator = Some(Arc::new(users));
+    .map_err(|e| ServiceError::Task(e.to_string()))??;
+    if config.shell.ipc.tcp.is_none() {
+        return Err(ServiceError::NoTcp);
     }
-    let server = Server::bind(server_config).await?;
-    let ipc_addr = server
-        .local_addr()
-        .ok_or_else(|| ServiceError::Http(std::io::Error::other("the IPC server has no TCP address")))?;
-    let http = match config.http {
-        Some(a) => Some(TcpListener::bind(a).await?),
-        None => None,
-    };
-    Ok(Bound { config, server, http, engine, metrics, health: Health::new(), ipc_addr })
+    let shell = Shell::bind(config.shell).await?;
+    let ipc_addr = shell.ipc_addr().ok_or(ServiceError::NoTcp)?;
+    Ok(Bound { shell, ipc_addr, lb: config.lb, engine })
 }
 
 impl Bound {
@@ -385,7 +369,22 @@ impl Bound {
 
     /// The HTTP address, if serving HTTP.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.shell.http_addr()
+    }
+
+    /// Who this process is (`/api/identity`).
+    pub fn identity(&self) -> &Identity {
+        self.shell.identity()
+    }
+
+    /// The `<kind> listening <proto> <addr>` lines for the binary to print.
+    pub fn listening_lines(&self) -> Vec<String> {
+        self.shell.listening_lines()
+    }
+
+    /// The process's metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        self.shell.metrics()
     }
 
     /// The engine (for embedding and tests).
@@ -395,127 +394,110 @@ impl Bound {
 
     /// The address the load balancer hands to gateways: `:host:port`.
     pub fn advertised(&self) -> String {
-        let host = match &self.config.advertise_host {
-            Some(h) => h.clone(),
-            None if self.ipc_addr.ip().is_unspecified() => host_name(),
-            None => self.ipc_addr.ip().to_string(),
-        };
-        format!(":{host}:{}", self.ipc_addr.port())
+        self.shell.identity().advertised.clone().unwrap_or_default()
     }
 
     /// Serves until `shutdown` triggers, then stops accepting, lets
     /// connections finish what they owe and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServiceError> {
-        let smetrics = ServiceMetrics::new(&self.metrics);
-        smetrics.store_bytes.set(self.engine.store().bytes() as i64);
+        let Bound { shell, lb: lb_addr, engine, .. } = self;
+        let name = shell.identity().name.clone();
+        let smetrics = ServiceMetrics::new(shell.metrics());
+        smetrics.store_bytes.set(engine.store().bytes() as i64);
         let lb = LbSlot::default();
         let handler = ServiceHandler {
-            name: self.config.name.clone(),
-            engine: Arc::clone(&self.engine),
+            name: name.clone(),
+            engine: Arc::clone(&engine),
             lb: lb.clone(),
             metrics: smetrics.clone(),
         };
-        let advertised = self.advertised();
-        let lb_task = self.config.lb.clone().map(|addr| {
-            tokio::spawn(lb_loop(addr, self.config.name.clone(), advertised, lb, smetrics, shutdown.clone()))
+        let advertised = shell.identity().advertised.clone().unwrap_or_default();
+        let lb_stop = CancellationToken::new();
+        let lb_task = lb_addr.map(|addr| {
+            let hooks = LbSession { addr, name: name.clone(), advertised, slot: lb, metrics: smetrics };
+            tokio::spawn(lb_session(hooks, lb_stop.clone()))
         });
-        let http_task = self.http.map(|listener| {
-            let api = crate::http::router(Arc::clone(&self.engine));
-            tokio::spawn(qmesh_process::http::serve(
-                listener,
-                api,
-                self.health.clone(),
-                self.metrics.clone(),
-                shutdown.clone(),
-            ))
-        });
-        self.health.set_ready(true);
-        info!(name = %self.config.name, ipc = %self.ipc_addr, tables = ?self.engine.store().names(), "service ready");
-        let stop = shutdown.clone();
-        self.server.run(handler, async move { stop.triggered().await }).await?;
-        if let Some(t) = http_task {
-            match t.await {
-                Ok(Err(e)) => warn!(error = %e, "http server failed"),
-                Err(e) => warn!(error = %e, "http task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
+        let api = crate::http::router(Arc::clone(&engine));
+        shell.health().set_ready(true);
+        info!(%name, ipc = ?shell.ipc_addr(), tables = ?engine.store().names(), "service ready");
+        // at shutdown the load balancer link goes first, so no new query is
+        // allocated to an instance on its way out
+        let drain = async { lb_stop.cancel() };
+        let served = shell.run(handler, api, shutdown, drain).await;
         if let Some(t) = lb_task {
             let _ = t.await;
         }
-        info!(name = %self.config.name, "service stopped");
-        Ok(())
+        served.map_err(ServiceError::from)
     }
 }
 
-/// The machine's host name (the whitepaper advertises `.z.h`).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Keeps this instance registered with the load balancer: connect, send
-/// `registerResource`, hold the connection for `returnService`, and when it
-/// drops, connect and register again.
-async fn lb_loop(
+/// The session to the load balancer: its hello is `registerResource`, so
+/// every (re)connect registers this instance again, as `service.q` does.
+struct LbSession {
     addr: Address,
     name: String,
     advertised: String,
     slot: LbSlot,
     metrics: ServiceMetrics,
-    shutdown: Shutdown,
-) {
-    let backoff = Backoff { initial: LB_RETRY_INITIAL, max: LB_RETRY_MAX, factor: 2.0, max_attempts: None };
-    let mut failures: u32 = 0;
-    while !shutdown.is_triggered() {
-        match Connection::connect(&addr, ClientOptions::default()).await {
-            Ok(conn) => {
-                let (sender, mut receiver) = conn.split();
-                match sender.send_async(&protocol::register_resource(&name, &advertised)) {
-                    Ok(()) => {
-                        info!(lb = %addr, service = %name, address = %advertised, "registered with the load balancer");
-                        failures = 0;
-                        slot.set(Some(sender.clone()));
-                        metrics.lb_connected.set(1);
-                        loop {
-                            tokio::select! {
-                                m = receiver.recv() => match m {
-                                    None => break,
-                                    Some(Incoming::Sync(_, responder)) => {
-                                        let _ = responder.error("bad request: a service takes no requests from its load balancer");
-                                    }
-                                    Some(Incoming::Async(_)) => {}
-                                },
-                                _ = shutdown.triggered() => break,
-                            }
-                        }
-                        slot.set(None);
-                        metrics.lb_connected.set(0);
-                        if shutdown.is_triggered() {
-                            break;
-                        }
-                        warn!(lb = %addr, "lost the load balancer; reconnecting");
-                    }
-                    Err(e) => warn!(lb = %addr, error = %e, "cannot register with the load balancer"),
-                }
-                failures = failures.saturating_add(1);
+}
+
+/// What the load balancer sends a service: nothing it should act on.
+struct FromLb;
+
+impl Handler for FromLb {
+    async fn on_sync(&self, _peer: &Peer, _msg: Message, responder: Responder) {
+        let _ = responder.error("bad request: a service takes no requests from its load balancer");
+    }
+}
+
+impl SessionHooks for LbSession {
+    type Handler = FromLb;
+
+    fn handler(&self) -> FromLb {
+        FromLb
+    }
+
+    fn hello(&self) -> Hello {
+        Hello::Async(
+            ToLb::RegisterResource {
+                service: ServiceName::new(&self.name),
+                address: WpAddress::new(&self.advertised),
             }
-            Err(e) => {
-                if failures == 0 {
-                    warn!(lb = %addr, error = %e, "cannot reach the load balancer; retrying");
-                } else {
-                    debug!(lb = %addr, error = %e, "load balancer still unreachable");
-                }
-                failures = failures.saturating_add(1);
+            .to_k(),
+        )
+    }
+
+    fn up(&self, sender: &Sender, _answer: Option<Message>) -> Up {
+        info!(lb = %self.addr, service = %self.name, address = %self.advertised, "registered with the load balancer");
+        self.slot.set(Some(sender.clone()));
+        self.metrics.lb_connected.set(1);
+        Up::Keep
+    }
+
+    fn down(&self, why: Down<'_>) {
+        match why {
+            Down::Lost => {
+                self.slot.set(None);
+                self.metrics.lb_connected.set(0);
+                warn!(lb = %self.addr, "lost the load balancer; reconnecting");
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.delay(failures)) => {}
-            _ = shutdown.triggered() => break,
+            Down::Unreachable { error, failures: 1 } => {
+                warn!(lb = %self.addr, %error, "cannot reach the load balancer; retrying");
+            }
+            Down::Unreachable { error, .. } => {
+                debug!(lb = %self.addr, %error, "load balancer still unreachable")
+            }
+            Down::HelloFailed { error, .. } => {
+                warn!(lb = %self.addr, %error, "cannot register with the load balancer");
+            }
+            Down::Refused { .. } => {}
         }
     }
+}
+
+/// Keeps this instance registered with the load balancer until `stop`.
+async fn lb_session(hooks: LbSession, stop: CancellationToken) {
+    let backoff = Backoff { initial: LB_RETRY_INITIAL, max: LB_RETRY_MAX, factor: 2.0, max_attempts: None };
+    let session = Session::new(hooks.addr.clone(), ClientOptions::default(), backoff);
+    session.run(hooks, stop).await;
 }

@@ -11,7 +11,7 @@ use qmesh_codec::{Atom, Attr, K, Message, Table, Vector};
 use qmesh_ipc::{
     Address, ClientOptions, Connection, Handler, Incoming, IpcError, Peer, Responder, Server, ServerConfig,
 };
-use qmesh_process::{Metrics, Shutdown};
+use qmesh_process::Shutdown;
 use qmesh_service::demo::DemoSpec;
 use qmesh_service::{Config, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +35,7 @@ impl Running {
 
 async fn start(mut config: Config) -> Running {
     config.query_threads = 2;
-    let bound = qmesh_service::bind(config, Metrics::new()).await.expect("bind");
+    let bound = qmesh_service::bind(config).await.expect("bind");
     let ipc = bound.ipc_addr();
     let http = bound.http_addr();
     let shutdown = Shutdown::new();
@@ -484,7 +484,7 @@ fn dechunk(body: &str) -> String {
 #[tokio::test]
 async fn post_query_over_http() {
     let mut config = demo_config(1000);
-    config.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.shell.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     let svc = start(config).await;
     let http = svc.http.expect("http");
     let (status, body) = http_post(

@@ -67,6 +67,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(&cli.common);
+    // a panic (a bug) ends the process with a log line rather than leaving
+    // it serving from half-updated state; see qmesh_process::fail_fast
+    qmesh_process::fail_fast::install();
     // on_thread_park: writes caused by a burst of reads leave together
     // (qmesh_ipc::batch)
     let runtime = match tokio::runtime::Builder::new_multi_thread()

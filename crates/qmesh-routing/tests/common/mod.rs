@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use qmesh_codec::{Atom, K, Message};
 use qmesh_ipc::{Address, ClientOptions, Connection, Incoming, IpcError};
-use qmesh_process::Shutdown;
+use qmesh_process::{ShellOptions, Shutdown};
 use qmesh_routing::gw::GatewayConfig;
 use qmesh_routing::lb::LbConfig;
 use qmesh_routing::runtime::Router;
@@ -69,7 +69,10 @@ pub async fn gateway(lb: LbLocation, cfg: GatewayConfig) -> Running {
     let opts = GatewayOptions {
         lb,
         gateway: cfg,
-        http: Some("127.0.0.1:0".parse().unwrap()),
+        shell: ShellOptions {
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            ..ShellOptions::new("gateway", "gateway")
+        },
         shutdown_grace: Duration::from_millis(200),
         ..GatewayOptions::default()
     };

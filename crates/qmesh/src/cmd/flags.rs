@@ -1,11 +1,54 @@
-//! Flag values shared by several subcommands: durations, byte sizes, `-u`.
+//! Flags every server kind takes ([`ServerFlags`]) and flag values shared
+//! by several subcommands: durations, byte sizes.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use qmesh_ipc::PasswordFile;
+use qmesh_ipc::ServerConfig;
+use qmesh_process::ShellOptions;
+use qmesh_process::http::DEFAULT_MAX_HTTP_CONNECTIONS;
+
+/// The flags of every server kind: where it listens, who may connect, what
+/// it advertises. Each kind adds `--name` and `--max-message-bytes` (their
+/// defaults differ by kind) and its own flags.
+#[derive(Debug, clap::Args)]
+pub struct ServerFlags {
+    /// kdb+ IPC port (0: pick a free one and print it).
+    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// HTTP port for this kind's API, /healthz, /metrics and /api/identity (0: pick a free one).
+    #[arg(long, env = "QMESH_HTTP")]
+    pub http: Option<u16>,
+    /// Password file (`user:password` lines, as q's -u).
+    #[arg(short = 'u', long, env = "QMESH_USERS")]
+    pub users: Option<PathBuf>,
+    /// Host name other processes use to reach this one (default: the bind address, or this machine's name).
+    #[arg(long, env = "QMESH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Most HTTP connections open at once; more are closed at accept.
+    #[arg(long, env = "QMESH_MAX_HTTP_CONNECTIONS", default_value_t = DEFAULT_MAX_HTTP_CONNECTIONS)]
+    pub max_http_connections: usize,
+}
+
+impl ServerFlags {
+    /// The process shell's settings for a `kind` process called `name`.
+    pub fn shell(&self, kind: &str, name: &str, max_message_bytes: u64) -> ShellOptions {
+        let mut ipc = ServerConfig::tcp(SocketAddr::new(self.bind, self.port));
+        ipc.max_message_bytes = max_message_bytes;
+        ShellOptions {
+            ipc,
+            http: self.http.map(|p| SocketAddr::new(self.bind, p)),
+            max_http_connections: self.max_http_connections,
+            users: self.users.clone(),
+            advertise_host: self.advertise.clone(),
+            ..ShellOptions::new(kind, name)
+        }
+    }
+}
 
 /// `10s`, `500ms`, `2m`, `1h`, `1.5` (seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -44,17 +87,6 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// [`parse_bytes`] for sizes held as `usize`.
 pub fn parse_bytes_usize(s: &str) -> Result<usize, String> {
     parse_bytes(s).and_then(|v| usize::try_from(v).map_err(|_| format!("size too large: {s:?}")))
-}
-
-/// The `-u` password file, if one is given.
-pub fn users(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<dyn qmesh_ipc::Authenticator>>> {
-    Ok(match path {
-        Some(p) => {
-            let file = PasswordFile::load(p).with_context(|| format!("-u {}", p.display()))?;
-            Some(Arc::new(file))
-        }
-        None => None,
-    })
 }
 
 #[cfg(test)]

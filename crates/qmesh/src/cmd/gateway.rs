@@ -1,8 +1,6 @@
 //! `qmesh gateway (--lb HOST:PORT | --embedded-lb) [-p PORT] [--http PORT]`:
 //! the query-routing gateway (see `qmesh-routing`).
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,31 +11,22 @@ use qmesh_routing::gw::GatewayConfig;
 use qmesh_routing::lb::LbConfig;
 use qmesh_routing::{GatewayOptions, LbLocation};
 
-use super::flags::{parse_bytes, parse_duration, users};
+use super::flags::{ServerFlags, parse_bytes, parse_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// kdb+ IPC port for clients (and, with --embedded-lb, for services registering) (0: pick one and print it).
-    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
-    pub port: u16,
-    /// Address to listen on.
-    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
-    pub bind: IpAddr,
-    /// HTTP port for POST /query, /healthz and /metrics (0: pick one).
-    #[arg(long, env = "QMESH_HTTP")]
-    pub http: Option<u16>,
+    /// -p (clients, and with --embedded-lb services registering), --http (POST /query), -u (clients)…
+    #[command(flatten)]
+    pub server: ServerFlags,
     /// The load balancer (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_LB", conflicts_with = "embedded_lb")]
     pub lb: Option<String>,
     /// Run the load balancer in this process: services register with this gateway's port.
     #[arg(long, env = "QMESH_EMBEDDED_LB")]
     pub embedded_lb: bool,
-    /// Name of this gateway (for logs).
+    /// Name of this gateway (logs, /api/identity).
     #[arg(long, env = "QMESH_NAME", default_value = "gateway")]
     pub name: String,
-    /// Password file for clients (`user:password` lines, as q's -u).
-    #[arg(short = 'u', long, env = "QMESH_USERS")]
-    pub users: Option<PathBuf>,
     /// Default deadline of a request (`30s`, `500ms`); a call may give its own.
     #[arg(long, env = "QMESH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -79,8 +68,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
         _ => bail!("give --lb HOST:PORT, or --embedded-lb to run the load balancer in this process"),
     };
     let opts = GatewayOptions {
-        ipc: SocketAddr::new(args.bind, args.port),
-        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        shell: args.server.shell("gateway", &args.name, args.max_message_bytes),
         lb,
         gateway: GatewayConfig {
             default_timeout: args.timeout,
@@ -89,14 +77,12 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
             max_fanout: args.max_fanout,
             ..GatewayConfig::default()
         },
-        max_message_bytes: args.max_message_bytes,
         shutdown_grace: args.shutdown_grace,
-        authenticator: users(args.users.as_ref())?,
         ..GatewayOptions::default()
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_routing::bind_gateway(opts).await?;
-    super::announce("gateway", bound.ipc_addr(), bound.http_addr())?;
+    super::announce(&bound.listening_lines())?;
     tracing::info!(name = %args.name, "gateway started");
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -2,8 +2,6 @@
 //! `qmesh-routing`). Services register with it (`registerResource`),
 //! gateways subscribe (`registerGW`) and ask it for instances.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,25 +10,16 @@ use qmesh_process::Shutdown;
 use qmesh_routing::LbOptions;
 use qmesh_routing::lb::LbConfig;
 
-use super::flags::{parse_bytes, parse_duration, users};
+use super::flags::{ServerFlags, parse_bytes, parse_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// kdb+ IPC port for services and gateways (0: pick one and print it).
-    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
-    pub port: u16,
-    /// Address to listen on.
-    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
-    pub bind: IpAddr,
-    /// HTTP port for /healthz, /metrics and /api/services (0: pick one).
-    #[arg(long, env = "QMESH_HTTP")]
-    pub http: Option<u16>,
-    /// Name of this load balancer (for logs).
+    /// -p (services and gateways connect here), --http (/api/services), -u…
+    #[command(flatten)]
+    pub server: ServerFlags,
+    /// Name of this load balancer (logs, /api/identity).
     #[arg(long, env = "QMESH_NAME", default_value = "lb")]
     pub name: String,
-    /// Password file (`user:password` lines, as q's -u).
-    #[arg(short = 'u', long, env = "QMESH_USERS")]
-    pub users: Option<PathBuf>,
     /// Most requests queued per service.
     #[arg(long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
     pub queue_limit: usize,
@@ -50,20 +39,17 @@ pub struct Args {
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
     let opts = LbOptions {
-        ipc: SocketAddr::new(args.bind, args.port),
-        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        shell: args.server.shell("lb", &args.name, args.max_message_bytes),
         lb: LbConfig {
             queue_limit: args.queue_limit,
             default_timeout: args.timeout,
             stuck_grace: args.stuck_grace,
             instance_concurrency: args.instance_concurrency,
         },
-        max_message_bytes: args.max_message_bytes,
-        authenticator: users(args.users.as_ref())?,
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_routing::bind_lb(opts).await?;
-    super::announce("lb", bound.ipc_addr(), bound.http_addr())?;
+    super::announce(&bound.listening_lines())?;
     tracing::info!(name = %args.name, "load balancer started");
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -7,16 +7,14 @@ pub mod q;
 pub mod service;
 
 use std::io::Write;
-use std::net::SocketAddr;
 
-/// Prints the `<kind> listening <proto> <addr>` lines the conventions ask
-/// for (scripts and tests read them to find ports chosen with `-p 0`).
-pub fn announce(kind: &str, ipc: Option<SocketAddr>, http: Option<SocketAddr>) -> std::io::Result<()> {
+/// Prints the process shell's `<kind> listening <proto> <addr>` lines
+/// ([`qmesh_process::Shell::listening_lines`]; scripts and tests read them
+/// to find ports chosen with `-p 0`).
+pub fn announce(lines: &[String]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    for (proto, addr) in [("ipc", ipc), ("http", http)] {
-        if let Some(addr) = addr {
-            writeln!(out, "{kind} listening {proto} {addr}")?;
-        }
+    for line in lines {
+        writeln!(out, "{line}")?;
     }
     out.flush()
 }

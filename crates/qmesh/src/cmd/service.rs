@@ -1,42 +1,31 @@
 //! `qmesh service --name NAME [--lb HOST:PORT] [-p PORT]`: the query service.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use qmesh_ipc::Address;
-use qmesh_process::{Metrics, Shutdown};
+use qmesh_process::Shutdown;
 use qmesh_service::demo::{DEFAULT_SEED, DemoSpec};
 use qmesh_service::load::LoadSpec;
 use qmesh_service::{Config, Limits};
 
-use super::flags::{parse_bytes_usize, parse_duration};
+use super::flags::{ServerFlags, parse_bytes, parse_bytes_usize, parse_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The service name; instances with the same name form one pool behind the load balancer.
     #[arg(long, env = "QMESH_NAME")]
     pub name: String,
-    /// kdb+ IPC port (0: pick a free one and print it).
-    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
-    pub port: u16,
-    /// Address to listen on.
-    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
-    pub bind: IpAddr,
-    /// HTTP port for POST /query, /healthz and /metrics (0: pick a free one).
-    #[arg(long, env = "QMESH_HTTP")]
-    pub http: Option<u16>,
+    /// -p, --http (POST /query), -u, --advertise (the host gateways reach this service at)…
+    #[command(flatten)]
+    pub server: ServerFlags,
+    /// Largest message accepted (bytes; `1GiB`, `64MiB`): an upd, a query.
+    #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_message_bytes: u64,
     /// The load balancer to register with (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_LB")]
     pub lb: Option<String>,
-    /// Host name gateways use to reach this service (default: the bind address, or this machine's name).
-    #[arg(long, env = "QMESH_ADVERTISE")]
-    pub advertise: Option<String>,
-    /// Password file (`user:password` lines, as q's -u).
-    #[arg(short = 'u', long, env = "QMESH_USERS")]
-    pub users: Option<PathBuf>,
     /// Load a table at start: NAME=FILE.parquet or NAME=FILE.csv (repeatable).
     #[arg(long, env = "QMESH_LOAD", value_delimiter = ',')]
     pub load: Vec<String>,
@@ -74,11 +63,8 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     let load = args.load.iter().map(|s| s.parse::<LoadSpec>()).collect::<Result<Vec<_>, _>>()?;
     let demo = args.demo.then(|| DemoSpec { seed: args.demo_seed, ..DemoSpec::yesterday(args.demo_rows) });
     let config = Config {
-        name: args.name,
-        listen: SocketAddr::new(args.bind, args.port),
-        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        shell: args.server.shell("service", &args.name, args.max_message_bytes),
         lb,
-        advertise_host: args.advertise,
         limits: Limits {
             timeout: args.timeout,
             memory_bytes: args.query_memory,
@@ -89,11 +75,10 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
         query_threads: args.query_threads,
         demo,
         load,
-        users: args.users,
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
-    let bound = qmesh_service::bind(config, Metrics::new()).await?;
-    super::announce("service", Some(bound.ipc_addr()), bound.http_addr())?;
+    let bound = qmesh_service::bind(config).await?;
+    super::announce(&bound.listening_lines())?;
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,27 +1,9 @@
-//! The messages of the whitepaper's protocol and of its qmesh extensions, as
-//! kdb+ objects: parsing what arrives, building what is sent. No I/O.
+//! The messages as kdb+ objects: parsing what arrives, building what is
+//! sent. No I/O. See the crate docs for the table of messages.
 //!
 //! Function names may arrive as symbols (q's `` (`f;x) ``) or as strings
-//! (`("f";x)`, as PyKX and some other libraries send them).
-//!
-//! | message | from → to | form |
-//! |---|---|---|
-//! | `registerGW` | gateway → LB, sync | `` (`registerGW;`) `` (whitepaper) or `` (`registerGW;`qmesh) ``; answered with the table `([] source; address)` |
-//! | `registerResource` | service → LB | `` (`registerResource;`NAME;`:host:port) `` |
-//! | `addResource` | LB → gateway | `` (`addResource;([] source:enlist`NAME; address:enlist`:host:port)) `` |
-//! | `removeResource` | LB → qmesh gateway | the same table form |
-//! | `requestService` | gateway → LB | `` (`requestService;seq;`NAME) ``; qmesh adds `` ;`:host:port or `;timeout_ms `` |
-//! | `serviceAlloc` | LB → gateway | `` (`serviceAlloc;seq;`:host:port) `` |
-//! | `serviceDenied` | LB → qmesh gateway | `` (`serviceDenied;seq;"queue full: NAME") `` |
-//! | `queryService` | gateway → service | `` (`queryService;(seq;query)) `` |
-//! | `returnRes` | service → gateway | `` (`returnRes;(seq;result)) ``, or `` (`returnRes;(seq;"text";1b)) `` for an error |
-//! | `returnService` | service → LB | `` (`returnService;`NAME) ``: the instance is free |
-//! | `returnService` | gateway → LB | `` (`returnService;seq) ``: the allocation (or queued request) is not used |
-//! | `serviceDone` | qmesh gateway → LB | `` (`serviceDone;seq) ``: the dispatched query has answered |
-//! | `serviceLost` | qmesh gateway → LB | `` (`serviceLost;seq) ``: the gateway lost its link to the instance running it |
-//! | `userQuery` | client → gateway | see the crate docs |
-//!
-//! Sequence numbers are q longs; ints and shorts are accepted on the way in.
+//! (`("f";x)`, as PyKX and some other libraries send them). Sequence
+//! numbers are q longs; ints and shorts are accepted on the way in.
 
 use std::time::Duration;
 
@@ -30,12 +12,7 @@ use qmesh_codec::{
     Atom, Attr, HEADER_LEN, Header, K, Message, MsgType, RawObject, Symbols, Table, Vector, types,
 };
 
-use crate::types::{Address, Seq, ServiceName};
-
-/// Longest service name or address accepted, in bytes. Names are q symbols
-/// typed by people; this only keeps a hostile peer from filling memory with
-/// one.
-pub const MAX_NAME_BYTES: usize = 1024;
+use crate::names::{Address, MAX_ADDRESS_BYTES, MAX_NAME_BYTES, Seq, ServiceName};
 
 /// Most rows accepted in one `addResource` or `registerGW` table (count).
 pub const MAX_RESOURCE_ROWS: usize = 100_000;
@@ -96,7 +73,17 @@ fn name_of(obj: &RawObject) -> Option<Bytes> {
     }
 }
 
-/// A symbol or string argument, bounded.
+/// A service name argument (a symbol or a string), bounded by
+/// [`MAX_NAME_BYTES`].
+pub fn name_arg(obj: &RawObject) -> Result<ServiceName, String> {
+    let text = text_arg(obj)?;
+    if text.len() > MAX_NAME_BYTES {
+        return Err(format!("limit: service name longer than {MAX_NAME_BYTES} bytes"));
+    }
+    Ok(ServiceName::from_bytes(text))
+}
+
+/// A symbol or string argument, bounded by [`MAX_ADDRESS_BYTES`].
 pub fn text_arg(obj: &RawObject) -> Result<Bytes, String> {
     let text = match obj.ty() {
         t if t == -i16::from(types::SYMBOL)
@@ -108,8 +95,12 @@ pub fn text_arg(obj: &RawObject) -> Result<Bytes, String> {
         }
         t => return Err(format!("type: expected a symbol or a string, got type {t}h")),
     };
-    if text.len() > MAX_NAME_BYTES {
-        return Err(format!("limit: name longer than {MAX_NAME_BYTES} bytes"));
+    if text.len() > MAX_ADDRESS_BYTES {
+        return Err(format!("limit: text longer than {MAX_ADDRESS_BYTES} bytes"));
+    }
+    if text.contains(&0) {
+        // a q symbol ends at its first NUL: such a name could not be sent on
+        return Err("type: a name cannot contain a NUL byte".to_string());
     }
     Ok(text)
 }
@@ -140,7 +131,10 @@ pub fn resource_rows(k: &K) -> Result<Vec<(ServiceName, Address)>, String> {
                 let (Some(s), Some(a)) = (get(b"source"), get(b"address")) else {
                     return Err("type: expected source and address".into());
                 };
-                return Ok(vec![(ServiceName::new(sym_text(s)?), Address::new(sym_text(a)?))]);
+                return Ok(vec![(
+                    ServiceName::new(sym_text(s, MAX_NAME_BYTES)?),
+                    Address::new(sym_text(a, MAX_ADDRESS_BYTES)?),
+                )]);
             }
             _ => return Err("type: expected a table of source and address".into()),
         },
@@ -155,23 +149,30 @@ pub fn resource_rows(k: &K) -> Result<Vec<(ServiceName, Address)>, String> {
     }
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
-        rows.push((ServiceName::new(column_text(src, i)?), Address::new(column_text(addr, i)?)));
+        rows.push((
+            ServiceName::new(column_text(src, i, MAX_NAME_BYTES)?),
+            Address::new(column_text(addr, i, MAX_ADDRESS_BYTES)?),
+        ));
     }
     Ok(rows)
 }
 
-fn sym_text(k: &K) -> Result<Vec<u8>, String> {
+fn sym_text(k: &K, max: usize) -> Result<Vec<u8>, String> {
     match k.as_text() {
-        Some(t) if t.len() <= MAX_NAME_BYTES => Ok(t.to_vec()),
-        Some(_) => Err(format!("limit: name longer than {MAX_NAME_BYTES} bytes")),
+        Some(t) if t.len() <= max => Ok(t.to_vec()),
+        Some(_) => Err(format!("limit: name longer than {max} bytes")),
         None => Err(format!("type: expected a symbol, got type {}h", k.ty())),
     }
 }
 
-fn column_text(col: &K, i: usize) -> Result<Vec<u8>, String> {
+fn column_text(col: &K, i: usize, max: usize) -> Result<Vec<u8>, String> {
     match col {
-        K::Vector(_, Vector::Symbol(s)) => s.get(i).map(<[u8]>::to_vec).ok_or_else(|| "length".to_string()),
-        K::List(_, items) => sym_text(items.get(i).ok_or_else(|| "length".to_string())?),
+        K::Vector(_, Vector::Symbol(s)) => match s.get(i) {
+            Some(t) if t.len() <= max => Ok(t.to_vec()),
+            Some(_) => Err(format!("limit: name longer than {max} bytes")),
+            None => Err("length".to_string()),
+        },
+        K::List(_, items) => sym_text(items.get(i).ok_or_else(|| "length".to_string())?, max),
         _ => Err(format!("type: expected a symbol column, got type {}h", col.ty())),
     }
 }
@@ -362,9 +363,28 @@ fn return_res_arg(arg: &RawObject) -> Result<ServiceReply, String> {
     Ok(ServiceReply::Result(seq, result))
 }
 
-/// `(`returnRes;(seq;result))` as a service would send it (tests).
-pub fn return_res(seq: Seq, result: K) -> K {
-    call("returnRes", vec![K::list(vec![K::long(seq.0), result])])
+/// `` (`returnRes;(seq;result)) `` as a service sends it or, for an error,
+/// `` (`returnRes;(seq;"text";1b)) ``: a whitepaper gateway reads items 0
+/// and 1 and so forwards the error text as the paper's service does
+/// (`@[value;q;{x}]` gives a string), while a qmesh gateway sees the third
+/// item and raises it as a q error. `seq` is echoed as the gateway sent it.
+pub fn return_res(seq: K, result: Result<K, String>) -> K {
+    let payload = match result {
+        Ok(k) => K::list(vec![seq, k]),
+        Err(e) => K::list(vec![seq, K::string(e), K::Atom(Atom::Boolean(true))]),
+    };
+    call("returnRes", vec![payload])
+}
+
+/// The argument of `queryService` as a service reads it, decoded:
+/// `(seq;query)`, the sequence number echoed back untouched in `returnRes`.
+pub fn query_service_arg(arg: K) -> Result<(K, K), String> {
+    let K::List(_, pair) = arg else {
+        return Err("type: queryService takes (seq;query)".to_string());
+    };
+    let [seq, query]: [K; 2] =
+        pair.try_into().map_err(|_| "length: queryService takes (seq;query)".to_string())?;
+    Ok((seq, query))
 }
 
 /// Options of one `userQuery`.
@@ -559,7 +579,7 @@ mod tests {
 
     #[test]
     fn return_res_forms() {
-        let r = service_reply(&msg(&return_res(Seq(7), K::long(3)))).unwrap();
+        let r = service_reply(&msg(&return_res(K::long(7), Ok(K::long(3))))).unwrap();
         assert_eq!(r, ServiceReply::Result(Seq(7), RawObject::encode(&K::long(3))));
         // the int seq a whitepaper LB column would hold
         let k = K::list(vec![K::sym("returnRes"), K::list(vec![K::Atom(Atom::Int(7)), K::GenericNull])]);
@@ -653,5 +673,45 @@ mod tests {
         assert_eq!(&text_arg(&c.args[1]).unwrap()[..], b"EQ");
         assert_eq!(&text_arg(&c.args[2]).unwrap()[..], b"");
         assert_eq!(c.args[3].decode().unwrap(), K::long(1500));
+    }
+
+    #[test]
+    fn service_side_messages_follow_service_q() {
+        assert_eq!(
+            register_resource(&ServiceName::new("EQUITY_MARKET_RDB"), &Address::new(":127.0.0.1:5002")),
+            K::list(vec![K::sym("registerResource"), K::sym("EQUITY_MARKET_RDB"), K::sym(":127.0.0.1:5002")])
+        );
+        assert_eq!(
+            return_service_name(&ServiceName::new("EQUITY_MARKET_RDB")),
+            K::list(vec![K::sym("returnService"), K::sym("EQUITY_MARKET_RDB")])
+        );
+        assert_eq!(
+            return_res(K::long(3), Ok(K::long(1))),
+            K::list(vec![K::sym("returnRes"), K::list(vec![K::long(3), K::long(1)])])
+        );
+        assert_eq!(
+            return_res(K::long(3), Err("timeout".into())),
+            K::list(vec![
+                K::sym("returnRes"),
+                K::list(vec![K::long(3), K::string("timeout"), K::Atom(Atom::Boolean(true))])
+            ])
+        );
+        // both ends agree: what a service sends, a gateway reads
+        let frame = Message::encode(
+            MsgType::Async,
+            &return_res(K::long(3), Err("timeout".into())),
+            EncodeOptions::default(),
+        )
+        .unwrap();
+        let msg = Message::from_frame(frame, 1 << 20).unwrap();
+        assert_eq!(service_reply(&msg), Ok(ServiceReply::Error(Seq(3), "timeout".into())));
+    }
+
+    #[test]
+    fn query_service_as_the_service_reads_it() {
+        let arg = K::list(vec![K::long(7), K::string("select 1")]);
+        assert_eq!(query_service_arg(arg), Ok((K::long(7), K::string("select 1"))));
+        assert!(query_service_arg(K::long(1)).unwrap_err().starts_with("type:"));
+        assert!(query_service_arg(K::list(vec![K::long(1)])).unwrap_err().starts_with("length:"));
     }
 }

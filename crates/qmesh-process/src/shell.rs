@@ -1,0 +1,277 @@
+//! The process shell: the one way a qmesh server binds its ports, says where
+//! it listens, serves kdb+ IPC and HTTP, and stops.
+//!
+//! See the crate docs for an example.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use qmesh_ipc::{Handler, PasswordFile, Server, ServerConfig, ServerHandle};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::http::{Base, DEFAULT_MAX_HTTP_CONNECTIONS};
+use crate::{Health, Identity, Metrics, Shutdown};
+
+/// Why a process could not bind or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The `-u` password file could not be read.
+    #[error("-u {path}: {source}")]
+    Users { path: String, source: qmesh_ipc::auth::AuthError },
+    /// The kdb+ IPC side failed (bind, accept).
+    #[error("ipc: {0}")]
+    Ipc(#[from] qmesh_ipc::IpcError),
+    /// The HTTP port could not be bound.
+    #[error("http {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+}
+
+/// How a server process listens: what every server kind takes from its
+/// flags (`-p`, `--bind`, `--http`, `-u`, `--max-message-bytes`,
+/// `--max-http-connections`, `--advertise`, `--name`).
+#[derive(Debug, Clone)]
+pub struct ShellOptions {
+    /// The name it registers under (`--name`).
+    pub name: String,
+    /// Its kind: the subcommand (`gateway`, `lb`, `service`, `discovery`…);
+    /// the first word of its listening lines.
+    pub kind: String,
+    /// The kdb+ IPC listener: its address (`-p`, `--bind`; port 0 picks a
+    /// free one), `max_message_bytes` (`--max-message-bytes`), connection
+    /// and queue bounds, and [`ServerConfig::answer_client_probes`].
+    pub ipc: ServerConfig,
+    /// The HTTP listening address (`--http`), if any.
+    pub http: Option<SocketAddr>,
+    /// Most HTTP connections open at once (`--max-http-connections`).
+    pub max_http_connections: usize,
+    /// The `-u` password file (`user:password` lines, as q's `-u`); loaded
+    /// by [`Shell::bind`], the one place any server kind loads it.
+    pub users: Option<PathBuf>,
+    /// The host other processes reach this one at (`--advertise`); see
+    /// [`Identity::bound`].
+    pub advertise_host: Option<String>,
+}
+
+impl ShellOptions {
+    /// A `kind` process called `name` on a free loopback port, no HTTP, with
+    /// every default.
+    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> ShellOptions {
+        ShellOptions {
+            name: name.into(),
+            kind: kind.into(),
+            ipc: ServerConfig::loopback(),
+            http: None,
+            max_http_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
+            users: None,
+            advertise_host: None,
+        }
+    }
+}
+
+/// A bound server process: its ports are open (so the listening lines can
+/// be printed and a supervisor can connect), nothing is served yet.
+#[derive(Debug)]
+pub struct Shell {
+    identity: Identity,
+    server: Server,
+    http: Option<TcpListener>,
+    max_http_connections: usize,
+    metrics: Metrics,
+    health: Health,
+}
+
+impl Shell {
+    /// Loads `-u`, binds the IPC port and then the HTTP port, and fills in
+    /// the [`Identity`] with the ports bound.
+    pub async fn bind(opts: ShellOptions) -> Result<Shell, ShellError> {
+        let ShellOptions { name, kind, mut ipc, http, max_http_connections, users, advertise_host } = opts;
+        if let Some(path) = &users {
+            let file = PasswordFile::load(path)
+                .map_err(|source| ShellError::Users { path: path.display().to_string(), source })?;
+            ipc.authenticator = Some(Arc::new(file));
+        }
+        let server = Server::bind(ipc).await?;
+        let http = match http {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.map_err(|source| ShellError::Http { addr, source })?)
+            }
+            None => None,
+        };
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        let identity =
+            Identity::new(name, kind).bound(server.local_addr(), http_addr, advertise_host.as_deref());
+        Ok(Shell {
+            identity,
+            server,
+            http,
+            max_http_connections,
+            metrics: Metrics::new(),
+            health: Health::new(),
+        })
+    }
+
+    /// Who this process is, with its bound ports.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The kdb+ IPC address it listens on.
+    pub fn ipc_addr(&self) -> Option<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The HTTP address it listens on, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The lines a process prints on stdout once bound, in order:
+    /// `<kind> listening ipc <addr>` then `<kind> listening http <addr>`
+    /// (scripts, supervisors and tests read them to learn ports picked with
+    /// `-p 0`). The binary prints them; libraries never print.
+    pub fn listening_lines(&self) -> Vec<String> {
+        let kind = &self.identity.kind;
+        [("ipc", self.ipc_addr()), ("http", self.http_addr())]
+            .into_iter()
+            .filter_map(|(proto, addr)| addr.map(|a| format!("{kind} listening {proto} {a}")))
+            .collect()
+    }
+
+    /// The process's metric registry: register the component's metrics here
+    /// before [`run`](Shell::run); `/metrics` serves it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The readiness `/healthz` reports. Not ready until the component says
+    /// so (`health().set_ready(true)`, e.g. once registered upstream).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The IPC server's connections, to push to any of them while it runs.
+    pub fn connections(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until `shutdown` triggers, then stops in order:
+    ///
+    /// 1. `drain` runs (the component refuses new work and finishes or fails
+    ///    what is in flight) while both listeners stay open, so clients in
+    ///    flight get their answers;
+    /// 2. the IPC server stops accepting and lets each connection flush
+    ///    what it owes (bounded by [`ServerConfig::drain_timeout`]);
+    /// 3. the HTTP side, which stopped accepting at the trigger, finishes
+    ///    the requests in progress;
+    /// 4. `run` returns; the component then stops its own tasks.
+    ///
+    /// `handler` answers kdb+ IPC (the client probes are answered before
+    /// it, see [`ServerConfig::answer_client_probes`]); `api` is the
+    /// component's HTTP routes, served with `/healthz`, `/metrics` and
+    /// `/api/identity`.
+    pub async fn run<H: Handler>(
+        self,
+        handler: H,
+        api: axum::Router,
+        shutdown: Shutdown,
+        drain: impl Future<Output = ()> + Send,
+    ) -> Result<(), ShellError> {
+        let Shell { identity, server, http, max_http_connections, metrics, health } = self;
+        let kind = identity.kind.clone();
+        let name = identity.name.clone();
+        let http_task = http.map(|listener| {
+            let base = Base { health: health.clone(), metrics, identity };
+            tokio::spawn(crate::http::serve(listener, api, base, max_http_connections, shutdown.clone()))
+        });
+        let stop = async {
+            shutdown.triggered().await;
+            info!(%kind, %name, "shutting down");
+            health.set_ready(false);
+            drain.await;
+        };
+        let served = server.run(handler, stop).await;
+        if let Some(t) = http_task {
+            match t.await {
+                Ok(Err(e)) => warn!(error = %e, "http server ended with an error"),
+                Err(e) => warn!(error = %e, "http server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        info!(%kind, %name, "stopped");
+        served.map_err(ShellError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qmesh_codec::{K, Message};
+    use qmesh_ipc::{Address, ClientOptions, Connection, Peer, Responder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    struct Answer;
+    impl Handler for Answer {
+        async fn on_sync(&self, _peer: &Peer, _msg: Message, responder: Responder) {
+            let _ = responder.reply(K::long(42));
+        }
+    }
+
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn binds_serves_both_sides_and_stops_in_order() {
+        let mut opts = ShellOptions::new("test", "t1");
+        opts.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let shell = Shell::bind(opts).await.unwrap();
+        let ipc = shell.ipc_addr().unwrap();
+        let http = shell.http_addr().unwrap();
+        assert_eq!(
+            shell.listening_lines(),
+            vec![format!("test listening ipc {ipc}"), format!("test listening http {http}")]
+        );
+        assert_eq!(shell.identity().ipc_port, Some(ipc.port()));
+        assert_eq!(shell.identity().advertised, Some(format!(":127.0.0.1:{}", ipc.port())));
+        shell.health().set_ready(true);
+        let shutdown = Shutdown::new();
+        let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(shell.run(Answer, axum::Router::new(), shutdown.clone(), async move {
+            let _ = drained_tx.send(());
+        }));
+
+        let conn = Connection::connect(&Address::parse(&ipc.to_string()).unwrap(), ClientOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(conn.call(&K::string("anything")).await.unwrap().decode().unwrap(), K::long(42));
+        // q's `h""` is answered by the server, not the handler
+        assert_eq!(conn.call(&K::string("")).await.unwrap().decode().unwrap(), K::GenericNull);
+        let id = http_get(http, "/api/identity").await;
+        assert!(id.contains(r#""name":"t1","kind":"test""#), "{id}");
+        assert!(http_get(http, "/healthz").await.starts_with("HTTP/1.1 200"));
+
+        shutdown.trigger();
+        drained.await.unwrap();
+        run.await.unwrap().unwrap();
+        assert!(TcpStream::connect(ipc).await.is_err(), "the IPC port is closed after run");
+    }
+
+    #[tokio::test]
+    async fn a_bad_password_file_is_a_typed_error() {
+        let mut opts = ShellOptions::new("test", "t");
+        opts.users = Some(PathBuf::from("/nonexistent/qmesh-users.txt"));
+        let e = Shell::bind(opts).await.unwrap_err();
+        assert!(matches!(e, ShellError::Users { .. }), "{e}");
+    }
+}

@@ -1,0 +1,49 @@
+//! The kdb+ IPC handler of a routing process's own port: clients'
+//! `userQuery`, and the load balancer's calls from gateways and services.
+
+use std::sync::Arc;
+
+use qmesh_codec::Message;
+use qmesh_ipc::{Handler, Peer, Responder};
+use tracing::debug;
+
+use super::{Router, peer_id};
+use crate::proto;
+
+/// The kdb+ IPC handler of a routing process.
+pub(crate) struct RouterHandler {
+    pub(crate) router: Arc<Router>,
+    /// Whether this process is (or embeds) the load balancer: it keeps
+    /// every connection to push to.
+    pub(crate) lb_role: bool,
+}
+
+impl Handler for RouterHandler {
+    async fn on_open(&self, peer: &Peer) {
+        if self.lb_role {
+            self.router.lock().peers.insert(peer_id(peer), peer.clone());
+        }
+    }
+
+    async fn on_sync(&self, peer: &Peer, msg: Message, responder: Responder) {
+        // (PyKX's probes and q's `h""` were answered by the server)
+        match proto::call_of(&msg) {
+            Some(call) => self.router.on_call(peer, call, Some(responder)),
+            None => {
+                let _ = responder
+                    .error("bad request: this gateway runs no q; send (`userQuery;(`service;\"query\"))");
+            }
+        }
+    }
+
+    async fn on_async(&self, peer: &Peer, msg: Message) {
+        match proto::call_of(&msg) {
+            Some(call) => self.router.on_call(peer, call, None),
+            None => debug!(conn = %peer.id(), "async message that is not a function call; ignored"),
+        }
+    }
+
+    async fn on_close(&self, peer: &Peer) {
+        self.router.on_close(peer);
+    }
+}
