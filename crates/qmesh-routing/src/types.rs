@@ -5,8 +5,6 @@
 //! used where a lease or a connection is expected — the whitepaper's
 //! int/long confusion (`sq:` declared `int`, `SEQ` a long) is impossible here.
 
-use std::fmt;
-
 use qmesh_process::{ErrorKind, WireError};
 pub use qmesh_whitepaper::{Address, Seq, ServiceName};
 

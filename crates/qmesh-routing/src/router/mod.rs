@@ -61,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::gw::{ClientRequest, Gateway, GwAction, LinkId, Outcome};
-use crate::lb::{GatewayProtocol, LbAction, LoadBalancer, ServiceRequest};
+use crate::lb::{LbAction, LoadBalancer, ServiceRequest};
 use crate::metrics::{GatewayMetrics, Mode};
 use crate::proto::{self, ServiceReply, ToGateway, ToLb, UserQuery};
 use crate::types::{Address, ClientId, Failure, IdMap, PeerId, ServiceName};
