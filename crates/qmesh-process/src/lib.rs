@@ -9,10 +9,13 @@
 //!   `'queue full: FX`) and the HTTP side (`{"error":"timeout",…}` with a
 //!   status), so both speak the same words.
 //! * [`Identity`]: a process's name and kind.
+//! * [`json`]: the one JSON form of kdb+ values and the one `POST /query`
+//!   body, shared by every HTTP API.
 
 pub mod error;
 pub mod http;
 mod identity;
+pub mod json;
 mod metrics;
 mod shutdown;
 
