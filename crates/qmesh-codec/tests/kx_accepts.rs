@@ -1,12 +1,12 @@
 //! KX's own deserializer (PyKX `kx.deserialize`, unlicensed) reads what our
 //! encoder writes, and KX's serializer writes what it read back as exactly
 //! our bytes: scripts/check_decode.py, run through the PyKX venv
-//! (`QMESH_PYTHON`, default ~/.cache/qmesh-venv/bin/python).
+//! (found by the test kit: `QMESH_PYTHON` or the default venvs; with
+//! `QMESH_REQUIRE_PYTHON` set, as in CI, a missing one fails the test).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use common::{arb, golden, hex};
 use proptest::strategy::{Strategy, ValueTree};
@@ -76,7 +76,7 @@ fn kx_reads_what_we_write() {
     std::fs::write(&path, serde_json::Value::Object(json).to_string()).unwrap();
 
     let script = common::manifest_dir().join("../../scripts/check_decode.py");
-    let out = Command::new(&python)
+    let out = qmesh_testkit::python_command(&python)
         .arg(&script)
         .arg(&path)
         .env("PYKX_UNLICENSED", "true")

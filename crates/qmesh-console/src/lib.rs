@@ -5,12 +5,29 @@
 //! prompt with line editing. Two console commands are understood locally,
 //! as in q: `\c ROWS COLS` sets the console size used for printing, and `\\`
 //! quits. Everything else is sent to the server as a string.
+//!
+//! The connection is set up as a q client's is:
+//!
+//! * it offers capability 6 and accepts any result the negotiated
+//!   capability can carry (up to 1 TB with capability 6, 2 GiB below it), as
+//!   q does; `--max-result-bytes` ([`ConsoleOptions::max_result_bytes`])
+//!   bounds the memory a result may take: a larger one is not read, the
+//!   connection is closed (logged as `message too large`) and the session
+//!   ends with an error;
+//! * it answers every request the server sends it while a query runs (a q
+//!   server whose `.z.pg` calls back into its caller with `.z.w "…"`): the
+//!   console runs no q, so each is answered at once with the q error
+//!   [`CALLBACK_REFUSED`], the server's query goes on and its result is
+//!   printed. Async messages from the server are dropped.
 
 use std::io::Write;
 
 use qmesh_codec::K;
+use qmesh_codec::Message;
 use qmesh_codec::display::Console;
-use qmesh_ipc::{Address, ClientOptions, Connection, IpcError};
+use qmesh_codec::limits::MAX_WIRE_LENGTH;
+use qmesh_ipc::{Address, ClientOptions, Connection, Handler, IpcError, Peer, Responder, Sender};
+use qmesh_process::{ErrorKind, WireError};
 
 /// What can stop a console session (as opposed to a q error, which is
 /// printed and the session goes on).
@@ -27,10 +44,58 @@ pub enum ConsoleError {
 /// The prompt, as q shows it.
 pub const PROMPT: &str = "q)";
 
+/// Default bound on one result, in bytes (the whole message, after
+/// decompression): the most the kdb+ header can carry with capability 6
+/// (1 TB), so the console accepts whatever a q client accepts. A server
+/// below capability 6 cannot send more than 2 GiB anyway.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = MAX_WIRE_LENGTH;
+
+/// The detail of the q error the console answers a server's request with.
+pub const CALLBACK_REFUSED: &str = "qmesh q evaluates no q; a request from the server is refused";
+
+/// How a console connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleOptions {
+    /// Largest result accepted, in bytes (whole message, after
+    /// decompression); a larger one closes the connection before it is
+    /// read.
+    pub max_result_bytes: u64,
+}
+
+impl Default for ConsoleOptions {
+    fn default() -> ConsoleOptions {
+        ConsoleOptions { max_result_bytes: DEFAULT_MAX_RESULT_BYTES }
+    }
+}
+
+impl ConsoleOptions {
+    /// The client options: those of a q client, with the result bound.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            max_message_bytes: self.max_result_bytes.min(MAX_WIRE_LENGTH),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+/// What the server sends on its own while the console waits: a request is
+/// answered with an error at once (a q client answers every request; one
+/// left unanswered leaves both sides waiting for ever), an async message is
+/// dropped.
+#[derive(Debug)]
+struct Callbacks;
+
+impl Handler for Callbacks {
+    async fn on_sync(&self, _peer: &Peer, _msg: Message, responder: Responder) {
+        // The server may have gone meanwhile; then there is no one to tell.
+        let _ = responder.error(WireError::with_detail(ErrorKind::BadRequest, CALLBACK_REFUSED).to_q_text());
+    }
+}
+
 /// One session against one endpoint.
 #[derive(Debug)]
 pub struct Session {
-    conn: Connection,
+    conn: Sender,
     console: Console,
 }
 
@@ -65,10 +130,16 @@ fn classify(line: &str) -> Line<'_> {
 }
 
 impl Session {
-    /// Connects to `addr` (`host:port`, `:host:port:user:password`, `:unix://port`).
+    /// Connects to `addr` (`host:port`, `:host:port:user:password`,
+    /// `:unix://port`) with the default options.
     pub async fn connect(addr: &str) -> Result<Session, ConsoleError> {
+        Session::connect_with(addr, ConsoleOptions::default()).await
+    }
+
+    /// Connects to `addr` with `options`.
+    pub async fn connect_with(addr: &str, options: ConsoleOptions) -> Result<Session, ConsoleError> {
         let addr = Address::parse(addr).map_err(IpcError::from)?;
-        let conn = Connection::connect(&addr, ClientOptions::default()).await?;
+        let conn = Connection::connect_with_handler(&addr, options.client_options(), Callbacks).await?;
         Ok(Session { conn, console: Console::DEFAULT })
     }
 
@@ -150,5 +221,19 @@ mod tests {
         assert_eq!(classify("\\c 10 40"), Line::Resize(10, 40));
         assert_eq!(classify("\\c 10"), Line::Query("\\c 10"));
         assert_eq!(classify(" 1+1 "), Line::Query("1+1"));
+    }
+
+    /// The bound is what capability 6 can carry unless the user lowers it;
+    /// the capability offered is a q client's.
+    #[test]
+    fn results_are_bounded_only_by_the_capability_by_default() {
+        let o = ConsoleOptions::default().client_options();
+        assert_eq!(o.max_message_bytes, MAX_WIRE_LENGTH);
+        assert!(o.max_message_bytes > qmesh_codec::limits::MAX_MESSAGE_BYTES);
+        assert_eq!(o.capability, 6);
+        let o = ConsoleOptions { max_result_bytes: u64::MAX }.client_options();
+        assert_eq!(o.max_message_bytes, MAX_WIRE_LENGTH);
+        let o = ConsoleOptions { max_result_bytes: 1 << 20 }.client_options();
+        assert_eq!(o.max_message_bytes, 1 << 20);
     }
 }

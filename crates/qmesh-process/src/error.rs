@@ -6,6 +6,32 @@
 //! HTTP clients get the same word and detail as JSON
 //! (`{"error":"queue full","detail":"EQUITY_MARKET_RDB"}`) with the status
 //! [`ErrorKind::http_status`] gives.
+//!
+//! A component answers every error a client can see, over IPC or HTTP, with
+//! a word of this catalog, and a word means the same on both sides: the q
+//! error `'unknown table: quote` and the HTTP answer
+//! `404 {"error":"unknown table","detail":"quote"}` are one error. The words
+//! avoid q's own error names (`type`, `length`, `mismatch` …), so an error a
+//! real q process raises is never mistaken for one of these.
+//!
+//! | word | meaning | HTTP |
+//! |---|---|---|
+//! | `timeout` | the request's deadline passed | 504 |
+//! | `queue full` | a bounded queue is full | 429 |
+//! | `unknown service` | no service of that name is known | 404 |
+//! | `no instance` | the service has no instance registered | 404 |
+//! | `service error` | the service ran the query and it failed | 422 |
+//! | `service disconnected` | the instance running the query went away | 502 |
+//! | `lb unavailable` | the load balancer cannot be reached | 503 |
+//! | `access` | bad credentials or not permitted | 403 |
+//! | `message too large` | a message above the size limit was refused | 413 |
+//! | `limit` | a configured limit (memory, result size, store size) was hit | 507 |
+//! | `bad request` | malformed request, SQL that does not plan, a bad or too-long name | 400 |
+//! | `unknown table` | the request names a table that is not held | 404 |
+//! | `schema mismatch` | data does not fit its table; nothing changed | 409 |
+//! | `unsupported type` | a type with no exact mapping on the other side | 422 |
+//! | `shutting down` | the component is stopping | 503 |
+//! | `internal` | anything else (a bug); the detail says what | 500 |
 
 use std::fmt;
 
@@ -32,8 +58,23 @@ pub enum ErrorKind {
     MessageTooLarge,
     /// A configured limit (memory, result size, …) was hit.
     Limit,
-    /// The request is not of a form the component understands.
+    /// The request is not of a form the component understands: a malformed
+    /// message or JSON body, SQL that does not parse or plan, a statement
+    /// that is not a query, a name that cannot be one (empty, bad
+    /// characters, or longer than the component's bound).
     BadRequest,
+    /// The request names a table the component does not hold (a query's
+    /// `from`, or a list of columns sent with `upd` to a table that does not
+    /// exist yet). The detail is the table name.
+    UnknownTable,
+    /// Data does not fit the table it is sent to (other column names, a
+    /// column of another type); nothing was changed. The detail names the
+    /// table and the column.
+    SchemaMismatch,
+    /// A value whose type has no exact mapping on the other side (a kdb+
+    /// column type with no Arrow form, a SQL result column with no kdb+ type,
+    /// a temporal outside Arrow's range). The detail names the column.
+    UnsupportedType,
     /// The component is stopping.
     ShuttingDown,
     /// Anything else; the detail says what.
@@ -42,7 +83,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for metrics labels and documentation.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Timeout,
         ErrorKind::QueueFull,
         ErrorKind::UnknownService,
@@ -54,6 +95,9 @@ impl ErrorKind {
         ErrorKind::MessageTooLarge,
         ErrorKind::Limit,
         ErrorKind::BadRequest,
+        ErrorKind::UnknownTable,
+        ErrorKind::SchemaMismatch,
+        ErrorKind::UnsupportedType,
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
     ];
@@ -72,6 +116,9 @@ impl ErrorKind {
             ErrorKind::MessageTooLarge => "message too large",
             ErrorKind::Limit => "limit",
             ErrorKind::BadRequest => "bad request",
+            ErrorKind::UnknownTable => "unknown table",
+            ErrorKind::SchemaMismatch => "schema mismatch",
+            ErrorKind::UnsupportedType => "unsupported type",
             ErrorKind::ShuttingDown => "shutting down",
             ErrorKind::Internal => "internal",
         }
@@ -88,7 +135,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => 504,
             ErrorKind::QueueFull => 429,
-            ErrorKind::UnknownService | ErrorKind::NoInstance => 404,
+            ErrorKind::UnknownService | ErrorKind::NoInstance | ErrorKind::UnknownTable => 404,
             ErrorKind::ServiceError => 422,
             ErrorKind::ServiceDisconnected => 502,
             ErrorKind::LbUnavailable | ErrorKind::ShuttingDown => 503,
@@ -96,6 +143,8 @@ impl ErrorKind {
             ErrorKind::MessageTooLarge => 413,
             ErrorKind::Limit => 507,
             ErrorKind::BadRequest => 400,
+            ErrorKind::SchemaMismatch => 409,
+            ErrorKind::UnsupportedType => 422,
             ErrorKind::Internal => 500,
         }
     }
@@ -172,6 +221,20 @@ mod tests {
             assert_eq!(WireError::from_q_text(&e.to_q_text()), e);
             assert_eq!(WireError::from_q_text(kind.word()), WireError::new(kind));
         }
+    }
+
+    /// The words the service used to answer outside the catalog, and q's
+    /// own error names, are not catalog words: such an error from a real q
+    /// process stays the service's.
+    #[test]
+    fn q_error_names_are_not_catalog_words() {
+        for q in ["type", "length", "mismatch", "rank", "domain", "nyi", "sql", "table", "name", "arrow"] {
+            assert_eq!(ErrorKind::from_word(q), None, "{q}");
+            assert_eq!(ErrorKind::from_word(&format!("{q}: x")), None, "{q}");
+        }
+        assert_eq!(ErrorKind::from_word("unknown table: quote"), Some(ErrorKind::UnknownTable));
+        assert_eq!(ErrorKind::from_word("schema mismatch: `t`: x"), Some(ErrorKind::SchemaMismatch));
+        assert_eq!(ErrorKind::from_word("unsupported type: column `c`"), Some(ErrorKind::UnsupportedType));
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! * [`WireError`]: the error catalog shared by the kdb+ IPC side (`'timeout`,
 //!   `'queue full: FX`) and the HTTP side (`{"error":"timeout",…}` with a
 //!   status), so both speak the same words.
+//! * [`json`]: the one JSON form of kdb+ values and the one `POST /query`
+//!   body, shared by every HTTP API.
 //! * [`fail_fast`]: the panic hook that ends the process on a panic.
 //!
 //! # A server kind on the shell
@@ -67,6 +69,7 @@ pub mod error;
 pub mod fail_fast;
 pub mod http;
 mod identity;
+pub mod json;
 mod metrics;
 mod shell;
 mod shutdown;

@@ -1,12 +1,16 @@
 //! The HTTP API of the gateway (and the status page of both processes).
 //!
-//! * `POST /query` (also `/api/query`), body
+//! * `POST /query` (also `/api/query`), the body every qmesh component takes
+//!   ([`qmesh_process::json::QueryRequest`]) with the service to route to:
 //!   `{"service":"EQ" | ["EQ","FX"], "query":"select from trade", "timeout_ms":5000, "all_instances":false, "format":"records"}`:
 //!   the query is sent to the service as a q string, exactly as a
-//!   `userQuery` would. The answer is `{"type":98,"result":…}` (`type` is q's
-//!   type number of the result; `result` its JSON form, see [`crate::json`];
-//!   tables as an array of records, or `"format":"columns"` / `?format=columns`
-//!   for an object of column arrays). Errors use the shared catalog:
+//!   `userQuery` would. The answer is `{"type":98,"result":…}`, the shared
+//!   JSON form of [`qmesh_process::json`] (`type` is q's type number of the
+//!   result; tables as an array of records, or `"format":"columns"` /
+//!   `?format=columns` for an object of column arrays), so a query answered
+//!   through the gateway and straight by a qmesh service instance gives the
+//!   same JSON. A service name longer than [`crate::proto::MAX_NAME_BYTES`]
+//!   is refused with `limit`, as over IPC. Errors use the shared catalog:
 //!   `{"error":"queue full","detail":"EQ"}` with the status of its kind
 //!   (timeout 504, queue full 429, unknown service / no instance 404, service
 //!   error 422, service disconnected 502, lb unavailable 503, bad request 400,
@@ -25,28 +29,11 @@ use axum::routing::{get, post};
 use qmesh_codec::{K, RawObject};
 use serde::Deserialize;
 
-use crate::json::TableForm;
-use crate::proto::UserQuery;
+use qmesh_process::json::QueryRequest;
+
+use crate::proto::{MAX_NAME_BYTES, UserQuery};
 use crate::router::{Router, payload_json};
 use crate::types::{ClientId, Failure, ServiceName};
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Services {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueryBody {
-    service: Services,
-    query: String,
-    timeout_ms: Option<u64>,
-    #[serde(default)]
-    all_instances: bool,
-    format: Option<String>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct Params {
@@ -85,24 +72,23 @@ impl Drop for Abandon {
 }
 
 async fn query(State(router): State<Arc<Router>>, Query(params): Query<Params>, body: Bytes) -> Response {
-    let body: QueryBody = match serde_json::from_slice(&body) {
+    let body = match QueryRequest::parse(&body) {
         Ok(b) => b,
-        Err(e) => return error(Failure::BadRequest(format!("JSON body: {e}"))),
+        Err(e) => return e.into_response(),
     };
-    let form = match body.format.as_deref().or(params.format.as_deref()) {
-        None | Some("records") => TableForm::Records,
-        Some("columns") => TableForm::Columns,
-        Some(other) => {
-            return error(Failure::BadRequest(format!("format must be records or columns, not {other:?}")));
-        }
+    let form = match body.table_form(params.format.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
     };
-    let services: Vec<ServiceName> = match body.service {
-        Services::One(s) => vec![ServiceName::new(s)],
-        Services::Many(v) => v.into_iter().map(ServiceName::new).collect(),
-    };
-    if services.is_empty() || services.iter().any(|s| s.as_bytes().is_empty()) {
+    let names = body.services();
+    if names.is_empty() || names.iter().any(String::is_empty) {
         return error(Failure::BadRequest("no service named".into()));
     }
+    // The bound the IPC side puts on a service name, with the same word.
+    if names.iter().any(|s| s.len() > MAX_NAME_BYTES) {
+        return error(Failure::Limit(format!("service name longer than {MAX_NAME_BYTES} bytes")));
+    }
+    let services: Vec<ServiceName> = names.into_iter().map(ServiceName::new).collect();
     let uq = UserQuery {
         services,
         all_instances: body.all_instances,

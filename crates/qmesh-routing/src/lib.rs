@@ -83,7 +83,9 @@
 //! (`service` may be a list; `"all_instances":true`;
 //! `"format":"columns"`), answered `{"type":98,"result":…}`; tables are an
 //! array of records, or with `format=columns` an object of column arrays.
-//! JSON forms are listed in [`json`]. Errors: `{"error":"timeout","detail":null}`
+//! The body and the JSON forms are the ones every qmesh HTTP API shares
+//! ([`qmesh_process::json`]; [`json`] re-exports them): a qmesh service
+//! instance answers the same query with the same JSON. Errors: `{"error":"timeout","detail":null}`
 //! with the status above. `GET /api/services` shows each service's state;
 //! `/healthz` is 200 while the gateway has its load balancer; `/metrics` is
 //! Prometheus text ([`metrics`] lists the metrics).

@@ -34,10 +34,11 @@ use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use qmesh_codec::{Attr, Dict, K, Symbols, Table};
+use qmesh_process::{ErrorKind, WireError};
 use tokio::sync::Semaphore;
 
 use crate::mapping::{self, MapError};
-use crate::store::{Store, StoredTable};
+use crate::store::{MAX_TABLE_NAME, Store, StoredTable};
 
 /// Default per-query time limit: the whitepaper's services run with `\T 10`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,7 +90,10 @@ impl Default for Limits {
     }
 }
 
-/// Why a query failed. The `Display` text is the q error a client gets.
+/// Why a query failed. The `Display` text is the q error a client gets; it
+/// starts with the word of the catalog entry [`QueryError::kind`] names
+/// (`bad request: …`, `unknown table: …`), and HTTP answers the same word
+/// ([`QueryError::to_wire`]).
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The deadline passed; the plan was cancelled.
@@ -104,13 +108,26 @@ pub enum QueryError {
     /// The SQL text is too long.
     #[error("limit: SQL text of {0} bytes is above {MAX_SQL_BYTES}")]
     SqlTooLong(usize),
+    /// The query names a table longer than any name the service holds
+    /// ([`MAX_TABLE_NAME`]).
+    #[error("limit: table name of {0} bytes is above {MAX_TABLE_NAME}")]
+    NameTooLong(usize),
+    /// The query names a table the store does not hold.
+    #[error("unknown table: {0}")]
+    UnknownTable(String),
     /// A statement that changes things (DDL, DML, SET …): the service only
     /// answers queries.
-    #[error("sql: only queries are allowed: {0}")]
+    #[error("bad request: only queries are allowed: {0}")]
     NotAQuery(String),
-    /// DataFusion refused or failed the query; its message follows.
-    #[error("sql: {0}")]
+    /// DataFusion refused the query while parsing or planning it (syntax,
+    /// an unknown column or function, types that do not fit); its message
+    /// follows.
+    #[error("bad request: {0}")]
     Sql(String),
+    /// The query was planned but failed while running (a cast that fails on
+    /// a value, …); DataFusion's message follows.
+    #[error("service error: {0}")]
+    Failed(String),
     /// The result has a column kdb+ cannot hold.
     #[error("{0}")]
     Map(#[from] MapError),
@@ -123,7 +140,8 @@ pub enum QueryError {
 }
 
 impl QueryError {
-    fn from_df(e: DataFusionError, limits: &Limits) -> QueryError {
+    /// DataFusion's error while parsing or planning.
+    fn planning(e: DataFusionError, limits: &Limits) -> QueryError {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(msg) => {
                 QueryError::Memory { limit: limits.memory_bytes, detail: msg.clone() }
@@ -131,6 +149,45 @@ impl QueryError {
             _ => QueryError::Sql(e.strip_backtrace()),
         }
     }
+
+    /// DataFusion's error while running a plan.
+    fn running(e: DataFusionError, limits: &Limits) -> QueryError {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(msg) => {
+                QueryError::Memory { limit: limits.memory_bytes, detail: msg.clone() }
+            }
+            _ => QueryError::Failed(e.strip_backtrace()),
+        }
+    }
+
+    /// The catalog entry, the same over IPC and HTTP.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            QueryError::Timeout(_) => ErrorKind::Timeout,
+            QueryError::Memory { .. }
+            | QueryError::ResultTooLarge { .. }
+            | QueryError::SqlTooLong(_)
+            | QueryError::NameTooLong(_) => ErrorKind::Limit,
+            QueryError::UnknownTable(_) => ErrorKind::UnknownTable,
+            QueryError::NotAQuery(_) | QueryError::Sql(_) => ErrorKind::BadRequest,
+            QueryError::Failed(_) => ErrorKind::ServiceError,
+            QueryError::Map(e) => e.kind(),
+            QueryError::ShuttingDown => ErrorKind::ShuttingDown,
+            QueryError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// As the catalog's error (for HTTP): the kind, and the text after its
+    /// word as the detail.
+    pub fn to_wire(&self) -> WireError {
+        wire(self.kind(), &self.to_string())
+    }
+}
+
+/// `text` (`word: detail`) as a [`WireError`] of `kind`.
+pub(crate) fn wire(kind: ErrorKind, text: &str) -> WireError {
+    let detail = text.strip_prefix(kind.word()).map(|d| d.trim_start_matches(':').trim()).unwrap_or(text);
+    if detail.is_empty() { WireError::new(kind) } else { WireError::with_detail(kind, detail) }
 }
 
 /// A query's result, as Arrow.
@@ -414,6 +471,7 @@ impl Engine {
             .map_err(|_| QueryError::Timeout(limits.timeout))?
             .map_err(|_| QueryError::ShuttingDown)?;
         let state = self.ctx.state();
+        let store = Arc::clone(&self.store);
         let sql = sql.to_string();
         self.running.fetch_add(1, Ordering::SeqCst);
         let guard = RunningGuard(Arc::clone(&self.running));
@@ -421,7 +479,7 @@ impl Engine {
         let task = self.spawn(async move {
             let _guard = guard;
             let _permit = permit;
-            let out = run(state, &sql, limits, executing).await?;
+            let out = run(state, store, &sql, limits, executing).await?;
             finish(out)
         });
         // If the caller goes away (an HTTP client hangs up, a connection
@@ -477,12 +535,16 @@ fn base_runtime(memory_bytes: usize) -> Result<Arc<RuntimeEnv>, DataFusionError>
 /// Plans and runs one query to completion (inside the query task).
 async fn run(
     state: datafusion::execution::SessionState,
+    store: Arc<Store>,
     sql: &str,
     limits: Limits,
     executing: tokio::sync::watch::Sender<usize>,
 ) -> Result<QueryOutput, QueryError> {
-    let df = |e| QueryError::from_df(e, &limits);
-    let plan = state.create_logical_plan(sql).await.map_err(df)?;
+    let df = |e| QueryError::planning(e, &limits);
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(df)?;
+    check_tables(&state, &statement, &store)?;
+    let plan = state.statement_to_plan(statement).await.map_err(df)?;
     check_read_only(&plan)?;
     let key_columns = key_columns(&plan);
     // A kdb+ user expects `select … where …` to come back in table order;
@@ -512,7 +574,7 @@ async fn run(
     let mut batches = Vec::new();
     let (mut rows, mut bytes) = (0usize, 0usize);
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(df)?;
+        let batch = batch.map_err(|e| QueryError::running(e, &limits))?;
         rows += batch.num_rows();
         bytes += batch.get_array_memory_size();
         if rows > limits.max_result_rows {
@@ -545,6 +607,32 @@ pub fn keeps_row_order(plan: &LogicalPlan) -> bool {
         Ok(TreeNodeRecursion::Continue)
     });
     keeps
+}
+
+/// Names the tables a statement reads that the store does not hold (the
+/// first one), or that are longer than any table name can be, before
+/// DataFusion plans it: so an unknown table is `unknown table: x` rather
+/// than a planning message. Names in another schema (`information_schema`)
+/// and the statement's own `WITH` names are DataFusion's business.
+fn check_tables(
+    state: &datafusion::execution::SessionState,
+    statement: &datafusion::sql::parser::Statement,
+    store: &Store,
+) -> Result<(), QueryError> {
+    let Ok(references) = state.resolve_table_references(statement) else { return Ok(()) };
+    for r in references {
+        if !matches!((r.catalog(), r.schema()), (None | Some("datafusion"), None | Some("public"))) {
+            continue;
+        }
+        let name = r.table();
+        if name.len() > MAX_TABLE_NAME {
+            return Err(QueryError::NameTooLong(name.len()));
+        }
+        if store.table(name).is_none() {
+            return Err(QueryError::UnknownTable(name.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses plans that would change anything (DDL, DML, `SET`, `COPY` …).
@@ -677,10 +765,10 @@ mod tests {
     async fn errors_carry_datafusion_messages() {
         let e = engine(store_with_trades(), Limits::default());
         let err = e.query_k("select nope from trade").await.unwrap_err().to_string();
-        assert!(err.starts_with("sql: "), "{err}");
+        assert!(err.starts_with("bad request: "), "{err}");
         assert!(err.contains("nope"), "{err}");
         let err = e.query_k("selec 1").await.unwrap_err().to_string();
-        assert!(err.starts_with("sql: "), "{err}");
+        assert!(err.starts_with("bad request: "), "{err}");
         let err = e.query_k("drop table trade").await.unwrap_err();
         assert!(matches!(err, QueryError::NotAQuery(_) | QueryError::Sql(_)), "{err}");
         assert!(e.store().table("trade").is_some());
@@ -791,5 +879,78 @@ mod tests {
         assert_eq!(t.columns[0], K::from(Vector::Long(vec![5])));
         let K::Table(t) = e.query_k("show tables").await.expect("show") else { panic!() };
         assert!(t.column(b"table_name").is_some());
+    }
+
+    #[tokio::test]
+    async fn tables_are_checked_before_planning() {
+        let e = engine(store_with_trades(), Limits::default());
+        let err = e.query_k("select * from quote").await.unwrap_err();
+        assert_eq!(err.to_string(), "unknown table: quote");
+        assert_eq!(err.to_wire(), WireError::with_detail(ErrorKind::UnknownTable, "quote"));
+        let long = "q".repeat(MAX_TABLE_NAME + 1);
+        let err = e.query_k(&format!("select * from {long}")).await.unwrap_err();
+        assert!(matches!(err, QueryError::NameTooLong(n) if n == MAX_TABLE_NAME + 1), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Limit);
+        // the statement's own names, and other schemas, are DataFusion's
+        e.query_k("with q as (select 1 as x) select x from q").await.expect("cte");
+        e.query_k("select table_name from information_schema.tables").await.expect("information_schema");
+        let err = e.query_k("select cast('x' as bigint) from trade").await.unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::BadRequest | ErrorKind::ServiceError), "{err}");
+    }
+
+    /// Every error's text starts with the word of its catalog entry, so IPC
+    /// (the text) and HTTP (the kind) say the same.
+    #[test]
+    fn error_texts_start_with_their_catalog_word() {
+        let errors = [
+            QueryError::Timeout(Duration::from_secs(1)),
+            QueryError::Memory { limit: 1, detail: "x".into() },
+            QueryError::ResultTooLarge { limit: 1, what: "rows" },
+            QueryError::SqlTooLong(9),
+            QueryError::NameTooLong(9),
+            QueryError::UnknownTable("t".into()),
+            QueryError::NotAQuery("x".into()),
+            QueryError::Sql("x".into()),
+            QueryError::Failed("x".into()),
+            QueryError::Map(MapError::NotATable(7)),
+            QueryError::Map(MapError::UnsupportedArrow { column: "c".into(), arrow: "List".into() }),
+            QueryError::ShuttingDown,
+            QueryError::Internal("x".into()),
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert_eq!(ErrorKind::from_word(&text), Some(e.kind()), "{text}");
+            assert_eq!(WireError::from_q_text(&text), e.to_wire(), "{text}");
+        }
+    }
+
+    /// The null numpy, PyKX and Java write for a datetime (the positive
+    /// quiet NaN) comes back from a query as it went in, as floats and
+    /// reals do.
+    #[tokio::test]
+    async fn nan_payloads_come_back_through_a_query() {
+        let store = Arc::new(Store::default());
+        let nan = f64::from_bits(0x7FF8_0000_0000_0000);
+        let odd = f64::from_bits(0xFFF0_0000_0000_0001);
+        let t = K::Table(Table {
+            attr: Attr::None,
+            names: ["z", "f", "e"].into_iter().collect(),
+            columns: vec![
+                K::from(Vector::Datetime(vec![1.5, nan, odd])),
+                K::from(Vector::Float(vec![nan, 2.0, odd])),
+                K::from(Vector::Real(vec![f32::from_bits(0x7FC0_0001), 1.0, f32::from_bits(0xFFC0_0000)])),
+            ],
+        });
+        store.upd("t", t).expect("upd");
+        let e = engine(store, Limits::default());
+        let K::Table(back) = e.query_k("select * from t").await.expect("q") else { panic!("table") };
+        let bits = |k: &K| match k {
+            K::Vector(_, Vector::Datetime(v) | Vector::Float(v)) => v.iter().map(|x| x.to_bits()).collect(),
+            K::Vector(_, Vector::Real(v)) => v.iter().map(|x| u64::from(x.to_bits())).collect::<Vec<u64>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(bits(&back.columns[0]), [1.5f64.to_bits(), nan.to_bits(), odd.to_bits()]);
+        assert_eq!(bits(&back.columns[1]), [nan.to_bits(), 2.0f64.to_bits(), odd.to_bits()]);
+        assert_eq!(bits(&back.columns[2]), [0x7FC0_0001, 1.0f32.to_bits().into(), 0xFFC0_0000]);
     }
 }

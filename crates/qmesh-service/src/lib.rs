@@ -29,13 +29,33 @@
 //! q)h(`upd;`trade;newRows)                                  / or neg[h], as a tickerplant does
 //! ```
 //!
-//! `curl -d 'select count(*) from trade' localhost:8082/query` answers JSON.
+//! `curl -d '{"query":"select count(*) as n from trade"}' localhost:8082/query`
+//! answers `{"type":98,"result":[{"n":1000000}]}`, the JSON every qmesh HTTP
+//! API speaks ([`qmesh_process::json`]); a gateway answers the same query
+//! with the same bytes.
 //! See [`protocol`] for every message the service takes and sends, and
 //! [`http`] for the JSON. A synchronous `upd` that does not fit the table is
-//! answered with the error (`'mismatch: `trade`: column `price` is float, got
+//! answered with the error (`'schema mismatch: `trade`: column `price` is float, got
 //! long`); an asynchronous one has no answer channel, so it is logged and
 //! counted (`qmesh_service_upd_rejected_total`). Either way the table is
 //! unchanged.
+//!
+//! # Errors
+//!
+//! Every error a client sees is a word of the shared catalog
+//! ([`qmesh_process::ErrorKind`]), the same over IPC (`'unknown table: quote`)
+//! and HTTP (`404 {"error":"unknown table","detail":"quote"}`):
+//!
+//! | word | when |
+//! |---|---|
+//! | `bad request` | SQL that does not parse or plan, a statement that is not a query, a message or body of no known form, `upd` data of no known shape, a bad table name |
+//! | `unknown table` | the query reads a table the service does not hold; `upd` of a list of columns to a new table |
+//! | `schema mismatch` | `upd` data that does not fit the table (nothing changed) |
+//! | `unsupported type` | a column with no exact kdb+ ⇄ Arrow mapping (the detail names it) |
+//! | `limit` | query memory, result rows or bytes, SQL text, store size, a table name longer than [`store::MAX_TABLE_NAME`] |
+//! | `timeout` | the query ran past its time limit and was cancelled |
+//! | `service error` | the query was planned but failed while running |
+//! | `shutting down`, `internal` | as the catalog says |
 //!
 //! # kdb+ ⇄ Arrow
 //!
@@ -63,13 +83,13 @@
 //! | timestamp (12) | `Timestamp(Nanosecond)` | `0Np` | +946684800 s; kdb+ times after 2262.04.11 are refused (Arrow's range) |
 //! | month (13) | `Date32`, the month's first day, `kdb.type=month` | `0Nm` | a date inside the month comes back as that month |
 //! | date (14) | `Date32` | `0Nd` | +10957 days |
-//! | datetime (15) | `Timestamp(Nanosecond)`, `kdb.type=datetime` | `0Nz` | the double is multiplied out exactly and rounded once to the nanosecond; coming back, the double that maps to that nanosecond is chosen. Exact for every millisecond value (all q prints) and for any double 64 days or more from 2000.01.01 |
+//! | datetime (15) | `Timestamp(Nanosecond)`, `kdb.type=datetime` | `0Nz` (any NaN) | a NaN's bits are kept under the null (as the value's 64 bits); the double is multiplied out exactly and rounded once to the nanosecond; coming back, the double that maps to that nanosecond is chosen. Exact for every millisecond value (all q prints) and for any double 64 days or more from 2000.01.01 |
 //! | timespan (16) | `Duration(Nanosecond)` | `0Nn` | |
 //! | minute (17) | `Time32(Second)`, `kdb.type=minute` | `0Nu` | ×60 |
 //! | second (18) | `Time32(Second)` | `0Nv` | |
 //! | time (19) | `Time32(Millisecond)` | `0Nt` | |
 //!
-//! Not mapped (refused with a `type` error naming the column): nested lists,
+//! Not mapped (refused with an `unsupported type` error naming the column): nested lists,
 //! enumerations (send symbols), dictionaries and functions as columns.
 //! Attributes (`` `s# `` …) are not kept: Arrow has none, and a sort order
 //! claimed for a computed result could be false.
@@ -86,8 +106,8 @@
 //! short, `UInt16` → int, `UInt32`/`UInt64` → long, `Float16` → real,
 //! decimals → float, `LargeUtf8`/`Utf8View` → string, `Date64` → date,
 //! `Time64` → timespan, `Duration(*)` → timespan, `Timestamp(*, tz)` →
-//! timestamp (UTC). Other types (lists, structs, maps, intervals) are a
-//! `type` error naming the column.
+//! timestamp (UTC). Other types (lists, structs, maps, intervals) are an
+//! `unsupported type` error naming the column.
 //!
 //! **SQL names** are case-sensitive, as in q: `select bidSize from egQuote`.
 

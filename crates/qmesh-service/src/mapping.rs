@@ -69,33 +69,51 @@ pub const MAX_DICTIONARY_VALUES: usize = i32::MAX as usize;
 /// may hold: `Utf8`/`Binary` offsets are `i32`.
 pub const MAX_TEXT_BYTES: usize = i32::MAX as usize;
 
-/// Errors turning kdb+ values into Arrow or back.
+/// Errors turning kdb+ values into Arrow or back. The text starts with the
+/// word of the catalog entry [`MapError::kind`] names.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MapError {
     /// The value is not a table (or a list of columns) at all.
-    #[error("type: expected a table, got kdb+ type {0}h")]
+    #[error("bad request: expected a table, got kdb+ type {0}h")]
     NotATable(i16),
     /// A column's kdb+ type has no Arrow mapping.
-    #[error("type: column `{column}` has kdb+ type {ty}h, which has no Arrow mapping ({why})")]
+    #[error("unsupported type: column `{column}` has kdb+ type {ty}h, which has no Arrow mapping ({why})")]
     UnsupportedKdb { column: String, ty: i16, why: &'static str },
     /// A result column's Arrow type has no kdb+ mapping.
-    #[error("type: column `{column}` has Arrow type {arrow}, which has no kdb+ mapping")]
+    #[error("unsupported type: column `{column}` has Arrow type {arrow}, which has no kdb+ mapping")]
     UnsupportedArrow { column: String, arrow: String },
     /// A value cannot be represented on the other side.
-    #[error("type: column `{column}` row {row}: {what}")]
+    #[error("unsupported type: column `{column}` row {row}: {what}")]
     OutOfRange { column: String, row: usize, what: String },
     /// Column names must be UTF-8 to become Arrow field names.
-    #[error("type: column name {0:?} is not UTF-8")]
+    #[error("bad request: column name {0:?} is not UTF-8")]
     NameNotUtf8(String),
     /// Columns of different lengths.
-    #[error("length: column `{column}` has {got} rows, expected {expected}")]
+    #[error("bad request: column `{column}` has {got} rows, expected {expected}")]
     Length { column: String, got: usize, expected: usize },
     /// A column holds more text than one Arrow array can address.
     #[error("limit: column `{column}` holds more than {limit} bytes of text")]
     TooMuchText { column: String, limit: usize },
     /// Arrow refused to build an array (a bug in this module if it happens).
-    #[error("arrow: {0}")]
+    #[error("internal: arrow: {0}")]
     Arrow(String),
+}
+
+impl MapError {
+    /// The catalog entry, the same over IPC and HTTP.
+    pub fn kind(&self) -> qmesh_process::ErrorKind {
+        use qmesh_process::ErrorKind;
+        match self {
+            MapError::NotATable(_) | MapError::NameNotUtf8(_) | MapError::Length { .. } => {
+                ErrorKind::BadRequest
+            }
+            MapError::UnsupportedKdb { .. }
+            | MapError::UnsupportedArrow { .. }
+            | MapError::OutOfRange { .. } => ErrorKind::UnsupportedType,
+            MapError::TooMuchText { .. } => ErrorKind::Limit,
+            MapError::Arrow(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 /// The kdb+ column types this module maps, as named in field metadata.
@@ -743,7 +761,9 @@ pub fn column_to_array(name: &str, column: K, hint: Option<KdbType>) -> Result<(
                                 validity = vec![true; v.len()];
                             }
                             validity[row] = false;
-                            ns.push(0);
+                            // The NaN's bits, kept under the null (as for
+                            // floats), so any NaN comes back as it was.
+                            ns.push(d.to_bits() as i64);
                         }
                         Err(what) => {
                             return Err(MapError::OutOfRange {
@@ -1214,6 +1234,26 @@ pub fn arrays_to_column(field: &Field, arrays: &[&dyn Array]) -> Result<K, MapEr
             }
             Vector::Symbol(out)
         }
+        (KdbType::Datetime, DataType::Timestamp(TimeUnit::Nanosecond, _)) => {
+            // Under a null lies the NaN that went in (its bits); anything
+            // else there (a null SQL made) is q's `0n`.
+            let total = arrays.iter().map(|a| a.len()).sum();
+            let mut out = Vec::with_capacity(total);
+            for a in arrays {
+                let a = a.as_primitive::<TimestampNanosecondType>();
+                for (i, &v) in a.values().iter().enumerate() {
+                    let row = out.len();
+                    let d = if a.is_null(i) {
+                        let under = f64::from_bits(v as u64);
+                        if under.is_nan() { under } else { f64::from_bits(FLOAT_NULL_BITS) }
+                    } else {
+                        unix_ns_to_datetime(v).map_err(|w| out_of_range(field, row, w))?
+                    };
+                    out.push(d);
+                }
+            }
+            Vector::Datetime(out)
+        }
         (KdbType::Timestamp | KdbType::Datetime, DataType::Timestamp(unit, _)) => {
             let unit = *unit;
             let to_ns = |v: i64| -> Result<i64, &'static str> {
@@ -1578,7 +1618,7 @@ mod tests {
     #[test]
     fn nested_lists_and_enumerations_are_refused() {
         let err = column_to_array("x", K::list(vec![K::long(1)]), None).unwrap_err();
-        assert!(err.to_string().starts_with("type: column `x`"), "{err}");
+        assert!(err.to_string().starts_with("unsupported type: column `x`"), "{err}");
         let err = column_to_array("x", K::long(1), None).unwrap_err();
         assert!(matches!(err, MapError::UnsupportedKdb { .. }));
     }
@@ -1649,7 +1689,44 @@ mod tests {
         }
     }
 
+    /// Any NaN: quiet or signalling, either sign, any payload.
+    fn any_nan64() -> impl Strategy<Value = f64> {
+        (any::<bool>(), 1u64..(1 << 52))
+            .prop_map(|(neg, payload)| f64::from_bits((u64::from(neg) << 63) | (0x7FF << 52) | payload))
+    }
+
+    fn any_nan32() -> impl Strategy<Value = f32> {
+        (any::<bool>(), 1u32..(1 << 23))
+            .prop_map(|(neg, payload)| f32::from_bits((u32::from(neg) << 31) | (0xFF << 23) | payload))
+    }
+
+    /// What numpy, PyKX and Java clients write for a null datetime.
+    #[test]
+    fn the_positive_quiet_nan_datetime_comes_back_as_it_was() {
+        let nan = f64::from_bits(0x7FF8_0000_0000_0000);
+        roundtrip(v(Vector::Datetime(vec![1.5, nan, f64::from_bits(FLOAT_NULL_BITS)])));
+        roundtrip(v(Vector::Float(vec![nan])));
+        roundtrip(v(Vector::Real(vec![f32::from_bits(0x7FC0_0000)])));
+    }
+
     proptest! {
+        /// Every float-backed kdb+ type (real, float, datetime) keeps every
+        /// NaN payload bit for bit, among other values.
+        #[test]
+        fn every_nan_payload_survives_the_mapping(
+            floats in proptest::collection::vec(prop_oneof![any_nan64(), any::<f64>()], 0..16),
+            reals in proptest::collection::vec(prop_oneof![any_nan32(), any::<f32>()], 0..16),
+            // (doubles 64 days or more from 2000.01.01 map exactly, see the table)
+            days in proptest::collection::vec(
+                prop_oneof![any_nan64(), 64.0f64..90_000.0, -70_000.0f64..-64.0],
+                0..16
+            ),
+        ) {
+            roundtrip(v(Vector::Float(floats)));
+            roundtrip(v(Vector::Real(reals)));
+            roundtrip(v(Vector::Datetime(days)));
+        }
+
         #[test]
         fn datetime_round_trips_at_millisecond_resolution(ms in -3_000_000_000_000i64..3_000_000_000_000i64) {
             let d = ms as f64 / 86_400_000.0;

@@ -12,13 +12,14 @@
 //! of the RT issue) only has to call it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use qmesh_codec::{Atom, Attr, K, Vector};
+use qmesh_process::{ErrorKind, WireError};
 
 use crate::mapping::{self, KdbType, MapError};
 
@@ -32,34 +33,76 @@ pub const COMPACT_ROWS: usize = 64 * 1024;
 /// pass it is refused. 8 GiB: a third of the machines we run on.
 pub const DEFAULT_MAX_STORE_BYTES: usize = 8 << 30;
 
-/// Longest table name accepted, in bytes.
-pub const MAX_TABLE_NAME: usize = 128;
+/// Longest table name accepted, in bytes: the bound the service's IPC
+/// protocol puts on every name it reads (table and function names), so a
+/// name the protocol accepts is never refused here for its length, and a
+/// query naming a longer table is refused as such (`limit`) rather than as
+/// unknown.
+pub const MAX_TABLE_NAME: usize = crate::protocol::MAX_NAME_BYTES;
 
-/// Errors of the store; their text is what a kdb+ sender sees.
+/// What a panic while a lock of the store was held leaves: possibly a table
+/// half appended. The process does not carry on with such state (the
+/// project's rule: fail fast, a supervisor restarts the process, its data
+/// comes back from its sources), so taking a poisoned lock panics too.
+const POISONED: &str = "a store lock is poisoned: a panic interrupted an update of the tables";
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().expect(POISONED)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().expect(POISONED)
+}
+
+/// Errors of the store; their text is what a kdb+ sender sees, starting
+/// with the word of the catalog entry [`StoreError::kind`] names.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
     Map(#[from] MapError),
     /// The table does not exist and the data cannot create it.
-    #[error(
-        "table: unknown table `{0}`; a list of columns needs the table to exist (send a table to create it)"
-    )]
+    #[error("unknown table: {0}: a list of columns needs the table to exist (send a table to create it)")]
     UnknownTable(String),
     /// The data does not fit the table's schema; nothing was changed.
-    #[error("mismatch: `{table}`: {detail}")]
+    #[error("schema mismatch: `{table}`: {detail}")]
     Mismatch { table: String, detail: String },
     /// The data is not something `upd` takes.
-    #[error("type: upd `{table}` takes a table, a list of columns or a list of atoms (one row); got {what}")]
+    #[error(
+        "bad request: upd `{table}` takes a table, a list of columns or a list of atoms (one row); got {what}"
+    )]
     BadData { table: String, what: String },
-    /// A table name that cannot be one.
-    #[error("name: bad table name {0:?}")]
+    /// A table name that cannot be one (empty, or characters other than
+    /// letters, digits, `_` and `.`).
+    #[error("bad request: bad table name {0:?}")]
     BadName(String),
+    /// A table name longer than [`MAX_TABLE_NAME`] bytes.
+    #[error("limit: table name of {0} bytes is above {MAX_TABLE_NAME}")]
+    NameTooLong(usize),
     /// The store would grow past its bound.
     #[error("limit: store holds {held} bytes; appending {adding} more would pass the bound of {max}")]
     Full { held: usize, adding: usize, max: usize },
     /// Arrow refused an operation (a bug if it happens).
-    #[error("arrow: {0}")]
+    #[error("internal: arrow: {0}")]
     Arrow(String),
+}
+
+impl StoreError {
+    /// The catalog entry, the same over IPC and HTTP.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Map(e) => e.kind(),
+            StoreError::UnknownTable(_) => ErrorKind::UnknownTable,
+            StoreError::Mismatch { .. } => ErrorKind::SchemaMismatch,
+            StoreError::BadData { .. } | StoreError::BadName(_) => ErrorKind::BadRequest,
+            StoreError::NameTooLong(_) | StoreError::Full { .. } => ErrorKind::Limit,
+            StoreError::Arrow(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// As the catalog's error: the kind, and the text after its word.
+    pub fn to_wire(&self) -> WireError {
+        crate::engine::wire(self.kind(), &self.to_string())
+    }
 }
 
 /// Where data comes into the service. The IPC `upd` handler, `--load`,
@@ -111,16 +154,16 @@ impl StoredTable {
 
     /// The batches as they are now (cheap: the batches are shared).
     pub fn snapshot(&self) -> Vec<RecordBatch> {
-        let d = self.data.read().unwrap_or_else(|p| p.into_inner());
+        let d = read(&self.data);
         d.sealed.iter().chain(d.tail.iter()).cloned().collect()
     }
 
     pub fn rows(&self) -> usize {
-        self.data.read().unwrap_or_else(|p| p.into_inner()).rows
+        read(&self.data).rows
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.read().unwrap_or_else(|p| p.into_inner()).bytes
+        read(&self.data).bytes
     }
 
     /// Checks a batch against the schema and rebuilds it on the table's own
@@ -155,7 +198,7 @@ impl StoredTable {
     }
 
     fn push(&self, batch: RecordBatch) -> Result<(), StoreError> {
-        let mut d = self.data.write().unwrap_or_else(|p| p.into_inner());
+        let mut d = write(&self.data);
         let rows = batch.num_rows();
         d.rows += rows;
         d.bytes += batch.get_array_memory_size();
@@ -198,23 +241,24 @@ impl Store {
     }
 
     pub fn table(&self, name: &str) -> Option<Arc<StoredTable>> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        read(&self.tables).get(name).cloned()
     }
 
     /// Table names, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        read(&self.tables).keys().cloned().collect()
     }
 
     /// Bytes held by all tables.
     pub fn bytes(&self) -> usize {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.bytes()).sum()
+        read(&self.tables).values().map(|t| t.bytes()).sum()
     }
 
     fn check_name(name: &str) -> Result<(), StoreError> {
-        let ok = !name.is_empty()
-            && name.len() <= MAX_TABLE_NAME
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if name.len() > MAX_TABLE_NAME {
+            return Err(StoreError::NameTooLong(name.len()));
+        }
+        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
         if ok { Ok(()) } else { Err(StoreError::BadName(name.to_string())) }
     }
 
@@ -238,7 +282,7 @@ impl Store {
 
     /// Removes a table. Returns whether it existed.
     pub fn drop_table(&self, name: &str) -> bool {
-        self.tables.write().unwrap_or_else(|p| p.into_inner()).remove(name).is_some()
+        write(&self.tables).remove(name).is_some()
     }
 
     fn check_room(&self, adding: usize) -> Result<(), StoreError> {
@@ -360,7 +404,7 @@ impl Ingest for Store {
         self.check_room(batch.get_array_memory_size())?;
         if new {
             // Only now, with the data checked, does the table appear.
-            let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+            let mut tables = write(&self.tables);
             match tables.entry(table.to_string()) {
                 std::collections::btree_map::Entry::Occupied(e) => {
                     // Created meanwhile by another sender: check against theirs.
@@ -431,24 +475,24 @@ mod tests {
         let wrong =
             K::list(vec![K::syms(["x"]), K::from(Vector::Long(vec![5])), K::from(Vector::Long(vec![1]))]);
         let err = s.upd("trade", wrong).unwrap_err();
-        assert_eq!(err.to_string(), "mismatch: `trade`: column `price` is float, got long");
+        assert_eq!(err.to_string(), "schema mismatch: `trade`: column `price` is float, got long");
         // wrong number of columns
         let err = s.upd("trade", K::list(vec![K::syms(["x"])])).unwrap_err();
-        assert!(err.to_string().starts_with("mismatch: `trade`: table has 3 columns"), "{err}");
+        assert!(err.to_string().starts_with("schema mismatch: `trade`: table has 3 columns"), "{err}");
         // columns of unequal length
         let ragged = K::list(vec![
             K::syms(["x", "y"]),
             K::from(Vector::Float(vec![5.0])),
             K::from(Vector::Long(vec![1])),
         ]);
-        assert!(s.upd("trade", ragged).unwrap_err().to_string().starts_with("length:"));
+        assert!(s.upd("trade", ragged).unwrap_err().to_string().starts_with("bad request: column"));
         // other column names
         let other = K::Table(Table {
             attr: Attr::None,
             names: ["sym", "px", "size"].into_iter().collect(),
             columns: vec![K::syms(["a"]), K::from(Vector::Float(vec![1.0])), K::from(Vector::Long(vec![1]))],
         });
-        assert!(s.upd("trade", other).unwrap_err().to_string().starts_with("mismatch:"));
+        assert!(s.upd("trade", other).unwrap_err().to_string().starts_with("schema mismatch:"));
         let after = s.table("trade").expect("t").snapshot();
         assert_eq!(before, after);
         assert_eq!(s.table("trade").expect("t").rows(), 1);
@@ -513,5 +557,28 @@ mod tests {
         let tb = s.table("t").expect("t");
         let back = mapping::batches_to_table(&tb.schema(), &tb.snapshot()).expect("back");
         assert_eq!(back.columns[0], K::from(Vector::Long(vec![1, nulls::LONG_NULL])));
+    }
+
+    /// Every error's text starts with the word of its catalog entry.
+    #[test]
+    fn error_texts_start_with_their_catalog_word() {
+        let errors = [
+            StoreError::Map(MapError::Length { column: "c".into(), got: 1, expected: 2 }),
+            StoreError::UnknownTable("t".into()),
+            StoreError::Mismatch { table: "t".into(), detail: "x".into() },
+            StoreError::BadData { table: "t".into(), what: "x".into() },
+            StoreError::BadName("a b".into()),
+            StoreError::NameTooLong(MAX_TABLE_NAME + 1),
+            StoreError::Full { held: 1, adding: 2, max: 2 },
+            StoreError::Arrow("x".into()),
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert_eq!(ErrorKind::from_word(&text), Some(e.kind()), "{text}");
+            assert_eq!(WireError::from_q_text(&text), e.to_wire(), "{text}");
+        }
+        let s = Store::default();
+        let err = s.upd(&"t".repeat(MAX_TABLE_NAME + 1), trade(&["a"], &[1.0])).unwrap_err();
+        assert!(matches!(err, StoreError::NameTooLong(_)), "{err}");
     }
 }

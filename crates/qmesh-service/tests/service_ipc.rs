@@ -244,7 +244,7 @@ async fn sql_answers_match_values_computed_from_the_rows() {
     // Errors are q errors with DataFusion's message.
     let err = sync(&conn, &K::string("select nope from trade")).await.unwrap_err();
     let IpcError::Remote(text) = err else { panic!("q error expected") };
-    assert!(text.starts_with("sql: ") && text.contains("nope"), "{text}");
+    assert!(text.starts_with("bad request: ") && text.contains("nope"), "{text}");
     let err = sync(&conn, &K::long(1)).await.unwrap_err();
     assert!(matches!(err, IpcError::Remote(t) if t.starts_with("bad request:")));
     svc.stop().await;
@@ -300,7 +300,7 @@ async fn upd_appends_and_a_bad_schema_changes_nothing() {
     );
     let err = sync(&conn, &bad).await.unwrap_err();
     assert!(
-        matches!(&err, IpcError::Remote(t) if t == "mismatch: `t`: column `price` is float, got long"),
+        matches!(&err, IpcError::Remote(t) if t == "schema mismatch: `t`: column `price` is float, got long"),
         "{err}"
     );
     // the same, async: refused, logged, nothing changes
@@ -308,14 +308,17 @@ async fn upd_appends_and_a_bad_schema_changes_nothing() {
     // a column missing
     let err = sync(&conn, &upd("t", K::list(vec![K::syms(["x"])]))).await.unwrap_err();
     assert!(
-        matches!(&err, IpcError::Remote(t) if t.starts_with("mismatch: `t`: table has 3 columns")),
+        matches!(&err, IpcError::Remote(t) if t.starts_with("schema mismatch: `t`: table has 3 columns")),
         "{err}"
     );
     // columns of different lengths
     let ragged =
         K::list(vec![K::syms(["x", "y"]), K::from(Vector::Float(vec![1.0])), K::from(Vector::Long(vec![1]))]);
     let err = sync(&conn, &upd("t", ragged)).await.unwrap_err();
-    assert!(matches!(&err, IpcError::Remote(t) if t.starts_with("length:")), "{err}");
+    assert!(
+        matches!(&err, IpcError::Remote(t) if t.starts_with("bad request: column `price` has 1 rows")),
+        "{err}"
+    );
     assert_eq!(sql(&conn, "select * from t").await, before);
     assert_eq!(count(&conn, "t").await, 5);
     svc.stop().await;
@@ -394,7 +397,7 @@ async fn query_service_answers_return_res_then_return_service_and_reregisters() 
     let K::List(_, items) = m.decode().expect("decode") else { panic!("list") };
     let K::List(_, res) = &items[1] else { panic!("(seq;text;1b)") };
     assert_eq!(res[0], K::long(8));
-    assert!(res[1].as_text().is_some_and(|t| t.starts_with(b"sql: ")), "{:?}", res[1]);
+    assert!(res[1].as_text().is_some_and(|t| t.starts_with(b"bad request: ")), "{:?}", res[1]);
     assert_eq!(res[2], K::Atom(Atom::Boolean(true)));
     assert_eq!(lb.rx.recv().await.expect("returnService"), (lb_conn, return_service.clone()));
 
@@ -506,6 +509,24 @@ async fn post_query_over_http() {
     let v: serde_json::Value = serde_json::from_str(&dechunk(&body)).expect("JSON");
     assert_eq!(v["error"], "bad request");
     assert!(v["detail"].as_str().expect("detail").contains("nope"));
+    // the shared body and answer
+    let (status, body) = http_post(
+        http,
+        "/query",
+        "application/json",
+        r#"{"query":"select sym, count(*) as n from trade group by sym order by sym","format":"columns"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&dechunk(&body)).expect("JSON");
+    assert_eq!(v["type"], 99);
+    let total: i64 =
+        v["result"]["n"].as_array().expect("column").iter().map(|n| n.as_i64().expect("n")).sum();
+    assert_eq!(total, 1000);
+    let (status, body) = http_post(http, "/query", "text/plain", r#"{"query":"select * from nope"}"#).await;
+    assert_eq!(status, 404, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&dechunk(&body)).expect("JSON");
+    assert_eq!(v, serde_json::json!({"error": "unknown table", "detail": "nope"}));
     svc.stop().await;
 }
 

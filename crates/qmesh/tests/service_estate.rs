@@ -45,7 +45,7 @@ try:
     ask('select nope from trade')
     check('SQL error reaches the client', False, 'no error')
 except kx.QError as e:
-    check('SQL error reaches the client', 'sql: ' in str(e) and 'nope' in str(e), str(e))
+    check('SQL error reaches the client', 'bad request: ' in str(e) and 'nope' in str(e), str(e))
 
 for i in range(20):
     r = ask(f'select count(*) as n from trade where size >= {100 * (i % 10)}')

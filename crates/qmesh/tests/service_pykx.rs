@@ -102,7 +102,7 @@ with kx.SyncQConnection(host='127.0.0.1', port=PORT) as q:
         q('select nope from alltypes')
         check('SQL error is a q error', False, 'no error')
     except kx.QError as e:
-        check('SQL error is a q error', str(e).startswith('sql: ') and 'nope' in str(e), str(e))
+        check('SQL error is a q error', str(e).startswith('bad request: ') and 'nope' in str(e), str(e))
 print('done', flush=True)
 "#;
 

@@ -19,12 +19,8 @@ pub fn hex(b: &[u8]) -> String {
     })
 }
 
-/// The package directory, read when the test runs (cargo sets
-/// `CARGO_MANIFEST_DIR`), not baked in at compile time: a test binary
-/// reused from a build of another checkout still finds this one's files.
-pub fn manifest_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
-}
+/// The package directory, read when the test runs (the test kit's).
+pub use qmesh_testkit::manifest_dir;
 
 pub fn fixtures_dir() -> PathBuf {
     manifest_dir().join("tests").join("fixtures")
@@ -88,23 +84,9 @@ pub fn same(a: &K, b: &K) -> bool {
     }
 }
 
-/// The Python with PyKX, from `QMESH_PYTHON` or the default venv; `None`
-/// (after saying so loudly) when neither exists.
-pub fn python() -> Option<PathBuf> {
-    let path = match std::env::var_os("QMESH_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME")?;
-            PathBuf::from(home).join(".cache/qmesh-venv/bin/python")
-        }
-    };
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("!!! SKIPPED: no PyKX python at {} (set QMESH_PYTHON) !!!", path.display());
-        None
-    }
-}
+/// The Python with PyKX: the test kit's finder, so `QMESH_REQUIRE_PYTHON`
+/// (set in CI) makes a missing interpreter a failure instead of a skip.
+pub use qmesh_testkit::python;
 
 pub mod arb {
     //! proptest strategies for arbitrary kdb+ values.

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use qmesh_console::Session;
+use qmesh_console::{ConsoleOptions, DEFAULT_MAX_RESULT_BYTES, Session};
+
+use super::flags::parse_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -12,10 +14,17 @@ pub struct Args {
     /// A q expression to send; without one, a `q)` prompt opens.
     #[arg(value_name = "EXPR")]
     pub expr: Option<String>,
+    /// Largest result accepted, to bound memory (bytes; `512MiB`, `4GiB`: the
+    /// whole message, after decompression); a larger one is not read: the
+    /// connection closes (`message too large` is logged) and `qmesh q`
+    /// exits 1. Default: what capability 6 can carry (1 TB), as a q client.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RESULT_BYTES, value_parser = parse_bytes)]
+    pub max_result_bytes: u64,
 }
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
-    let session = Session::connect(&args.address).await?;
+    let options = ConsoleOptions { max_result_bytes: args.max_result_bytes };
+    let session = Session::connect_with(&args.address, options).await?;
     let mut out = std::io::stdout();
     match args.expr {
         Some(expr) => {
