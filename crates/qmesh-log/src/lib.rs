@@ -1,0 +1,1 @@
+//! The stream segment log (work in progress).

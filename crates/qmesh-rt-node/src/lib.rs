@@ -1,0 +1,1 @@
+//! The reliable-transport stream node (work in progress).

@@ -1,0 +1,1 @@
+//! The reliable-transport wire protocol (work in progress).
