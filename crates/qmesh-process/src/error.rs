@@ -38,11 +38,15 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Anything else; the detail says what.
     Internal,
+    /// No stream of that name is hosted (the reliable-transport node).
+    UnknownStream,
+    /// A deduplicated message at or below its key's watermark was dropped.
+    Duplicate,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics labels and documentation.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Timeout,
         ErrorKind::QueueFull,
         ErrorKind::UnknownService,
@@ -56,6 +60,8 @@ impl ErrorKind {
         ErrorKind::BadRequest,
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
+        ErrorKind::UnknownStream,
+        ErrorKind::Duplicate,
     ];
 
     /// The word that starts the q error text.
@@ -74,6 +80,8 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad request",
             ErrorKind::ShuttingDown => "shutting down",
             ErrorKind::Internal => "internal",
+            ErrorKind::UnknownStream => "unknown stream",
+            ErrorKind::Duplicate => "duplicate",
         }
     }
 
@@ -88,7 +96,8 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => 504,
             ErrorKind::QueueFull => 429,
-            ErrorKind::UnknownService | ErrorKind::NoInstance => 404,
+            ErrorKind::UnknownService | ErrorKind::NoInstance | ErrorKind::UnknownStream => 404,
+            ErrorKind::Duplicate => 409,
             ErrorKind::ServiceError => 422,
             ErrorKind::ServiceDisconnected => 502,
             ErrorKind::LbUnavailable | ErrorKind::ShuttingDown => 503,
