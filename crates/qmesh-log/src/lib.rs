@@ -3,7 +3,7 @@
 //!
 //! - **Records** carry a header (origin `on`, timestamp `ts`, `id`, reserved `to`, optional `dedup` key) and the
 //!   payload — the kdb+ message body exactly as the publisher serialized it, never re-encoded — under a CRC-32C
-//!   checksum. Layout: [`format`] (byte diagrams next to the offsets).
+//!   checksum. Layout: [`format`](mod@format) (byte diagrams next to the offsets).
 //! - **Segments** `log.SSSSSSS.RRRRR` roll at [`LogOptions::segment_size`] (1 GiB by default); each starts with a
 //!   versioned header naming its session and roll.
 //! - **Positions** are RT's `session << 44 | roll << 30 | offset` ([`Position`]); any position handed out is a

@@ -87,11 +87,21 @@ impl fmt::Display for SegmentId {
     }
 }
 
-/// RT's opaque 64-bit position: `session << 44 | roll << 30 | byte offset` (see the [module docs](self)).
+/// RT's opaque 64-bit position: `session << 44 | roll << 30 | byte offset` (kdb Insights "RT log files").
 ///
-/// Every position the log hands out (an entry's position or next position, an event's positions,
+/// ```text
+///  63            44 43        30 29                         0
+/// ┌────────────────┬────────────┬────────────────────────────┐
+/// │ session (20 b) │ roll (14 b)│ byte offset (30 b)         │
+/// └────────────────┴────────────┴────────────────────────────┘
+/// ```
+///
+/// The offset counts from the segment's first record (just after its 32-byte header), so the first message of
+/// session 1 is at 2^44 = 17592186044416, as in RT's `reset` example. Positions order as the log does. Every
+/// position the log hands out (an entry's position or next position, an event's positions,
 /// [`first`](crate::LogHandle::first_position)/[`latest`](crate::LogHandle::latest_position)) is a valid restart
-/// point for a [`Reader`](crate::Reader). `Display` prints the raw number, as q shows the long.
+/// point for a [`Reader`](crate::Reader), and depends only on the records and session changes before it (and the
+/// segment size), never on which node wrote them. `Display` prints the raw number, as q shows the long.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Position(u64);
 

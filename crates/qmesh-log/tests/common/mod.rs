@@ -85,7 +85,7 @@ impl Rec {
             ts: 1_000_000 + i as i64,
             id: i as i64 + 1,
             to: 0,
-            dedup: (i % 4 == 0).then(|| b"trade".to_vec()),
+            dedup: i.is_multiple_of(4).then(|| b"trade".to_vec()),
             payload: (0..payload_len).map(|j| (i * 31 + j) as u8).collect(),
         }
     }
