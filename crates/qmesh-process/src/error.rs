@@ -79,11 +79,15 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Anything else; the detail says what.
     Internal,
+    /// No stream of that name is hosted (the reliable-transport node).
+    UnknownStream,
+    /// A deduplicated message at or below its key's watermark was dropped.
+    Duplicate,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics labels and documentation.
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::Timeout,
         ErrorKind::QueueFull,
         ErrorKind::UnknownService,
@@ -100,6 +104,8 @@ impl ErrorKind {
         ErrorKind::UnsupportedType,
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
+        ErrorKind::UnknownStream,
+        ErrorKind::Duplicate,
     ];
 
     /// The word that starts the q error text.
@@ -121,6 +127,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedType => "unsupported type",
             ErrorKind::ShuttingDown => "shutting down",
             ErrorKind::Internal => "internal",
+            ErrorKind::UnknownStream => "unknown stream",
+            ErrorKind::Duplicate => "duplicate",
         }
     }
 
@@ -135,7 +143,8 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => 504,
             ErrorKind::QueueFull => 429,
-            ErrorKind::UnknownService | ErrorKind::NoInstance | ErrorKind::UnknownTable => 404,
+            ErrorKind::UnknownService | ErrorKind::NoInstance | ErrorKind::UnknownTable | ErrorKind::UnknownStream => 404,
+            ErrorKind::Duplicate => 409,
             ErrorKind::ServiceError => 422,
             ErrorKind::ServiceDisconnected => 502,
             ErrorKind::LbUnavailable | ErrorKind::ShuttingDown => 503,

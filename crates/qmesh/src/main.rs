@@ -58,6 +58,8 @@ enum Command {
     Lb(cmd::lb::Args),
     /// Query-routing gateway: clients send userQuery (sync, deferred or callback) or POST /query.
     Gateway(cmd::gateway::Args),
+    /// Reliable-transport stream node: durable merged logs, q publishers (.rt.pub, .u.upd) and subscribers (.rt.sub); `rt tail`, `rt reset`.
+    Rt(cmd::rt::Args),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
             Command::Service(args) => cmd::service::run(args, &cli.common).await,
             Command::Lb(args) => cmd::lb::run(args, &cli.common).await,
             Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
+            Command::Rt(args) => cmd::rt::run(args, &cli.common).await,
         }
     });
     match result {

@@ -4,6 +4,7 @@ pub mod flags;
 pub mod gateway;
 pub mod lb;
 pub mod q;
+pub mod rt;
 pub mod service;
 
 use std::io::Write;

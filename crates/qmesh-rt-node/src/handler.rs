@@ -1,0 +1,235 @@
+//! The kdb+ IPC face: requests in, appends and subscriptions out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use qmesh_codec::{K, Message};
+use qmesh_ipc::{ConnId, Handler, Peer, Responder};
+use qmesh_log::{Position, Reader, Start};
+use qmesh_process::{ErrorKind, WireError};
+use qmesh_rt::{From, Request, RequestError, SubOptions};
+use tracing::{debug, warn};
+
+use crate::metrics::NodeMetrics;
+use crate::stream::{Append, Reply, Stream};
+use crate::subscription::{self, SubCtl};
+
+/// What every connection shares: the streams, the subscriptions, the metrics.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) streams: BTreeMap<String, Arc<Stream>>,
+    /// Where `.u.upd` appends (the first stream declared).
+    pub(crate) default_stream: String,
+    pub(crate) subs: Mutex<HashMap<ConnId, BTreeMap<String, Arc<SubCtl>>>>,
+    pub(crate) metrics: NodeMetrics,
+    /// The origin of messages whose publisher names none and has no user name.
+    pub(crate) host: String,
+}
+
+impl Node {
+    pub(crate) fn stream(&self, name: &str) -> Result<&Arc<Stream>, WireError> {
+        self.streams.get(name).ok_or_else(|| WireError::with_detail(ErrorKind::UnknownStream, name))
+    }
+
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, BTreeMap<String, Arc<SubCtl>>>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every subscription, for the HTTP API.
+    pub(crate) fn subscriptions(&self) -> Vec<Arc<SubCtl>> {
+        self.subs().values().flat_map(|m| m.values().cloned()).collect()
+    }
+
+    fn refuse(&self, e: &WireError) {
+        self.metrics.error(e.kind.word());
+    }
+
+    fn request_error(e: RequestError) -> WireError {
+        match e {
+            RequestError::TooLarge(n) => WireError::with_detail(
+                ErrorKind::MessageTooLarge,
+                format!("{n} bytes; the limit is {}", qmesh_rt::limits::MAX_PAYLOAD_BYTES),
+            ),
+            other => WireError::with_detail(ErrorKind::BadRequest, other.to_string()),
+        }
+    }
+
+    /// Handles one request; `responder` is `None` for an async message.
+    async fn handle(&self, peer: &Peer, msg: &Message, mut responder: Option<Responder>) {
+        let result = match Request::parse(msg) {
+            Err(e) => Err(Self::request_error(e)),
+            Ok(req) => self.dispatch(peer, req, &mut responder).await,
+        };
+        match (result, responder) {
+            (Ok(Some(k)), Some(r)) => {
+                let _ = r.reply(k);
+            }
+            (Ok(_), _) => {}
+            (Err(e), r) => {
+                self.refuse(&e);
+                match r {
+                    Some(r) => {
+                        let _ = r.error(e.to_q_text());
+                    }
+                    None => warn!(conn = %peer.id(), error = %e, "async request refused"),
+                }
+            }
+        }
+    }
+
+    /// Runs a request: `Ok(Some(k))` is the answer, `Ok(None)` means the
+    /// responder was taken to answer later (an append).
+    async fn dispatch(
+        &self,
+        peer: &Peer,
+        req: Request,
+        responder: &mut Option<Responder>,
+    ) -> Result<Option<K>, WireError> {
+        let reply = |responder: &mut Option<Responder>| match responder.take() {
+            Some(r) => Reply::Sync(r),
+            None => Reply::Async(peer.id()),
+        };
+        match req {
+            Request::Pub { stream, payload, header } => {
+                let s = self.stream(&stream)?.clone();
+                let on = header.on.unwrap_or_else(|| self.origin(peer));
+                let a = Append {
+                    payload,
+                    on,
+                    ts: header.ts,
+                    id: header.id,
+                    dedup: header.dedup,
+                    reply: reply(responder),
+                };
+                s.append(a).await;
+                Ok(None)
+            }
+            Request::Upd { payload, .. } => {
+                let s = self.stream(&self.default_stream)?.clone();
+                let a = Append {
+                    payload,
+                    on: self.origin(peer),
+                    ts: None,
+                    id: None,
+                    dedup: None,
+                    reply: reply(responder),
+                };
+                s.append(a).await;
+                Ok(None)
+            }
+            Request::Sub { stream, from, opts } => {
+                let s = self.stream(&stream)?.clone();
+                let start = match from {
+                    From::Start => Start::Oldest,
+                    From::Latest => Start::Latest,
+                    From::Position(p) => Start::At(Position::from_u64(p as u64)),
+                };
+                let reader = s.reader(start)?;
+                let start = reader.position().as_u64();
+                // answer first: the pushes follow the answer on the connection
+                if let Some(r) = responder.take() {
+                    let _ = r.reply(K::long(start as i64));
+                }
+                self.subscribe(peer, s, reader, start, opts);
+                Ok(None)
+            }
+            Request::Pause(s) => {
+                self.control(peer.id(), s.as_deref(), SubCtl::pause, false)?;
+                Ok(Some(K::GenericNull))
+            }
+            Request::Resume(s) => {
+                self.control(peer.id(), s.as_deref(), SubCtl::resume, false)?;
+                Ok(Some(K::GenericNull))
+            }
+            Request::Unsub(s) => {
+                self.control(peer.id(), s.as_deref(), SubCtl::stop, true)?;
+                Ok(Some(K::GenericNull))
+            }
+            Request::LatestPosition(stream) => Ok(Some(K::long(self.stream(&stream)?.latest() as i64))),
+            Request::Prune { stream, pos } => {
+                let s = self.stream(&stream)?.clone();
+                Ok(Some(K::long(s.prune(pos as u64).await? as i64)))
+            }
+        }
+    }
+
+    /// The default origin: the connection's user name, else this host.
+    fn origin(&self, peer: &Peer) -> String {
+        if peer.user().is_empty() { self.host.clone() } else { peer.user().to_string() }
+    }
+
+    fn subscribe(&self, peer: &Peer, stream: Arc<Stream>, reader: Reader, start: u64, opts: SubOptions) {
+        let ctl = SubCtl::new(peer.id(), peer.user(), stream.name(), &opts, start);
+        let old = self.subs().entry(peer.id()).or_default().insert(stream.name().to_string(), ctl.clone());
+        if let Some(old) = old {
+            old.stop();
+        } else {
+            self.metrics.subscribers.get_or_create(&NodeMetrics::stream(stream.name())).inc();
+        }
+        debug!(conn = %peer.id(), stream = stream.name(), start, "subscribed");
+        tokio::spawn(subscription::deliver(stream, peer.clone(), reader, opts, ctl, self.metrics.clone()));
+    }
+
+    /// Applies `f` to the connection's subscription to `stream` (every one
+    /// when `None`); `remove` forgets them.
+    fn control(
+        &self,
+        conn: ConnId,
+        stream: Option<&str>,
+        f: fn(&SubCtl),
+        remove: bool,
+    ) -> Result<(), WireError> {
+        let mut subs = self.subs();
+        let Some(mine) = subs.get_mut(&conn) else {
+            return match stream {
+                None => Ok(()),
+                Some(s) => Err(self.not_subscribed(s)),
+            };
+        };
+        let names: Vec<String> = match stream {
+            Some(s) if mine.contains_key(s) => vec![s.to_string()],
+            Some(s) => return Err(self.not_subscribed(s)),
+            None => mine.keys().cloned().collect(),
+        };
+        for n in names {
+            let ctl = if remove { mine.remove(&n) } else { mine.get(&n).cloned() };
+            if let Some(ctl) = ctl {
+                f(&ctl);
+                if remove {
+                    self.metrics.subscribers.get_or_create(&NodeMetrics::stream(&n)).dec();
+                }
+            }
+        }
+        if mine.is_empty() {
+            subs.remove(&conn);
+        }
+        Ok(())
+    }
+
+    fn not_subscribed(&self, stream: &str) -> WireError {
+        if self.streams.contains_key(stream) {
+            WireError::with_detail(ErrorKind::BadRequest, format!("not subscribed to {stream}"))
+        } else {
+            WireError::with_detail(ErrorKind::UnknownStream, stream)
+        }
+    }
+}
+
+/// The IPC handler: a [`Node`] shared by every connection.
+#[derive(Debug, Clone)]
+pub struct NodeHandler(pub(crate) Arc<Node>);
+
+impl Handler for NodeHandler {
+    async fn on_sync(&self, peer: &Peer, msg: Message, responder: Responder) {
+        let Some(responder) = qmesh_ipc::pykx::try_answer(&msg, responder) else { return };
+        self.0.handle(peer, &msg, Some(responder)).await;
+    }
+
+    async fn on_async(&self, peer: &Peer, msg: Message) {
+        self.0.handle(peer, &msg, None).await;
+    }
+
+    async fn on_close(&self, peer: &Peer) {
+        let _ = self.0.control(peer.id(), None, SubCtl::stop, true);
+    }
+}

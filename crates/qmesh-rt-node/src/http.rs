@@ -1,0 +1,99 @@
+//! The HTTP API under `/api/`:
+//!
+//! * `GET /api/streams`: per stream its first and latest positions, segments
+//!   and bytes on disk, publishers (by origin: messages, duplicates, last id,
+//!   rate in messages/s), subscribers (connection, user, position, lag in
+//!   bytes within the session, paused, filter) and dedup watermarks.
+//! * `POST /api/streams/{stream}/reset`: a hard reset — the stream starts a
+//!   new session, its dedup watermarks are forgotten, and subscribers get a
+//!   `reset` event. Answers `{"stream":…,"from":p1,"to":p2}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use qmesh_process::WireError;
+use serde_json::{Value, json};
+
+use crate::handler::Node;
+
+/// The routes, to merge with `/healthz` and `/metrics`.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/streams", get(streams))
+        .route("/api/streams/{stream}/reset", post(reset))
+        .with_state(node)
+}
+
+async fn streams(State(node): State<Arc<Node>>) -> Json<Value> {
+    let subs = node.subscriptions();
+    let mut out = serde_json::Map::new();
+    for (name, s) in &node.streams {
+        let mut v = s.view();
+        let latest = s.latest();
+        let subscribers: Vec<Value> = subs
+            .iter()
+            .filter(|c| &c.stream == name)
+            .map(|c| {
+                let pos = c.position();
+                let same_session = pos >> 44 == latest >> 44;
+                json!({
+                    "conn": c.conn.0,
+                    "user": c.user,
+                    "position": pos,
+                    "lag_bytes": if same_session { Some(latest.saturating_sub(pos)) } else { None },
+                    "delivered": c.delivered(),
+                    "paused": c.is_paused(),
+                    "filter": c.filter,
+                })
+            })
+            .collect();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("subscribers".into(), Value::Array(subscribers));
+        }
+        out.insert(name.clone(), v);
+    }
+    Json(json!({ "default": node.default_stream, "streams": out }))
+}
+
+async fn reset(State(node): State<Arc<Node>>, Path(stream): Path<String>) -> Result<Json<Value>, WireError> {
+    let s = node.stream(&stream)?.clone();
+    let (from, to) = s.reset().await?;
+    Ok(Json(json!({ "stream": stream, "from": from, "to": to })))
+}
+
+/// Largest HTTP answer [`request_reset`] reads, in bytes.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+/// Errors of [`request_reset`].
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error("cannot reach {addr}: {source}")]
+    Io { addr: String, source: std::io::Error },
+    #[error("the node answered {status}: {body}")]
+    Refused { status: String, body: String },
+    #[error("not an HTTP answer: {0}")]
+    BadAnswer(String),
+}
+
+/// `POST /api/streams/{stream}/reset` to the node whose HTTP API is at
+/// `addr` (`host:port`): what `qmesh rt reset` does. Returns the JSON answer.
+pub async fn request_reset(addr: &str, stream: &str) -> Result<Value, ResetError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |source| ResetError::Io { addr: addr.to_string(), source };
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    let req = format!(
+        "POST /api/streams/{stream}/reset HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.map_err(io)?;
+    let mut buf = Vec::new();
+    s.take(MAX_ANSWER_BYTES).read_to_end(&mut buf).await.map_err(io)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| ResetError::BadAnswer(text.to_string()))?;
+    let status = head.lines().next().unwrap_or("").to_string();
+    if !status.contains(" 200 ") {
+        return Err(ResetError::Refused { status, body: body.to_string() });
+    }
+    serde_json::from_str(body).map_err(|e| ResetError::BadAnswer(format!("{e}: {body}")))
+}

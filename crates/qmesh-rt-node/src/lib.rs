@@ -1,0 +1,300 @@
+//! The reliable-transport stream node (`qmesh rt`): named streams kept as
+//! durable merged logs ([`qmesh_log`]), q publishers and subscribers over
+//! plain kdb+ IPC ([`qmesh_rt`]'s protocol), dedup watermarks, filters,
+//! events, an archiver per stream and an HTTP API.
+//!
+//! # From q
+//!
+//! ```q
+//! q)h:hopen`::5010                                   / qmesh rt -p 5010 --http 8010 --data /rt --stream trades
+//! q)h(`.rt.pub;`trades;(`upd;`trade;([]sym:`a`b;px:1 2f)))
+//! 17592186044416                                     / its position, answered once it is on disk
+//! q)neg[h](`.u.upd;`trade;([]sym:`a`b;px:1 2f))     / kdb+tick: (`upd;`trade;data) onto the first stream
+//! q)h(`.rt.pub;`trades;msg;`id`dedup!(7;`feed))      / deduplicated by key `feed`
+//! q).rt.msg:{[s;m;p] show (s;m;p)}
+//! q).rt.event:{[s;e;p] -1 "event ",string[e]," ",-3!p}
+//! q)h(`.rt.sub;`trades;::;()!())                     / from the oldest message; answers the start position
+//! q)h(`.rt.sub;`trades;`latest;(enlist`filter)!enlist`trade`quote)
+//! q)h(`.rt.pause;`trades); h(`.rt.resume;`trades); h(`.rt.unsub;`trades)
+//! q)h(`.rt.get_latest_position;`trades)
+//! q)h(`.rt.prune;`trades;p)                          / lead subscriber: drop rolled segments before p
+//! ```
+//!
+//! Positions: a sync `.rt.pub` answers the message's own position; each
+//! pushed `` (`.rt.msg;`s;msg;pos) `` carries the position *after* the
+//! message. Both are restart points: `.rt.sub` from the first gets that
+//! message again, from the second the one after it.
+//!
+//! # Guarantees
+//!
+//! * **Durable acks.** With [`Durability::Always`] (the default) a sync
+//!   `.rt.pub` is answered only after the record is fsynced. One writer
+//!   thread per stream drains every queued append, writes them, fsyncs
+//!   once, then answers them all (group commit), so throughput grows with
+//!   the number of publishers rather than falling with fsync latency.
+//! * **Subscribers see only durable records**, in log order, each once per
+//!   subscription; a subscriber resubscribing from its last position gets
+//!   the same sequence of messages and events again.
+//! * **Slow subscribers** are fed from disk with at most
+//!   [`subscription::SUB_QUEUE_BYTES`] queued per connection; they never
+//!   hold publishers back.
+//! * **Dedup watermarks survive restarts**: they are rebuilt from the log's
+//!   record headers on open, and kept in a checksummed file
+//!   (`dedup.watermarks`) written before any segment is removed, so that
+//!   archiving does not forget them.
+//! * **Bounded**: the IPC message limit is the payload limit plus
+//!   [`qmesh_rt::limits::MAX_ENVELOPE_BYTES`], checked from the header
+//!   before the body is read; appends queue in a bounded channel per
+//!   stream ([`stream::APPEND_QUEUE`]), which holds a publisher's
+//!   connection back when full.
+
+pub mod handler;
+pub mod http;
+pub mod metrics;
+pub mod stats;
+pub mod stream;
+pub mod subscription;
+pub mod watermarks;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qmesh_ipc::{PasswordFile, Server, ServerConfig};
+use qmesh_process::{Health, Metrics, Shutdown};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+pub use handler::{Node, NodeHandler};
+pub use qmesh_log::ArchivePolicy as Policy;
+pub use stream::Durability;
+
+/// Default segment size: RT's 1 GiB (a position's offset has 30 bits).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+
+/// Parses `--durability`: `always` (fsync before every answer, group
+/// commit), `interval` (fsync at most once a second; answers once written to
+/// the OS), `never` (leave write-back to the OS, as kdb+tick's log).
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "always" => Ok(Durability::Always),
+        "interval" => Ok(Durability::Interval(Duration::from_secs(1))),
+        "never" => Ok(Durability::Never),
+        other => Err(format!("--durability {other}: always, interval or never")),
+    }
+}
+
+/// How often the archiver looks at each stream.
+pub const DEFAULT_ARCHIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// kdb+ IPC listening address (port 0: a free one).
+    pub listen: SocketAddr,
+    /// HTTP listening address, if any.
+    pub http: Option<SocketAddr>,
+    /// The directory holding one sub-directory per stream.
+    pub data: PathBuf,
+    /// The streams hosted; the first is the default (`.u.upd` appends there).
+    pub streams: Vec<String>,
+    /// A `-u` password file.
+    pub users: Option<PathBuf>,
+    /// Segment size at which the log rolls, in bytes (≤ 1 GiB).
+    pub segment_bytes: u64,
+    /// When a sync `.rt.pub` is answered.
+    pub durability: Durability,
+    /// The archiver's limits.
+    pub archive: Policy,
+    /// How often the archiver runs.
+    pub archive_interval: Duration,
+}
+
+impl Config {
+    /// A node on a free loopback port holding `streams` under `data`.
+    pub fn new(data: impl Into<PathBuf>, streams: Vec<String>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: None,
+            data: data.into(),
+            streams,
+            users: None,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            durability: Durability::Always,
+            archive: Policy::default(),
+            archive_interval: DEFAULT_ARCHIVE_INTERVAL,
+        }
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("no stream declared: give at least one --stream NAME")]
+    NoStream,
+    #[error("bad stream name {0:?}: letters, digits, `_`, `-` and `.`, not starting with `.`, at most {max} bytes", max = qmesh_rt::limits::MAX_STREAM_NAME_BYTES)]
+    StreamName(String),
+    #[error("stream {0} declared twice")]
+    DuplicateStream(String),
+    #[error("stream {stream}: {source}")]
+    Log { stream: String, source: stream::StreamError },
+    #[error("ipc: {0}")]
+    Ipc(#[from] qmesh_ipc::IpcError),
+    #[error("password file: {0}")]
+    Users(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn check_stream_name(name: &str) -> Result<(), NodeError> {
+    let ok = !name.is_empty()
+        && name.len() <= qmesh_rt::limits::MAX_STREAM_NAME_BYTES
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok { Ok(()) } else { Err(NodeError::StreamName(name.to_string())) }
+}
+
+/// A node with its logs open and ports bound, ready to [`run`](Bound::run).
+#[derive(Debug)]
+pub struct Bound {
+    config: Config,
+    node: Arc<Node>,
+    server: Server,
+    http: Option<TcpListener>,
+    metrics: Metrics,
+    health: Health,
+    ipc_addr: SocketAddr,
+}
+
+/// Opens (recovering) every stream's log and binds the ports.
+pub async fn bind(config: Config, metrics: Metrics) -> Result<Bound, NodeError> {
+    let first = config.streams.first().ok_or(NodeError::NoStream)?.clone();
+    let node_metrics = metrics::NodeMetrics::new(&metrics);
+    let mut streams = BTreeMap::new();
+    for name in &config.streams {
+        check_stream_name(name)?;
+        if streams.contains_key(name) {
+            return Err(NodeError::DuplicateStream(name.clone()));
+        }
+        let opts = stream::StreamOptions {
+            dir: config.data.join(name),
+            segment_bytes: config.segment_bytes,
+            durability: config.durability,
+        };
+        let (n, m) = (name.clone(), node_metrics.clone());
+        let s = tokio::task::spawn_blocking(move || stream::Stream::open(n, opts, m))
+            .await
+            .map_err(|e| NodeError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(|source| NodeError::Log { stream: name.clone(), source })?;
+        streams.insert(name.clone(), Arc::new(s));
+    }
+    let mut server_config = ServerConfig::tcp(config.listen);
+    server_config.max_message_bytes =
+        qmesh_rt::limits::MAX_PAYLOAD_BYTES + qmesh_rt::limits::MAX_ENVELOPE_BYTES;
+    if let Some(path) = &config.users {
+        let users = PasswordFile::load(path).map_err(|e| NodeError::Users(e.to_string()))?;
+        server_config.authenticator = Some(Arc::new(users));
+    }
+    let server = Server::bind(server_config).await?;
+    let ipc_addr = server
+        .local_addr()
+        .ok_or_else(|| NodeError::Io(std::io::Error::other("the IPC server has no TCP address")))?;
+    let http = match config.http {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let node = Arc::new(Node {
+        streams,
+        default_stream: first,
+        subs: Mutex::new(HashMap::new()),
+        metrics: node_metrics,
+        host: host_name(),
+    });
+    Ok(Bound { config, node, server, http, metrics, health: Health::new(), ipc_addr })
+}
+
+impl Bound {
+    /// The kdb+ IPC address.
+    pub fn ipc_addr(&self) -> SocketAddr {
+        self.ipc_addr
+    }
+
+    /// The HTTP address, if serving HTTP.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` triggers: then stops accepting, lets
+    /// connections finish, syncs and closes every log.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), NodeError> {
+        let handler = NodeHandler(Arc::clone(&self.node));
+        let http_task = self.http.map(|listener| {
+            tokio::spawn(qmesh_process::http::serve(
+                listener,
+                http::router(Arc::clone(&self.node)),
+                self.health.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
+        let archivers: Vec<_> = self
+            .node
+            .streams
+            .values()
+            .map(|s| {
+                tokio::spawn(stream::archive_loop(
+                    Arc::clone(s),
+                    self.config.archive,
+                    self.config.archive_interval,
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        self.health.set_ready(true);
+        info!(ipc = %self.ipc_addr, streams = ?self.node.streams.keys().collect::<Vec<_>>(), data = %self.config.data.display(), "rt node ready");
+        let stop = shutdown.clone();
+        self.server.run(handler, async move { stop.triggered().await }).await?;
+        for a in archivers {
+            let _ = a.await;
+        }
+        if let Some(t) = http_task {
+            match t.await {
+                Ok(Err(e)) => warn!(error = %e, "http server failed"),
+                Err(e) => warn!(error = %e, "http task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        for s in self.node.streams.values() {
+            s.close().await;
+        }
+        info!("rt node stopped");
+        Ok(())
+    }
+}
+
+/// The machine's host name (the default origin, as rt.qpk's).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_directory_safe() {
+        for ok in ["trades", "a.b-c_1"] {
+            assert!(check_stream_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".x", "a/b", "..", "a b"] {
+            assert!(check_stream_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! One hosted stream: its log, its writer thread (group commit), its dedup
+//! watermarks and publisher book, and the archiver's loop.
+//!
+//! Every append goes through one bounded queue to the stream's writer
+//! thread, which owns the [`qmesh_log::Log`]. The thread takes everything
+//! queued (up to [`MAX_GROUP`] appends), decides each against the dedup
+//! watermarks in arrival order, appends the accepted ones, calls
+//! [`Log::sync`] once (one `fdatasync` under [`Durability::Always`]) and
+//! only then answers the sync publishers with their positions and wakes the
+//! subscribers. Pruning, archiving and resets run on the same thread,
+//! between groups, so they are ordered with the appends.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use qmesh_codec::K;
+use qmesh_ipc::{ConnId, Responder};
+use qmesh_log::{
+    ArchivePolicy, ArchiveReport, Item, Log, LogHandle, LogOptions, Position, Reader, RecordHeader, Start,
+};
+use qmesh_process::{ErrorKind, Shutdown, WireError};
+use qmesh_rt::{Verdict, Watermarks};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+pub use qmesh_log::Durability;
+
+use crate::metrics::NodeMetrics;
+use crate::stats::Publishers;
+use crate::watermarks;
+
+/// Appends (and control commands) queued for a stream's writer thread; a
+/// full queue holds the publishing connection's reads back (TCP back
+/// pressure) rather than growing memory.
+pub const APPEND_QUEUE: usize = 16 * 1024;
+
+/// Most appends made durable by one `sync`, so that a steady flood still
+/// gets answers at least this often.
+pub const MAX_GROUP: usize = 8192;
+
+/// How a stream's log is opened.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub durability: Durability,
+}
+
+/// Errors of a stream's log.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{0}")]
+    Log(#[from] qmesh_log::Error),
+    #[error("dedup watermarks: {0}")]
+    Watermarks(#[from] watermarks::WatermarkFileError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Who is owed an answer for an append.
+#[derive(Debug)]
+pub enum Reply {
+    /// A sync `.rt.pub`: answered with the position once durable.
+    Sync(Responder),
+    /// An async one: errors are logged and counted.
+    Async(ConnId),
+}
+
+/// One message to append.
+#[derive(Debug)]
+pub struct Append {
+    /// The payload, one little-endian kdb+ object as the publisher wrote it.
+    pub payload: Bytes,
+    pub on: String,
+    /// ns since 2000.01.01; `None`: now.
+    pub ts: Option<i64>,
+    pub id: Option<i64>,
+    pub dedup: Option<String>,
+    pub reply: Reply,
+}
+
+enum Cmd {
+    Append(Append),
+    Prune(u64, oneshot::Sender<Result<usize, WireError>>),
+    Archive(ArchivePolicy, oneshot::Sender<Result<usize, WireError>>),
+    Reset(oneshot::Sender<Result<(u64, u64), WireError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// What the HTTP API shows, kept by the writer thread.
+#[derive(Debug, Default)]
+struct Book {
+    publishers: Publishers,
+    marks: Watermarks,
+    duplicates: u64,
+}
+
+/// A hosted stream.
+#[derive(Debug)]
+pub struct Stream {
+    name: String,
+    tx: mpsc::Sender<Cmd>,
+    handle: LogHandle,
+    tip: watch::Receiver<u64>,
+    book: Arc<Mutex<Book>>,
+    dir: PathBuf,
+}
+
+/// Now as a kdb+ timestamp (ns since 2000.01.01).
+pub fn now_ts() -> i64 {
+    const KDB_EPOCH_NS: i128 = 946_684_800 * 1_000_000_000;
+    let ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    (ns - KDB_EPOCH_NS) as i64
+}
+
+fn internal(e: impl std::fmt::Display) -> WireError {
+    WireError::with_detail(ErrorKind::Internal, e.to_string())
+}
+
+impl Stream {
+    /// Opens (recovering) the stream's log, rebuilds its dedup watermarks
+    /// and starts its writer thread. Blocking: call from a blocking task.
+    pub fn open(name: String, opts: StreamOptions, metrics: NodeMetrics) -> Result<Stream, StreamError> {
+        std::fs::create_dir_all(&opts.dir)?;
+        let log_opts = LogOptions { segment_size: opts.segment_bytes, durability: opts.durability };
+        let (log, report) = Log::open(&opts.dir, log_opts)?;
+        if report.cut.is_some() || report.sealed.is_some() || report.header_rewritten {
+            warn!(stream = %name, ?report, "log recovered after a crash");
+        } else {
+            debug!(stream = %name, ?report, "log opened");
+        }
+        let handle = log.handle();
+        let marks = recover_watermarks(&opts.dir, &handle)?;
+        info!(stream = %name, first = %handle.first_position(), latest = %handle.latest_position(), dedup_keys = marks.len(), "stream open");
+        let (tx, rx) = mpsc::channel(APPEND_QUEUE);
+        let (tip_tx, tip) = watch::channel(handle.latest_position().as_u64());
+        let book = Arc::new(Mutex::new(Book { marks: marks.clone(), ..Book::default() }));
+        let w = Writer {
+            name: name.clone(),
+            log,
+            marks,
+            book: book.clone(),
+            tip: tip_tx,
+            metrics,
+            dir: opts.dir.clone(),
+            stored: None,
+            pending: Vec::new(),
+        };
+        std::thread::Builder::new().name(format!("rt-{name}")).spawn(move || w.run(rx))?;
+        Ok(Stream { name, tx, handle, tip, book, dir: opts.dir })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues an append; waits while the queue is full.
+    pub async fn append(&self, a: Append) {
+        if let Err(mpsc::error::SendError(Cmd::Append(a))) = self.tx.send(Cmd::Append(a)).await {
+            refuse(a.reply, &WireError::new(ErrorKind::ShuttingDown), &self.name);
+        }
+    }
+
+    /// The oldest unarchived position (`::`).
+    pub fn first(&self) -> u64 {
+        self.handle.first_position().as_u64()
+    }
+
+    /// The position after the last durable message (`` `latest ``).
+    pub fn latest(&self) -> u64 {
+        self.handle.latest_position().as_u64()
+    }
+
+    /// A reader from `start`; a position ahead of the latest is refused.
+    pub fn reader(&self, start: Start) -> Result<Reader, WireError> {
+        self.handle.reader(start).map_err(|e| match e {
+            qmesh_log::Error::PositionAhead { .. } => {
+                WireError::with_detail(ErrorKind::BadRequest, e.to_string())
+            }
+            other => internal(other),
+        })
+    }
+
+    /// Changes whenever more records become readable.
+    pub fn tip(&self) -> watch::Receiver<u64> {
+        self.tip.clone()
+    }
+
+    async fn call<T>(
+        &self,
+        f: impl FnOnce(oneshot::Sender<Result<T, WireError>>) -> Cmd,
+    ) -> Result<T, WireError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(f(tx)).await.map_err(|_| WireError::new(ErrorKind::ShuttingDown))?;
+        rx.await.map_err(|_| WireError::new(ErrorKind::ShuttingDown))?
+    }
+
+    /// `.rt.prune`: removes the rolled segments whose messages are all
+    /// before `pos`; returns how many.
+    pub async fn prune(&self, pos: u64) -> Result<usize, WireError> {
+        self.call(|tx| Cmd::Prune(pos, tx)).await
+    }
+
+    /// Runs the archiver's policy once; returns how many segments it removed.
+    pub async fn archive(&self, policy: ArchivePolicy) -> Result<usize, WireError> {
+        self.call(|tx| Cmd::Archive(policy, tx)).await
+    }
+
+    /// A hard reset: a new session, watermarks forgotten. Returns the
+    /// `reset` event's two positions.
+    pub async fn reset(&self) -> Result<(u64, u64), WireError> {
+        self.call(|tx| Cmd::Reset(tx)).await
+    }
+
+    /// Finishes the queued appends, stores the watermarks, stops the writer.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The stream as `/api/streams` shows it (without subscribers).
+    pub fn view(&self) -> Value {
+        let segs = self.handle.segments();
+        let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let publishers: serde_json::Map<String, Value> = book
+            .publishers
+            .iter()
+            .map(|(on, p)| {
+                (on.to_string(), json!({"messages": p.messages, "duplicates": p.duplicates, "last_id": p.last_id, "rate": p.rate_at(now)}))
+            })
+            .collect();
+        let marks: serde_json::Map<String, Value> =
+            book.marks.iter().map(|(k, w)| (k.to_string(), json!(w))).collect();
+        json!({
+            "first": self.first(),
+            "latest": self.latest(),
+            "segments": segs.len(),
+            "bytes": self.handle.total_bytes(),
+            "dir": self.dir.display().to_string(),
+            "publishers": publishers,
+            "duplicates": book.duplicates,
+            "dedup_watermarks": marks,
+        })
+    }
+}
+
+/// Loads the watermarks file and raises it from the records after its
+/// position (all records when there is no file); a `reset` forgets them.
+fn recover_watermarks(dir: &std::path::Path, handle: &LogHandle) -> Result<Watermarks, StreamError> {
+    let (mut marks, from) = match watermarks::load(dir)? {
+        Some((m, p)) => (m, Some(p)),
+        None => (Watermarks::new(), None),
+    };
+    let first = handle.first_position().as_u64();
+    let latest = handle.latest_position().as_u64();
+    let start = match from {
+        Some(p) if p >= first && p <= latest => Start::At(Position::from_u64(p)),
+        _ => Start::Oldest,
+    };
+    let mut r = handle.reader(start)?;
+    while let Some(item) = r.next()? {
+        match item {
+            Item::Entry(e) => {
+                let h = e.header();
+                if let Some(key) = h.dedup {
+                    marks.observe(&String::from_utf8_lossy(key), h.id);
+                }
+            }
+            Item::Event(ev) if ev.name() == "reset" => marks.clear(),
+            Item::Event(_) => {}
+        }
+    }
+    Ok(marks)
+}
+
+fn refuse(reply: Reply, e: &WireError, stream: &str) {
+    match reply {
+        Reply::Sync(r) => {
+            let _ = r.error(e.to_q_text());
+        }
+        Reply::Async(conn) => warn!(%conn, stream, error = %e, "async publish refused"),
+    }
+}
+
+struct Writer {
+    name: String,
+    log: Log,
+    /// Watermarks including appends not yet synced.
+    marks: Watermarks,
+    book: Arc<Mutex<Book>>,
+    tip: watch::Sender<u64>,
+    metrics: NodeMetrics,
+    dir: PathBuf,
+    /// The watermarks as last written to the file (`None`: not this run).
+    stored: Option<Watermarks>,
+    /// Appended, awaiting the group's sync: who to answer and the position.
+    pending: Vec<(Reply, Position, String, Option<i64>)>,
+}
+
+impl Writer {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let labels = NodeMetrics::stream(&self.name);
+        let mut cmds = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            cmds.push(first);
+            while cmds.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            for cmd in cmds.drain(..) {
+                match cmd {
+                    Cmd::Append(a) => self.append(a, &labels),
+                    Cmd::Prune(pos, tx) => {
+                        self.commit(&labels);
+                        let _ = tx.send(self.prune(pos));
+                    }
+                    Cmd::Archive(policy, tx) => {
+                        self.commit(&labels);
+                        let _ = tx.send(self.archive(policy));
+                    }
+                    Cmd::Reset(tx) => {
+                        self.commit(&labels);
+                        let _ = tx.send(self.reset());
+                    }
+                    Cmd::Close(tx) => {
+                        self.commit(&labels);
+                        let latest = self.log.latest_position().as_u64();
+                        if let Err(e) = watermarks::store(&self.dir, &self.marks, latest) {
+                            warn!(stream = %self.name, error = %e, "cannot store the dedup watermarks");
+                        }
+                        if let Err(e) = self.log.sync() {
+                            warn!(stream = %self.name, error = %e, "final sync failed");
+                        }
+                        let _ = tx.send(());
+                        return;
+                    }
+                }
+            }
+            self.commit(&labels);
+        }
+    }
+
+    fn append(&mut self, a: Append, labels: &Vec<(String, String)>) {
+        let now = Instant::now();
+        if let (Some(key), Some(id)) = (&a.dedup, a.id) {
+            match self.marks.admit(key, id) {
+                Verdict::Duplicate { watermark } => {
+                    self.metrics.duplicates.get_or_create(labels).inc();
+                    {
+                        let mut b = self.book();
+                        b.duplicates += 1;
+                        b.publishers.duplicate(&a.on, id, now);
+                    }
+                    let e = WireError::with_detail(
+                        ErrorKind::Duplicate,
+                        format!("{key} id {id} at or below the watermark {watermark}"),
+                    );
+                    match a.reply {
+                        Reply::Sync(r) => {
+                            let _ = r.error(e.to_q_text());
+                        }
+                        Reply::Async(conn) => {
+                            debug!(%conn, stream = %self.name, error = %e, "duplicate dropped")
+                        }
+                    }
+                    return;
+                }
+                Verdict::Accept { gap } if gap > 0 => {
+                    self.metrics.dedup_gaps.get_or_create(labels).inc_by(gap);
+                }
+                Verdict::Accept { .. } => {}
+            }
+        }
+        let header = RecordHeader {
+            on: a.on.as_bytes(),
+            ts: a.ts.unwrap_or_else(now_ts),
+            id: a.id.unwrap_or(i64::MIN),
+            to: i64::MIN,
+            dedup: a.dedup.as_deref().map(str::as_bytes),
+        };
+        match self.log.append(&header, &a.payload) {
+            Ok(pos) => {
+                self.metrics.appended_bytes.get_or_create(labels).inc_by(a.payload.len() as u64);
+                self.pending.push((a.reply, pos, a.on, a.id));
+            }
+            Err(e) => {
+                let err = match &e {
+                    qmesh_log::Error::PayloadTooLarge { .. } => {
+                        WireError::with_detail(ErrorKind::MessageTooLarge, e.to_string())
+                    }
+                    qmesh_log::Error::SymbolTooLong { .. } => {
+                        WireError::with_detail(ErrorKind::BadRequest, e.to_string())
+                    }
+                    _ => internal(format!("log: {e}")),
+                };
+                self.metrics.error(err.kind.word());
+                refuse(a.reply, &err, &self.name);
+            }
+        }
+    }
+
+    /// Syncs the group and answers it.
+    fn commit(&mut self, labels: &Vec<(String, String)>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let synced = self.log.sync();
+        self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.fsyncs.get_or_create(labels).inc();
+        self.metrics.group_commit_messages.observe(self.pending.len() as f64);
+        match synced {
+            Ok(latest) => {
+                let now = Instant::now();
+                {
+                    let mut b = self.book.lock().unwrap_or_else(|p| p.into_inner());
+                    for (_, _, on, id) in &self.pending {
+                        b.publishers.appended(on, *id, now);
+                    }
+                    if b.marks != self.marks {
+                        b.marks = self.marks.clone();
+                    }
+                }
+                self.metrics.appended.get_or_create(labels).inc_by(self.pending.len() as u64);
+                self.metrics.latest_position.get_or_create(labels).set(latest.as_u64() as i64);
+                for (reply, pos, _, _) in self.pending.drain(..) {
+                    if let Reply::Sync(r) = reply {
+                        let _ = r.reply(K::long(pos.as_u64() as i64));
+                    }
+                }
+                self.tip.send_replace(latest.as_u64());
+            }
+            Err(e) => {
+                // every append since the last sync is void: so are their watermarks
+                let committed = self.book().marks.clone();
+                self.marks = committed;
+                let err = internal(format!("log: {e}"));
+                warn!(stream = %self.name, error = %e, lost = self.pending.len(), "sync failed; the group is refused");
+                for (reply, ..) in self.pending.drain(..) {
+                    self.metrics.error(err.kind.word());
+                    refuse(reply, &err, &self.name);
+                }
+            }
+        }
+    }
+
+    /// Stores the watermarks if they changed since the file was written:
+    /// before segments go, so that removing records never lowers a
+    /// watermark recovered on the next open.
+    fn store_marks(&mut self) -> Result<(), WireError> {
+        if self.stored.as_ref() != Some(&self.marks) {
+            let latest = self.log.latest_position().as_u64();
+            watermarks::store(&self.dir, &self.marks, latest).map_err(internal)?;
+            self.stored = Some(self.marks.clone());
+        }
+        Ok(())
+    }
+
+    fn archived(&self, r: &ArchiveReport, reason: &str) -> usize {
+        if !r.removed.is_empty() {
+            self.metrics.archived(&self.name, reason, r.removed.len() as u64);
+            info!(stream = %self.name, removed = r.removed.len(), bytes = r.bytes, reason, first = %r.first, "segments archived");
+        }
+        r.removed.len()
+    }
+
+    fn prune(&mut self, pos: u64) -> Result<usize, WireError> {
+        self.store_marks()?;
+        let r = self.log.prune(Position::from_u64(pos)).map_err(|e| internal(format!("log: {e}")))?;
+        Ok(self.archived(&r, "prune"))
+    }
+
+    fn archive(&mut self, policy: ArchivePolicy) -> Result<usize, WireError> {
+        self.store_marks()?;
+        let r = self.log.archive(&policy, now_ts()).map_err(|e| internal(format!("log: {e}")))?;
+        Ok(self.archived(&r, "policy"))
+    }
+
+    fn reset(&mut self) -> Result<(u64, u64), WireError> {
+        let from = self.log.latest_position().as_u64();
+        let to = self.log.new_session().map_err(|e| internal(format!("log: {e}")))?.as_u64();
+        self.marks.clear();
+        self.book().marks.clear();
+        watermarks::store(&self.dir, &self.marks, to).map_err(internal)?;
+        self.stored = Some(self.marks.clone());
+        self.tip.send_replace(self.log.latest_position().as_u64());
+        info!(stream = %self.name, from, to, "stream reset: new session");
+        Ok((from, to))
+    }
+}
+
+/// Runs the archiver's policy on `stream` every `interval` until shutdown.
+pub async fn archive_loop(
+    stream: Arc<Stream>,
+    policy: ArchivePolicy,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    if policy == ArchivePolicy::default() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.triggered() => return,
+        }
+        match stream.archive(policy).await {
+            Ok(n) if n > 0 => debug!(stream = stream.name(), n, "archiver ran"),
+            Ok(_) => {}
+            Err(e) => warn!(stream = stream.name(), error = %e, "archiver failed"),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `qmesh rt`: the reliable-transport stream node, and its two client
+//! commands.
+//!
+//! * `qmesh rt -p PORT --http PORT --data DIR --stream NAME… [-u FILE]
+//!   [--segment-bytes N] [--durability always|interval] [--archive-* …]`
+//! * `qmesh rt tail HOST:PORT STREAM [--from start|latest|POS] [--count N]`:
+//!   subscribe and print each message with its position, as q prints values.
+//! * `qmesh rt reset HOST:HTTPPORT STREAM`: a hard reset through the HTTP API.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use qmesh_codec::display::Console;
+use qmesh_process::{Metrics, Shutdown};
+use qmesh_rt::From;
+use qmesh_rt::client::{Delivery, Subscriber};
+use qmesh_rt_node::{Config, Durability, Policy, parse_durability};
+
+use super::flags::{parse_bytes, parse_duration};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Subscribe to a stream and print each message with its position.
+    Tail(TailArgs),
+    /// Hard-reset a stream through the node's HTTP API (new session; subscribers get a `reset` event).
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// kdb+ IPC port (0: pick a free one and print it).
+    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// HTTP port for /api/streams, /healthz and /metrics (0: pick a free one).
+    #[arg(long, env = "QMESH_HTTP")]
+    pub http: Option<u16>,
+    /// Directory holding one sub-directory of segments per stream.
+    #[arg(long, env = "QMESH_DATA")]
+    pub data: Option<PathBuf>,
+    /// A stream to host (repeatable); the first is the default, where `.u.upd` appends.
+    #[arg(long = "stream", env = "QMESH_STREAM", value_delimiter = ',')]
+    pub streams: Vec<String>,
+    /// Password file (`user:password` lines, as q's -u).
+    #[arg(short = 'u', long, env = "QMESH_USERS")]
+    pub users: Option<PathBuf>,
+    /// Segment size at which a stream's log rolls (`1GiB`, `64MiB`, bytes; at most 1GiB).
+    #[arg(long, env = "QMESH_SEGMENT_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub segment_bytes: u64,
+    /// When a sync .rt.pub is answered: `always` (after fsync; group commit), `interval` (once written; fsync each second) or `never`.
+    #[arg(long, env = "QMESH_DURABILITY", default_value = "always", value_parser = parse_durability)]
+    pub durability: Durability,
+    /// Archiver: remove rolled segments whose newest message is older than this (`7d` as `168h`; off by default).
+    #[arg(long, env = "QMESH_ARCHIVE_MAX_AGE", value_parser = parse_duration)]
+    pub archive_max_age: Option<Duration>,
+    /// Archiver: keep a stream's segments under this many bytes, removing rolled ones oldest first.
+    #[arg(long, env = "QMESH_ARCHIVE_MAX_BYTES", value_parser = parse_bytes)]
+    pub archive_max_bytes: Option<u64>,
+    /// Archiver: remove rolled segments, oldest first, while the data disk is fuller than this percentage.
+    #[arg(long, env = "QMESH_ARCHIVE_MAX_DISK_PERCENT")]
+    pub archive_max_disk_percent: Option<f64>,
+    /// How often the archiver looks at each stream.
+    #[arg(long, env = "QMESH_ARCHIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub archive_interval: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// The node (`host:port`, `:host:port:user:password`).
+    pub addr: String,
+    /// The stream.
+    pub stream: String,
+    /// Where to start: `start` (oldest unarchived), `latest`, or a position.
+    #[arg(long, default_value = "latest")]
+    pub from: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    /// The node's HTTP address (`host:port`).
+    pub http: String,
+    /// The stream.
+    pub stream: String,
+}
+
+pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(Command::Tail(t)) => tail(t).await,
+        Some(Command::Reset(r)) => reset(r).await,
+        None => serve(args.serve).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let Some(data) = args.data else { bail!("--data DIR is required") };
+    let config = Config {
+        listen: SocketAddr::new(args.bind, args.port),
+        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        data,
+        streams: args.streams,
+        users: args.users,
+        segment_bytes: args.segment_bytes,
+        durability: args.durability,
+        archive: Policy {
+            max_age: args.archive_max_age,
+            max_bytes: args.archive_max_bytes,
+            max_disk_percent: args.archive_max_disk_percent,
+        },
+        archive_interval: args.archive_interval,
+    };
+    let shutdown = Shutdown::on_signals().context("signal handlers")?;
+    let bound = qmesh_rt_node::bind(config, Metrics::new()).await?;
+    super::announce("rt", Some(bound.ipc_addr()), bound.http_addr())?;
+    bound.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let from = match args.from.as_str() {
+        "start" | "::" => From::Start,
+        "latest" => From::Latest,
+        p => From::Position(p.parse().with_context(|| format!("--from {p}: start, latest or a position"))?),
+    };
+    let mut sub = Subscriber::connect(&args.addr, &args.stream, from).await?;
+    let console = Console::DEFAULT;
+    let mut seen = 0u64;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "subscribed to {} from {}", args.stream, sub.start())?;
+    out.flush()?;
+    while args.count.is_none_or(|n| seen < n) {
+        let Some(d) = sub.next().await? else { break };
+        match d {
+            Delivery::Message { value, pos, .. } => {
+                seen += 1;
+                let text = console.render(&value);
+                writeln!(out, "{pos}")?;
+                out.write_all(text.as_bytes())?;
+                if !text.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
+            Delivery::Event { event, p1, p2, .. } => writeln!(out, "{event} {p1} {p2}")?,
+        }
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
+    let answer = qmesh_rt_node::http::request_reset(&args.http, &args.stream).await?;
+    println!("{answer}");
+    Ok(ExitCode::SUCCESS)
+}
