@@ -58,6 +58,8 @@ enum Command {
     Lb(cmd::lb::Args),
     /// Query-routing gateway: clients send userQuery (sync, deferred or callback) or POST /query.
     Gateway(cmd::gateway::Args),
+    /// Discovery registry: processes heartbeat (kdb+ IPC, the blog's .master.storeHb); lookups, live dashboard, /sd.
+    Discovery(cmd::discovery::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             Command::Service(args) => cmd::service::run(args, &cli.common).await,
             Command::Lb(args) => cmd::lb::run(args, &cli.common).await,
             Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
+            Command::Discovery(args) => cmd::discovery::run(args, &cli.common).await,
         }
     });
     match result {
