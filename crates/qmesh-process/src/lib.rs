@@ -19,6 +19,9 @@
 //! * [`json`]: the one JSON form of kdb+ values and the one `POST /query`
 //!   body, shared by every HTTP API.
 //! * [`fail_fast`]: the panic hook that ends the process on a panic.
+//! * [`feed`]: a sequence-numbered, resumable, bounded change feed (the
+//!   discovery dashboard's live table rides on it).
+//! * [`ws`]: WebSockets with size limits and strict JSON commands.
 //!
 //! # A server kind on the shell
 //!
@@ -67,14 +70,17 @@
 
 pub mod error;
 pub mod fail_fast;
+pub mod feed;
 pub mod http;
 mod identity;
 pub mod json;
 mod metrics;
 mod shell;
 mod shutdown;
+pub mod ws;
 
 pub use error::{ErrorKind, WireError};
+pub use feed::{Delivery, Feed, FeedConfig, FeedError, SnapshotReason, Start, Subscription};
 pub use http::Health;
 pub use identity::{Identity, host_name};
 pub use metrics::Metrics;

@@ -60,6 +60,8 @@ enum Command {
     Gateway(cmd::gateway::Args),
     /// Reliable-transport stream node: durable merged logs, q publishers (.rt.pub, .u.upd) and subscribers (.rt.sub); `rt tail`, `rt reset`.
     Rt(cmd::rt::Args),
+    /// Discovery registry: processes heartbeat (kdb+ IPC, the blog's .master.storeHb); lookups, live dashboard, /sd.
+    Discovery(cmd::discovery::Args),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
             Command::Lb(args) => cmd::lb::run(args, &cli.common).await,
             Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
             Command::Rt(args) => cmd::rt::run(args, &cli.common).await,
+            Command::Discovery(args) => cmd::discovery::run(args, &cli.common).await,
         }
     });
     match result {

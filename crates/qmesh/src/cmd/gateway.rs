@@ -54,6 +54,9 @@ pub struct Args {
     /// Time requests in flight get to finish on SIGINT/SIGTERM.
     #[arg(long, env = "QMESH_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
+    #[arg(long, env = "QMESH_DISCOVERY")]
+    pub discovery: Option<String>,
 }
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
@@ -83,6 +86,14 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_routing::bind_gateway(opts).await?;
     super::announce(&bound.listening_lines())?;
+    let _heartbeat = super::discovery::heartbeat(
+        args.discovery.as_deref(),
+        &args.name,
+        "gateway",
+        bound.ipc_addr(),
+        bound.http_addr(),
+        &shutdown,
+    )?;
     tracing::info!(name = %args.name, "gateway started");
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -35,6 +35,9 @@ pub struct Args {
     /// Largest message accepted (bytes; `1GiB`, `64MiB`).
     #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub max_message_bytes: u64,
+    /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
+    #[arg(long, env = "QMESH_DISCOVERY")]
+    pub discovery: Option<String>,
 }
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
@@ -50,6 +53,14 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_routing::bind_lb(opts).await?;
     super::announce(&bound.listening_lines())?;
+    let _heartbeat = super::discovery::heartbeat(
+        args.discovery.as_deref(),
+        &args.name,
+        "lb",
+        bound.ipc_addr(),
+        bound.http_addr(),
+        &shutdown,
+    )?;
     tracing::info!(name = %args.name, "load balancer started");
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)

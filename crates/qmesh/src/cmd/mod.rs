@@ -1,5 +1,6 @@
 //! One module per subcommand: its flags and the call into its library.
 
+pub mod discovery;
 pub mod flags;
 pub mod gateway;
 pub mod lb;

@@ -56,12 +56,16 @@ pub struct Args {
     /// Threads running queries (0: one per core).
     #[arg(long, env = "QMESH_QUERY_THREADS", default_value_t = 0)]
     pub query_threads: usize,
+    /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
+    #[arg(long, env = "QMESH_DISCOVERY")]
+    pub discovery: Option<String>,
 }
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
     let lb = args.lb.as_deref().map(Address::parse).transpose().context("--lb")?;
     let load = args.load.iter().map(|s| s.parse::<LoadSpec>()).collect::<Result<Vec<_>, _>>()?;
     let demo = args.demo.then(|| DemoSpec { seed: args.demo_seed, ..DemoSpec::yesterday(args.demo_rows) });
+    let name = args.name.clone();
     let config = Config {
         shell: args.server.shell("service", &args.name, args.max_message_bytes),
         lb,
@@ -79,6 +83,16 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_service::bind(config).await?;
     super::announce(&bound.listening_lines())?;
+    // Instances of one pool share the service name: each heartbeats as NAME:PORT.
+    let instance = format!("{name}:{}", bound.ipc_addr().port());
+    let _heartbeat = super::discovery::heartbeat(
+        args.discovery.as_deref(),
+        &instance,
+        "service",
+        Some(bound.ipc_addr()),
+        bound.http_addr(),
+        &shutdown,
+    )?;
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
