@@ -21,7 +21,7 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_qmesh")
 }
 
-fn py(name: &str) -> PathBuf {
+fn script(name: &str) -> PathBuf {
     qmesh_testkit::manifest_dir().join("tests/py").join(name)
 }
 
@@ -520,7 +520,7 @@ async fn pykx_publishers_and_u_upd() {
     let dir = tmpdir("pykx");
     let p = node(&dir, 0, &["--stream", "s", "--stream", "other"]);
     let out = python_command(&py)
-        .arg(py("rt_pykx_publisher.py"))
+        .arg(script("rt_pykx_publisher.py"))
         .arg(p.port("ipc").to_string())
         .arg("s")
         .output()
@@ -568,7 +568,7 @@ async fn crash_two_sync_publishers_node_killed_repeatedly() {
         .iter()
         .map(|key| {
             python_command(&py)
-                .arg(py("rt_crash_publisher.py"))
+                .arg(script("rt_crash_publisher.py"))
                 .args([port.to_string(), "s".into(), format!("pub{key}"), per.to_string(), "2000".into()])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -628,7 +628,7 @@ async fn crash_two_sync_publishers_node_killed_repeatedly() {
         p.kill();
         p = node(&dir, port, &["--segment-bytes", "8MiB"]);
     }
-    for mut child in publishers {
+    for child in publishers {
         let status = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
         assert!(status.status.success(), "a publisher failed: {}", String::from_utf8_lossy(&status.stdout));
         eprintln!("publisher: {}", String::from_utf8_lossy(&status.stdout).trim());
