@@ -23,9 +23,7 @@ RATE="${RATE:-100000}"
 NATS="${NATS:-nats-server}"
 REDIS="${REDIS:-redis-server}"
 
-cargo build --release -q -p qmesh --bin qmesh
 cargo build --release -q -p qmesh-rt-node --example rt_bench
-Q="$CARGO_TARGET_DIR/release/qmesh"
 B="$CARGO_TARGET_DIR/release/examples/rt_bench"
 
 tmp=$(mktemp -d)
@@ -49,7 +47,8 @@ rt() {
     local name=$1; shift
     local port; port=$(free_port)
     mkdir -p "$tmp/$name"
-    "$Q" rt --bind 127.0.0.1 -p "$port" --data "$tmp/$name" --stream bench --durability always >/dev/null 2>"$tmp/$name.err" &
+    # the node of `qmesh rt --stream bench --durability always`, run by the bench binary
+    "$B" serve "$tmp/$name" "$port" >/dev/null 2>"$tmp/$name.err" &
     local pid=$!; pids+=($pid)
     wait_port "$port"
     "$B" rt "127.0.0.1:$port" "$@"

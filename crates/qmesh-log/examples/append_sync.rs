@@ -23,7 +23,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (dir, own_dir) = match args.next() {
-        Some(d) => (std::path::PathBuf::from(d), false),
+        Some(d) if !d.is_empty() => (std::path::PathBuf::from(d), false),
+        Some(_) => return Err("DIR must not be empty".into()),
         None => (std::env::temp_dir().join(format!("qmesh-log-bench-{}", std::process::id())), true),
     };
     let mut batches: Vec<usize> = args.map(|a| a.parse()).collect::<Result<_, _>>()?;

@@ -5,6 +5,10 @@
 //! publish→subscriber latency percentiles (each payload carries its send
 //! time).
 //!
+//! `rt_bench serve DIR PORT` runs a node (`--durability always`, stream
+//! `bench`) in this process, as `qmesh rt` would, so the benchmark needs no
+//! build of the whole binary.
+//!
 //! usage: rt_bench rt|redis|nats ADDR [--messages N] [--size BYTES]
 //!        [--publishers P] [--window W] [--rate MSGS_PER_S] [--async]
 //!
@@ -110,8 +114,20 @@ fn pct(v: &[u64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
+async fn serve(dir: &str, port: u16) {
+    let mut config = qmesh_rt_node::Config::new(dir, vec!["bench".to_string()]);
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let bound = qmesh_rt_node::bind(config, qmesh_process::Metrics::new()).await.unwrap();
+    println!("rt listening ipc {}", bound.ipc_addr());
+    bound.run(qmesh_process::Shutdown::on_signals().unwrap()).await.unwrap();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve") {
+        return serve(&args[2], args[3].parse().unwrap()).await;
+    }
     let o = parse();
     let per_rate = o.rate.map(|r| r / o.publishers as f64);
     let n_per = o.messages / o.publishers;

@@ -127,7 +127,8 @@ pub async fn deliver(
         tip.borrow_and_update();
         let mut bytes = 0usize;
         let mut progressed = false;
-        while bytes < READ_BATCH_BYTES {
+        // a pause or unsub answered before a record is read stops it from going out
+        while bytes < READ_BATCH_BYTES && !ctl.is_paused() && !ctl.is_stopped() {
             let item = match reader.next() {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
@@ -185,9 +186,6 @@ pub async fn deliver(
                 return;
             }
             ctl.pos.store(next, Ordering::Release);
-            if ctl.is_paused() || ctl.is_stopped() {
-                break;
-            }
         }
         if peer.queued_bytes() > SUB_QUEUE_BYTES {
             // the socket drains the queue; the log keeps the rest

@@ -4,6 +4,7 @@ Prints one `ok …` line per check; exits 1 on the first failure.
 
 usage: rt_pykx_publisher.py PORT STREAM
 """
+import struct
 import sys
 
 import pykx as kx
@@ -15,7 +16,11 @@ def check(name, ok, detail=''):
     if not ok:
         sys.exit(1)
 
-trade = kx.toq({'sym': kx.SymbolVector(['a', 'b']), 'px': kx.FloatVector([1.5, 2.5])}).flip
+# ([]sym:`a`b;px:1.5 2.5), from its wire bytes (KX's deserializer makes the table)
+body = (bytes([98, 0, 99, 11, 0]) + struct.pack('<I', 2) + b'sym\x00px\x00' + bytes([0, 0]) + struct.pack('<I', 2)
+        + bytes([11, 0]) + struct.pack('<I', 2) + b'a\x00b\x00' + bytes([9, 0]) + struct.pack('<I', 2)
+        + struct.pack('<dd', 1.5, 2.5))
+trade = kx.deserialize(bytes([1, 0, 0, 0]) + struct.pack('<I', 8 + len(body)) + body)
 with kx.SyncQConnection(host='127.0.0.1', port=PORT) as q:
     s = kx.SymbolAtom(STREAM)
     p1 = q('.rt.pub', s, kx.toq([kx.SymbolAtom('upd'), kx.SymbolAtom('trade'), trade]))
