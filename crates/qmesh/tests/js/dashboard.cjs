@@ -91,7 +91,7 @@ async function expectNames(page, want, what) {
   // Free text.
   await page.fill("#search", "hdb");
   await expectNames(page, all.filter((n) => n.startsWith("hdb")), "free-text filter");
-  await page.fill("#search", "region=nyc");
+  await page.fill("#search", "region=nyc tier=1");
   await expectNames(page, ["rdb_eq_2"], "free text matches attributes");
   await page.fill("#search", "");
   // Kind.
