@@ -156,10 +156,13 @@
 //!
 //! The load balancer ([`lb`]) and the gateway ([`gw`]) are plain state
 //! machines: events in (with the time as a value), actions out; they are
-//! tested without sockets. [`runtime`] wires them to `qmesh-ipc`: one mutex
-//! per process, held for microseconds and never across an `.await`, is taken
-//! by whichever connection task has an event (its reasons are in the
-//! [`runtime`] docs); results are forwarded as raw bytes
+//! tested without sockets. The `router` module holds a process's state and
+//! wires it to `qmesh-ipc` (its submodules: the reconnecting links, the IPC
+//! handler, the metric samplers): one mutex per process, held for
+//! microseconds and never across an `.await`, is taken by whichever
+//! connection task has an event (its reasons are in that module's docs);
+//! [`runtime`] binds and runs a process on the process shell. Results are
+//! forwarded as raw bytes
 //! ([`qmesh_codec::RawObject`]), never decoded on the hot path.
 
 pub mod gw;

@@ -122,7 +122,7 @@ impl ToLb {
     }
 
     /// The message as sent. [`ToLb::ServiceFree`] needs the service's name:
-    /// build it with [`wire::return_service_name`]; here it is sent as
+    /// build it with [`crate::return_service_name`]; here it is sent as
     /// `` (`returnService;`) ``, which a load balancer reads the same way.
     /// A [`ToLb::RequestService`] without a timeout is the whitepaper's
     /// two-argument form.

@@ -1,12 +1,12 @@
-//! The load balancer and gateway processes: the state of [`crate::router`]
-//! stood on the process shell ([`qmesh_process::Shell`]) — bound, served and
+//! The load balancer and gateway processes: the state of the crate's
+//! `router` module ([`Router`]) stood on the process shell ([`qmesh_process::Shell`]) — bound, served and
 //! stopped in order.
 //!
 //! * `options`: [`LbOptions`], [`GatewayOptions`] and their defaults;
 //! * this module: the driver ([`bind_lb`], [`bind_gateway`], [`Routing::run`]).
 //!
-//! How events reach the state and why one mutex serves are in
-//! [`crate::router`].
+//! How events reach the state and why one mutex serves are in the
+//! `router` module's docs (`src/router/mod.rs`).
 
 mod options;
 
