@@ -7,7 +7,7 @@
 #![allow(clippy::print_stdout)]
 
 use qmesh_discovery::Options;
-use qmesh_process::{Metrics, Shutdown};
+use qmesh_process::Shutdown;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -27,7 +27,7 @@ fn main() {
         let options =
             Options { http: Some("127.0.0.1:0".parse().expect("addr")), data, ..Options::default() };
         let shutdown = Shutdown::on_signals().expect("signals");
-        let bound = qmesh_discovery::bind(options, Metrics::new()).await.expect("bind");
+        let bound = qmesh_discovery::bind(options).await.expect("bind");
         println!("discovery listening ipc {}", bound.ipc_addr());
         if let Some(h) = bound.http_addr() {
             println!("discovery listening http {h}");

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use qmesh_codec::{K, Message};
-use qmesh_ipc::{Authenticator, ConnId, Handler, Peer, Responder, Server, ServerConfig, ServerHandle};
-use qmesh_process::{Feed, FeedConfig, Health, Metrics, Shutdown};
-use tokio::net::TcpListener;
+use qmesh_ipc::{Authenticator, ConnId, Handler, Peer, Responder, ServerConfig, ServerHandle};
+use qmesh_process::{Feed, FeedConfig, Shell, ShellOptions, Shutdown};
 use tracing::{debug, info, warn};
 
 use crate::limits::{FEED_HISTORY, MAX_CONNECTIONS, MAX_MESSAGE_BYTES, MAX_WS_SUBSCRIBERS, WS_QUEUE};
@@ -70,7 +69,11 @@ pub struct Options {
     pub data: Option<PathBuf>,
     /// Thresholds per kind.
     pub config: registry::Config,
-    /// The `-u` password check on the IPC port.
+    /// The `-u` password file (`user:password` lines), loaded by the
+    /// process shell.
+    pub users: Option<PathBuf>,
+    /// A password check on the IPC port given in code (tests, embedding);
+    /// `users` wins when both are set.
     pub authenticator: Option<Arc<dyn Authenticator>>,
     /// The clock (the system's, or a manual one in tests).
     pub clock: Clock,
@@ -97,6 +100,7 @@ impl Default for Options {
             http: None,
             data: None,
             config: registry::Config::default(),
+            users: None,
             authenticator: None,
             clock: Clock::System,
         }
@@ -112,6 +116,8 @@ pub enum DiscoveryError {
     Http(#[from] std::io::Error),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Shell(#[from] qmesh_process::ShellError),
 }
 
 struct Core {
@@ -349,23 +355,30 @@ impl Handler for IpcFace {
 /// A registry with its ports bound, ready to [`run`](Bound::run).
 pub struct Bound {
     shared: Arc<Shared>,
-    server: Server,
-    http: Option<TcpListener>,
+    shell: Shell,
     store: Option<Arc<Store>>,
-    metrics: Metrics,
-    health: Health,
-    ipc_addr: SocketAddr,
 }
 
 impl std::fmt::Debug for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bound").field("ipc", &self.ipc_addr).field("http", &self.http_addr()).finish()
+        f.debug_struct("Bound").field("ipc", &self.ipc_addr()).field("http", &self.http_addr()).finish()
     }
 }
 
 /// Opens the store, restores its rows and binds the ports.
-pub async fn bind(options: Options, metrics: Metrics) -> Result<Bound, DiscoveryError> {
-    let rmetrics = RegistryMetrics::new(&metrics);
+pub async fn bind(options: Options) -> Result<Bound, DiscoveryError> {
+    let mut ipc = ServerConfig::tcp(options.ipc);
+    ipc.max_connections = MAX_CONNECTIONS;
+    ipc.max_message_bytes = MAX_MESSAGE_BYTES;
+    ipc.authenticator = options.authenticator.clone();
+    let shell = Shell::bind(ShellOptions {
+        ipc,
+        http: options.http,
+        users: options.users.clone(),
+        ..ShellOptions::new("discovery", "discovery")
+    })
+        .await?;
+    let rmetrics = RegistryMetrics::new(shell.metrics());
     let now = options.clock.now();
     let mut registry = Registry::new(options.config.clone(), 0);
     let mut gauges = StateGauges::default();
@@ -403,38 +416,31 @@ pub async fn bind(options: Options, metrics: Metrics) -> Result<Bound, Discovery
         connections: Mutex::new(None),
         stopping: AtomicBool::new(false),
     });
-    let mut config = ServerConfig::tcp(options.ipc);
-    config.max_connections = MAX_CONNECTIONS;
-    config.max_message_bytes = MAX_MESSAGE_BYTES;
-    config.authenticator = options.authenticator.clone();
-    let server = Server::bind(config).await?;
     if let Ok(mut h) = shared.connections.lock() {
-        *h = Some(server.handle());
+        *h = Some(shell.connections());
     }
-    let ipc_addr = server
-        .local_addr()
-        .ok_or_else(|| DiscoveryError::Http(std::io::Error::other("the IPC server has no TCP address")))?;
-    let http = match options.http {
-        Some(a) => Some(TcpListener::bind(a).await?),
-        None => None,
-    };
-    Ok(Bound { shared, server, http, store, metrics, health: Health::new(), ipc_addr })
+    Ok(Bound { shared, shell, store })
 }
 
 /// [`bind`] then [`Bound::run`].
-pub async fn run(options: Options, shutdown: Shutdown, metrics: Metrics) -> Result<(), DiscoveryError> {
-    bind(options, metrics).await?.run(shutdown).await
+pub async fn run(options: Options, shutdown: Shutdown) -> Result<(), DiscoveryError> {
+    bind(options).await?.run(shutdown).await
 }
 
 impl Bound {
     /// The kdb+ IPC address.
     pub fn ipc_addr(&self) -> SocketAddr {
-        self.ipc_addr
+        self.shell.ipc_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The HTTP address, if serving HTTP.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.shell.http_addr()
+    }
+
+    /// The `discovery listening …` lines the binary prints.
+    pub fn listening_lines(&self) -> Vec<String> {
+        self.shell.listening_lines()
     }
 
     /// A handle for tests and embedding.
@@ -492,35 +498,17 @@ impl Bound {
                 }
             })
         });
-        let http_task = self.http.map(|listener| {
-            let api = crate::http::router(Arc::clone(&shared));
-            tokio::spawn(qmesh_process::http::serve(
-                listener,
-                api,
-                self.health.clone(),
-                self.metrics.clone(),
-                shutdown.clone(),
-            ))
-        });
-        self.health.set_ready(true);
-        info!(ipc = %self.ipc_addr, processes = shared.read(Registry::len), "discovery ready");
-        let stop = shutdown.clone();
+        self.shell.health().set_ready(true);
+        info!(ipc = %self.ipc_addr(), processes = shared.read(Registry::len), "discovery ready");
         let face = IpcFace { shared: Arc::clone(&shared) };
+        let api = crate::http::router(Arc::clone(&shared));
         let flag = Arc::clone(&shared);
-        self.server
-            .run(face, async move {
-                stop.triggered().await;
+        self.shell
+            .run(face, api, shutdown.clone(), async move {
                 flag.stopping.store(true, Ordering::Release);
             })
             .await?;
         let _ = tick.await;
-        if let Some(t) = http_task {
-            match t.await {
-                Ok(Err(e)) => warn!(error = %e, "http server failed"),
-                Err(e) => warn!(error = %e, "http task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
         if let Some(p) = persist {
             let _ = p.await;
         }

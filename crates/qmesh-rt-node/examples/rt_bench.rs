@@ -116,8 +116,8 @@ fn pct(v: &[u64], p: f64) -> f64 {
 
 async fn serve(dir: &str, port: u16) {
     let mut config = qmesh_rt_node::Config::new(dir, vec!["bench".to_string()]);
-    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let bound = qmesh_rt_node::bind(config, qmesh_process::Metrics::new()).await.unwrap();
+    config.shell.ipc = qmesh_ipc::ServerConfig::tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let bound = qmesh_rt_node::bind(config).await.unwrap();
     println!("rt listening ipc {}", bound.ipc_addr());
     bound.run(qmesh_process::Shutdown::on_signals().unwrap()).await.unwrap();
 }

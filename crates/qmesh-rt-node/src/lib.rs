@@ -62,10 +62,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qmesh_ipc::{PasswordFile, Server, ServerConfig};
-use qmesh_process::{Health, Metrics, Shutdown};
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use qmesh_process::{Shell, ShellOptions, Shutdown};
+use tracing::info;
 
 pub use handler::{Node, NodeHandler};
 pub use qmesh_log::ArchivePolicy as Policy;
@@ -92,16 +90,14 @@ pub const DEFAULT_ARCHIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// kdb+ IPC listening address (port 0: a free one).
-    pub listen: SocketAddr,
-    /// HTTP listening address, if any.
-    pub http: Option<SocketAddr>,
+    /// The process shell's settings: the kdb+ IPC and HTTP listening
+    /// addresses, `-u`, the name and kind (`rt`). [`bind`] sets the IPC
+    /// message limit to what the largest `.rt.pub` needs.
+    pub shell: ShellOptions,
     /// The directory holding one sub-directory per stream.
     pub data: PathBuf,
     /// The streams hosted; the first is the default (`.u.upd` appends there).
     pub streams: Vec<String>,
-    /// A `-u` password file.
-    pub users: Option<PathBuf>,
     /// Segment size at which the log rolls, in bytes (≤ 1 GiB).
     pub segment_bytes: u64,
     /// When a sync `.rt.pub` is answered.
@@ -116,11 +112,9 @@ impl Config {
     /// A node on a free loopback port holding `streams` under `data`.
     pub fn new(data: impl Into<PathBuf>, streams: Vec<String>) -> Config {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http: None,
+            shell: ShellOptions::new("rt", "rt"),
             data: data.into(),
             streams,
-            users: None,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             durability: Durability::Always,
             archive: Policy::default(),
@@ -140,10 +134,8 @@ pub enum NodeError {
     DuplicateStream(String),
     #[error("stream {stream}: {source}")]
     Log { stream: String, source: stream::StreamError },
-    #[error("ipc: {0}")]
-    Ipc(#[from] qmesh_ipc::IpcError),
-    #[error("password file: {0}")]
-    Users(String),
+    #[error("{0}")]
+    Shell(#[from] qmesh_process::ShellError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -161,17 +153,16 @@ fn check_stream_name(name: &str) -> Result<(), NodeError> {
 pub struct Bound {
     config: Config,
     node: Arc<Node>,
-    server: Server,
-    http: Option<TcpListener>,
-    metrics: Metrics,
-    health: Health,
-    ipc_addr: SocketAddr,
+    shell: Shell,
 }
 
 /// Opens (recovering) every stream's log and binds the ports.
-pub async fn bind(config: Config, metrics: Metrics) -> Result<Bound, NodeError> {
+pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
     let first = config.streams.first().ok_or(NodeError::NoStream)?.clone();
-    let node_metrics = metrics::NodeMetrics::new(&metrics);
+    config.shell.ipc.max_message_bytes =
+        qmesh_rt::limits::MAX_PAYLOAD_BYTES + qmesh_rt::limits::MAX_ENVELOPE_BYTES;
+    let shell = Shell::bind(config.shell.clone()).await?;
+    let node_metrics = metrics::NodeMetrics::new(shell.metrics());
     let mut streams = BTreeMap::new();
     for name in &config.streams {
         check_stream_name(name)?;
@@ -190,21 +181,6 @@ pub async fn bind(config: Config, metrics: Metrics) -> Result<Bound, NodeError> 
             .map_err(|source| NodeError::Log { stream: name.clone(), source })?;
         streams.insert(name.clone(), Arc::new(s));
     }
-    let mut server_config = ServerConfig::tcp(config.listen);
-    server_config.max_message_bytes =
-        qmesh_rt::limits::MAX_PAYLOAD_BYTES + qmesh_rt::limits::MAX_ENVELOPE_BYTES;
-    if let Some(path) = &config.users {
-        let users = PasswordFile::load(path).map_err(|e| NodeError::Users(e.to_string()))?;
-        server_config.authenticator = Some(Arc::new(users));
-    }
-    let server = Server::bind(server_config).await?;
-    let ipc_addr = server
-        .local_addr()
-        .ok_or_else(|| NodeError::Io(std::io::Error::other("the IPC server has no TCP address")))?;
-    let http = match config.http {
-        Some(a) => Some(TcpListener::bind(a).await?),
-        None => None,
-    };
     let node = Arc::new(Node {
         streams,
         default_stream: first,
@@ -212,33 +188,29 @@ pub async fn bind(config: Config, metrics: Metrics) -> Result<Bound, NodeError> 
         metrics: node_metrics,
         host: host_name(),
     });
-    Ok(Bound { config, node, server, http, metrics, health: Health::new(), ipc_addr })
+    Ok(Bound { config, node, shell })
 }
 
 impl Bound {
     /// The kdb+ IPC address.
     pub fn ipc_addr(&self) -> SocketAddr {
-        self.ipc_addr
+        self.shell.ipc_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The HTTP address, if serving HTTP.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.shell.http_addr()
+    }
+
+    /// The `rt listening …` lines the binary prints.
+    pub fn listening_lines(&self) -> Vec<String> {
+        self.shell.listening_lines()
     }
 
     /// Serves until `shutdown` triggers: then stops accepting, lets
     /// connections finish, syncs and closes every log.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), NodeError> {
         let handler = NodeHandler(Arc::clone(&self.node));
-        let http_task = self.http.map(|listener| {
-            tokio::spawn(qmesh_process::http::serve(
-                listener,
-                http::router(Arc::clone(&self.node)),
-                self.health.clone(),
-                self.metrics.clone(),
-                shutdown.clone(),
-            ))
-        });
         let archivers: Vec<_> = self
             .node
             .streams
@@ -252,19 +224,12 @@ impl Bound {
                 ))
             })
             .collect();
-        self.health.set_ready(true);
-        info!(ipc = %self.ipc_addr, streams = ?self.node.streams.keys().collect::<Vec<_>>(), data = %self.config.data.display(), "rt node ready");
-        let stop = shutdown.clone();
-        self.server.run(handler, async move { stop.triggered().await }).await?;
+        self.shell.health().set_ready(true);
+        info!(ipc = %self.ipc_addr(), streams = ?self.node.streams.keys().collect::<Vec<_>>(), data = %self.config.data.display(), "rt node ready");
+        let api = http::router(Arc::clone(&self.node));
+        self.shell.run(handler, api, shutdown, async {}).await?;
         for a in archivers {
             let _ = a.await;
-        }
-        if let Some(t) = http_task {
-            match t.await {
-                Ok(Err(e)) => warn!(error = %e, "http server failed"),
-                Err(e) => warn!(error = %e, "http task failed"),
-                Ok(Ok(())) => {}
-            }
         }
         for s in self.node.streams.values() {
             s.close().await;

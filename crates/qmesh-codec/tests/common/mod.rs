@@ -86,6 +86,7 @@ pub fn same(a: &K, b: &K) -> bool {
 
 /// The Python with PyKX: the test kit's finder, so `QMESH_REQUIRE_PYTHON`
 /// (set in CI) makes a missing interpreter a failure instead of a skip.
+#[allow(unused_imports)] // not every test binary that shares this module runs Python
 pub use qmesh_testkit::python;
 
 pub mod arb {

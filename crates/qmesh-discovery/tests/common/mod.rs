@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use qmesh_codec::{Atom, K};
 use qmesh_discovery::{Bound, Handle, Options};
 use qmesh_ipc::{Address, ClientOptions, Connection};
-use qmesh_process::{Metrics, Shutdown};
+use qmesh_process::Shutdown;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +30,7 @@ pub struct Registry {
 impl Registry {
     pub async fn start(mut options: Options) -> Registry {
         options.http = Some("127.0.0.1:0".parse().unwrap());
-        let bound: Bound = qmesh_discovery::bind(options, Metrics::new()).await.unwrap();
+        let bound: Bound = qmesh_discovery::bind(options).await.unwrap();
         let (handle, ipc, http) = (bound.handle(), bound.ipc_addr(), bound.http_addr().unwrap());
         let shutdown = Shutdown::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));

@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use qmesh_discovery::{Config, KindPolicy, Options};
 use qmesh_discovery_client::Beacon;
 use qmesh_ipc::Address;
-use qmesh_process::{Metrics, Shutdown};
+use qmesh_process::Shutdown;
 
-use super::flags::{parse_duration, users};
+use super::flags::parse_duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -90,12 +90,12 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
         http: args.http.map(|p| SocketAddr::new(args.bind, p)),
         data: args.data,
         config,
-        authenticator: users(args.users.as_ref())?,
+        users: args.users,
         ..Options::default()
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
-    let bound = qmesh_discovery::bind(options, Metrics::new()).await?;
-    super::announce("discovery", Some(bound.ipc_addr()), bound.http_addr())?;
+    let bound = qmesh_discovery::bind(options).await?;
+    super::announce(&bound.listening_lines())?;
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

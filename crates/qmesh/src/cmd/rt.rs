@@ -8,19 +8,19 @@
 //! * `qmesh rt reset HOST:HTTPPORT STREAM`: a hard reset through the HTTP API.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use qmesh_codec::display::Console;
-use qmesh_process::{Metrics, Shutdown};
+use qmesh_process::Shutdown;
 use qmesh_rt::From;
 use qmesh_rt::client::{Delivery, Subscriber};
 use qmesh_rt_node::{Config, Durability, Policy, parse_durability};
 
-use super::flags::{parse_bytes, parse_duration};
+use super::flags::{ServerFlags, parse_bytes, parse_duration};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -41,24 +41,17 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// kdb+ IPC port (0: pick a free one and print it).
-    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
-    pub port: u16,
-    /// Address to listen on.
-    #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
-    pub bind: IpAddr,
-    /// HTTP port for /api/streams, /healthz and /metrics (0: pick a free one).
-    #[arg(long, env = "QMESH_HTTP")]
-    pub http: Option<u16>,
+    #[command(flatten)]
+    pub server: ServerFlags,
+    /// The node's name (in `/api/identity` and to discovery).
+    #[arg(long, env = "QMESH_NAME", default_value = "rt")]
+    pub name: String,
     /// Directory holding one sub-directory of segments per stream.
     #[arg(long, env = "QMESH_DATA")]
     pub data: Option<PathBuf>,
     /// A stream to host (repeatable); the first is the default, where `.u.upd` appends.
     #[arg(long = "stream", env = "QMESH_STREAM", value_delimiter = ',')]
     pub streams: Vec<String>,
-    /// Password file (`user:password` lines, as q's -u).
-    #[arg(short = 'u', long, env = "QMESH_USERS")]
-    pub users: Option<PathBuf>,
     /// Segment size at which a stream's log rolls (`1GiB`, `64MiB`, bytes; at most 1GiB).
     #[arg(long, env = "QMESH_SEGMENT_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub segment_bytes: u64,
@@ -112,11 +105,9 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(data) = args.data else { bail!("--data DIR is required") };
     let config = Config {
-        listen: SocketAddr::new(args.bind, args.port),
-        http: args.http.map(|p| SocketAddr::new(args.bind, p)),
+        shell: args.server.shell("rt", &args.name, 0),
         data,
         streams: args.streams,
-        users: args.users,
         segment_bytes: args.segment_bytes,
         durability: args.durability,
         archive: Policy {
@@ -127,8 +118,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         archive_interval: args.archive_interval,
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
-    let bound = qmesh_rt_node::bind(config, Metrics::new()).await?;
-    super::announce("rt", Some(bound.ipc_addr()), bound.http_addr())?;
+    let bound = qmesh_rt_node::bind(config).await?;
+    super::announce(&bound.listening_lines())?;
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
