@@ -27,9 +27,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), qmesh_discovery::DiscoveryError> {
 //! use qmesh_discovery::{Options, run};
-//! use qmesh_process::{Metrics, Shutdown};
+//! use qmesh_process::Shutdown;
 //! let options = Options { http: Some("127.0.0.1:0".parse().unwrap()), ..Options::default() };
-//! run(options, Shutdown::new(), Metrics::new()).await
+//! run(options, Shutdown::new()).await
 //! # }
 //! ```
 

@@ -377,7 +377,7 @@ pub async fn bind(options: Options) -> Result<Bound, DiscoveryError> {
         users: options.users.clone(),
         ..ShellOptions::new("discovery", "discovery")
     })
-        .await?;
+    .await?;
     let rmetrics = RegistryMetrics::new(shell.metrics());
     let now = options.clock.now();
     let mut registry = Registry::new(options.config.clone(), 0);

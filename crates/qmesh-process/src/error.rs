@@ -143,7 +143,10 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => 504,
             ErrorKind::QueueFull => 429,
-            ErrorKind::UnknownService | ErrorKind::NoInstance | ErrorKind::UnknownTable | ErrorKind::UnknownStream => 404,
+            ErrorKind::UnknownService
+            | ErrorKind::NoInstance
+            | ErrorKind::UnknownTable
+            | ErrorKind::UnknownStream => 404,
             ErrorKind::Duplicate => 409,
             ErrorKind::ServiceError => 422,
             ErrorKind::ServiceDisconnected => 502,

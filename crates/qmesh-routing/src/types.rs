@@ -162,6 +162,19 @@ impl Failure {
         WireError { kind: self.kind(), detail: self.detail() }
     }
 
+    /// The failure for a `userQuery` that does not parse: a text that starts
+    /// with a catalog word the gateway answers (`limit: …`, `bad request: …`)
+    /// keeps it; any other (`type: …`, `length: …`, q-style) is a
+    /// `bad request` with the whole text as detail.
+    pub fn from_parse_error(text: String) -> Failure {
+        let w = WireError::from_q_text(&text);
+        match w.kind {
+            ErrorKind::Limit => Failure::Limit(w.detail.unwrap_or_default()),
+            ErrorKind::BadRequest => Failure::BadRequest(w.detail.unwrap_or_default()),
+            _ => Failure::BadRequest(text),
+        }
+    }
+
     /// Reads a q error text from a peer back into a failure (for
     /// `serviceDenied` from a load balancer).
     pub fn from_q_text(text: &str) -> Failure {

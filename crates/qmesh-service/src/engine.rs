@@ -612,13 +612,20 @@ pub fn keeps_row_order(plan: &LogicalPlan) -> bool {
 /// Names the tables a statement reads that the store does not hold (the
 /// first one), or that are longer than any table name can be, before
 /// DataFusion plans it: so an unknown table is `unknown table: x` rather
-/// than a planning message. Names in another schema (`information_schema`)
-/// and the statement's own `WITH` names are DataFusion's business.
+/// than a planning message. Names in another schema (`information_schema`),
+/// table functions and the statement's own `WITH` names are DataFusion's
+/// business.
 fn check_tables(
     state: &datafusion::execution::SessionState,
     statement: &datafusion::sql::parser::Statement,
     store: &Store,
 ) -> Result<(), QueryError> {
+    // Only a query reads tables; any other statement (DDL, DML) is refused
+    // as `only queries are allowed` once planned, whatever it names.
+    let datafusion::sql::parser::Statement::Statement(inner) = statement else { return Ok(()) };
+    if !matches!(inner.as_ref(), datafusion::sql::sqlparser::ast::Statement::Query(_)) {
+        return Ok(());
+    }
     let Ok(references) = state.resolve_table_references(statement) else { return Ok(()) };
     for r in references {
         if !matches!((r.catalog(), r.schema()), (None | Some("datafusion"), None | Some("public"))) {
@@ -628,7 +635,9 @@ fn check_tables(
         if name.len() > MAX_TABLE_NAME {
             return Err(QueryError::NameTooLong(name.len()));
         }
-        if store.table(name).is_none() {
+        // A table function (`generate_series(…)`, `range(…)`) is named like
+        // a table; DataFusion plans it.
+        if store.table(name).is_none() && !state.table_functions().contains_key(name) {
             return Err(QueryError::UnknownTable(name.to_string()));
         }
     }

@@ -43,11 +43,13 @@ async fn every_server_kind_answers_api_identity() {
     let common = ["--bind", "127.0.0.1", "-p", "0", "--http", "0"];
     let lb = Process::qmesh(bin(), &[&["lb", "--name", "lb1"][..], &common[..]].concat(), &["ipc", "http"]);
     check(&lb, "lb", "lb1").await;
-    let gw = Process::qmesh(bin(), &[&["gateway", "--embedded-lb"][..], &common[..]].concat(), &["ipc", "http"]);
+    let gw =
+        Process::qmesh(bin(), &[&["gateway", "--embedded-lb"][..], &common[..]].concat(), &["ipc", "http"]);
     check(&gw, "gateway", "gateway").await;
     let svc = Process::qmesh(
         bin(),
-        &[&["service", "--name", "EQUITY_MARKET_RDB", "--max-message-bytes", "1MiB"][..], &common[..]].concat(),
+        &[&["service", "--name", "EQUITY_MARKET_RDB", "--max-message-bytes", "1MiB"][..], &common[..]]
+            .concat(),
         &["ipc", "http"],
     );
     check(&svc, "service", "EQUITY_MARKET_RDB").await;

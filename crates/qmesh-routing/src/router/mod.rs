@@ -485,7 +485,7 @@ impl Router {
         match parsed {
             Ok(uq) => self.submit(ClientId(peer.id().0), reply, uq),
             Err(text) => {
-                let f = Failure::BadRequest(text);
+                let f = Failure::from_parse_error(text);
                 if let Some(m) = &self.metrics {
                     m.error(f.word());
                 }
