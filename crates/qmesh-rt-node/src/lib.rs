@@ -62,7 +62,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qmesh_process::{Shell, ShellOptions, Shutdown};
+use qmesh_process::{Shell, ShellOptions, Shutdown, host_name};
 use tracing::info;
 
 pub use handler::{Node, NodeHandler};
@@ -237,16 +237,6 @@ impl Bound {
         info!("rt node stopped");
         Ok(())
     }
-}
-
-/// The machine's host name (the default origin, as rt.qpk's).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]
