@@ -161,6 +161,14 @@ pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
     let first = config.streams.first().ok_or(NodeError::NoStream)?.clone();
     config.shell.ipc.max_message_bytes =
         qmesh_rt::limits::MAX_PAYLOAD_BYTES + qmesh_rt::limits::MAX_ENVELOPE_BYTES;
+    // A subscriber's connection must be able to hold the largest message the
+    // node accepts plus what its subscription queues ahead of it; with the
+    // IPC default (64 MiB) a message above that dropped every subscriber
+    // that reached it as a slow reader, forever. Bounded all the same: one
+    // largest message plus `SUB_QUEUE_BYTES`.
+    let one_message = usize::try_from(config.shell.ipc.max_message_bytes).unwrap_or(usize::MAX);
+    config.shell.ipc.max_queue_bytes =
+        config.shell.ipc.max_queue_bytes.max(one_message.saturating_add(subscription::SUB_QUEUE_BYTES));
     let shell = Shell::bind(config.shell.clone()).await?;
     let node_metrics = metrics::NodeMetrics::new(shell.metrics());
     let mut streams = BTreeMap::new();
