@@ -1,4 +1,5 @@
 //! The console against a real kdb+ IPC server over a socket.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::time::Duration;
 

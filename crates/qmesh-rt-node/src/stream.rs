@@ -212,7 +212,7 @@ impl Stream {
     /// A hard reset: a new session, watermarks forgotten. Returns the
     /// `reset` event's two positions.
     pub async fn reset(&self) -> Result<(u64, u64), WireError> {
-        self.call(|tx| Cmd::Reset(tx)).await
+        self.call(Cmd::Reset).await
     }
 
     /// Finishes the queued appends, stores the watermarks, stops the writer.

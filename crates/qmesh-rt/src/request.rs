@@ -70,7 +70,7 @@ pub enum Request {
     Prune { stream: String, pos: i64 },
 }
 
-/// Why a request was refused; [`RequestError::word`] gives the catalog word.
+/// Why a request was refused: `message too large` ([`RequestError::is_too_large`]) or `bad request`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     #[error("{0}")]

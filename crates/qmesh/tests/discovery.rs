@@ -2,6 +2,7 @@
 //! from the config file and `QMESH_*`, every qmesh server kind
 //! heartbeating to it with `--discovery`, a restart that keeps the table
 //! (stale until beats resume), and SIGTERM.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

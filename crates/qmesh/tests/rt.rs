@@ -36,7 +36,7 @@ fn node(dir: &Path, port: u16, extra: &[&str]) -> Process {
     let port = port.to_string();
     let mut args =
         vec!["rt", "--bind", "127.0.0.1", "-p", &port, "--http", "0", "--data", dir.to_str().unwrap()];
-    if !extra.iter().any(|a| *a == "--stream") {
+    if !extra.contains(&"--stream") {
         args.extend_from_slice(&["--stream", "s"]);
     }
     args.extend_from_slice(extra);
@@ -331,7 +331,26 @@ async fn reset_event_and_tail() {
     assert_eq!(lines[1], end.to_string(), "{text}");
     assert_eq!(&lines[2..5], &["`upd", "`trade", "1"], "{text}");
     assert_eq!(lines[5], format!("reset {end} {to}"), "{text}");
+
+    // A node that goes away under a tail is an error, not a clean end.
+    let mut tail = std::process::Command::new(bin())
+        .args(["rt", "tail", &ipc(&p), "s", "--from", "start", "--count", "100"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(tail.stdout.take().expect("stdout"));
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first_line).unwrap();
+    assert!(first_line.starts_with("subscribed to s"), "{first_line}");
     drop(p);
+    // Keep reading stdout so the tail never writes into a closed pipe.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = tail.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "tail must fail when the node goes away: {err}");
+    assert!(err.contains("connection closed"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 #![allow(dead_code)]
 //! Shared by the registry's integration tests: a registry on loopback, kdb+
 //! clients, an HTTP getter and a WebSocket client.

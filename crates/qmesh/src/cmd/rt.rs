@@ -137,7 +137,11 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "subscribed to {} from {}", args.stream, sub.start())?;
     out.flush()?;
     while args.count.is_none_or(|n| seen < n) {
-        let Some(d) = sub.next().await? else { break };
+        // The node closing the connection is not the end a script asked for
+        // (`--count`, or Ctrl-C): say so and exit non-zero.
+        let Some(d) = sub.next().await? else {
+            bail!("{}: connection closed after {seen} messages", args.addr);
+        };
         match d {
             Delivery::Message { value, pos, .. } => {
                 seen += 1;
@@ -157,6 +161,6 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
 
 async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
     let answer = qmesh_rt_node::http::request_reset(&args.http, &args.stream).await?;
-    println!("{answer}");
+    writeln!(std::io::stdout().lock(), "{answer}")?;
     Ok(ExitCode::SUCCESS)
 }
