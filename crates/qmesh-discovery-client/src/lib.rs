@@ -246,6 +246,125 @@ pub async fn run(addr: Address, beacon: Beacon, shutdown: Shutdown) {
     }
 }
 
+/// Longest a [`lookup`] waits for the registry's answer.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One process a [`lookup`] found: the columns of `.master.lookup`'s table
+/// a client needs to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its `process` name.
+    pub name: String,
+    /// Its `kind` (`lb`, `gateway`, `service`, …; empty for the blog's form).
+    pub kind: String,
+    /// Its `state` (`active`, `warning`, …).
+    pub state: String,
+    /// The host others reach it at (`host` column).
+    pub host: String,
+    /// Its kdb+ IPC port, if it reported one.
+    pub port: Option<u16>,
+    /// Its HTTP port, if it reported one.
+    pub http: Option<u16>,
+}
+
+/// Why a [`lookup`] gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The registry could not be reached or the call failed.
+    #[error("discovery: {0}")]
+    Ipc(#[from] qmesh_ipc::IpcError),
+    /// No answer within [`LOOKUP_TIMEOUT`].
+    #[error("timeout: discovery did not answer in {LOOKUP_TIMEOUT:?}")]
+    Timeout,
+    /// The answer is not `.master.lookup`'s keyed table.
+    #[error("discovery answered something that is not the lookup table: {0}")]
+    Shape(&'static str),
+}
+
+/// Asks the registry at `addr` for the processes of `kind` in state
+/// `active`: one sync `` (`.master.lookup;`kind`state!(kind;`active)) ``
+/// on a connection opened for it and closed after. Rows come in the
+/// registry's order.
+pub async fn lookup(addr: &Address, kind: &str) -> Result<Vec<Found>, LookupError> {
+    let call = K::list(vec![
+        K::sym(".master.lookup"),
+        K::dict(K::syms(["kind", "state"]), K::list(vec![K::sym(kind), K::sym("active")])),
+    ]);
+    let ask = async {
+        let conn = Connection::connect(addr, ClientOptions::default()).await?;
+        let (sender, _receiver) = conn.split();
+        let answer = sender.call(&call).await;
+        sender.close();
+        Ok::<_, qmesh_ipc::IpcError>(answer?)
+    };
+    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, ask).await.map_err(|_| LookupError::Timeout)??;
+    let value = answer.decode().map_err(|_| LookupError::Shape("undecodable answer"))?;
+    parse_lookup(&value)
+}
+
+/// The rows of `.master.lookup`'s keyed table.
+fn parse_lookup(k: &K) -> Result<Vec<Found>, LookupError> {
+    use qmesh_codec::Vector;
+    let K::Dict(d) = k else { return Err(LookupError::Shape("not a keyed table")) };
+    let (K::Table(keys), K::Table(values)) = (&d.keys, &d.values) else {
+        return Err(LookupError::Shape("not a keyed table"));
+    };
+    let column = |t: &qmesh_codec::Table, name: &str| -> Option<K> {
+        t.names.iter().position(|n| n.as_ref() == name.as_bytes()).map(|i| t.columns[i].clone())
+    };
+    let syms = |c: Option<K>| -> Result<Vec<String>, LookupError> {
+        match c {
+            Some(K::Vector(_, Vector::Symbol(s))) => {
+                Ok(s.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect())
+            }
+            _ => Err(LookupError::Shape("a symbol column is missing")),
+        }
+    };
+    let ports = |c: Option<K>| -> Result<Vec<Option<u16>>, LookupError> {
+        match c {
+            Some(K::Vector(_, Vector::Int(v))) => Ok(v.iter().map(|p| u16::try_from(*p).ok()).collect()),
+            _ => Err(LookupError::Shape("a port column is missing")),
+        }
+    };
+    let names = syms(column(keys, "process"))?;
+    let kinds = syms(column(values, "kind"))?;
+    let states = syms(column(values, "state"))?;
+    let hosts = syms(column(values, "host"))?;
+    let port = ports(column(values, "port"))?;
+    let http = ports(column(values, "http"))?;
+    let n = names.len();
+    if [kinds.len(), states.len(), hosts.len(), port.len(), http.len()].iter().any(|&l| l != n) {
+        return Err(LookupError::Shape("columns of different lengths"));
+    }
+    Ok((0..n)
+        .map(|i| Found {
+            name: names[i].clone(),
+            kind: kinds[i].clone(),
+            state: states[i].clone(),
+            host: hosts[i].clone(),
+            port: port[i],
+            http: http[i],
+        })
+        .collect())
+}
+
+/// The kdb+ IPC address of the first active process of `kind` the registry
+/// at `addr` knows, or `None` (none active, or the registry unreachable:
+/// logged). What a gateway given `--discovery` and no `--lb` uses to find
+/// its load balancer.
+pub async fn find_ipc(addr: &Address, kind: &str) -> Option<Address> {
+    match lookup(addr, kind).await {
+        Ok(rows) => rows.into_iter().find_map(|f| {
+            let host = if f.host.is_empty() { "127.0.0.1".to_string() } else { f.host };
+            Address::parse(&format!("{host}:{}", f.port?)).ok()
+        }),
+        Err(e) => {
+            debug!(discovery = %addr, error = %e, "lookup failed");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

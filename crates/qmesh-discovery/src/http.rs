@@ -4,7 +4,7 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /` | the dashboard (HTML, CSS and JS built into the binary) |
-//! | `GET /api/processes` | `{"epoch","seq","now","counts":{state:n},"processes":[…]}`, most severe first; filters `name`, `kind`, `state`, `host` (comma-separated lists), `attr=key:value` |
+//! | `GET /api/processes` | `{"epoch","seq","now","counts":{state:n},"processes":[…]}`, most severe first; filters `name`, `kind`, `state`, `host` (comma-separated lists; a parameter given twice adds to its list), `attr=key:value` |
 //! | `GET /api/processes/NAME` | one process, or 404 `{"error":"unknown service","detail":NAME}` |
 //! | `GET /sd` | Prometheus `http_sd`: `[{"targets":["host:http"],"labels":{…}}]` for every active process with an HTTP port |
 //! | `GET /ws` | the change feed (below) |
@@ -26,6 +26,9 @@
 //! * `{"op":"unsubscribe"}`
 //! * `{"op":"ping"}` → `{"type":"pong","now":…}`
 //!
+//! A browser may open the feed only from the dashboard's own origin
+//! ([`qmesh_process::ws::check_origin`]); another origin gets 403 `access`.
+//!
 //! The server sends `{"type":"hello","epoch","seq","now","commands"}` on
 //! connect; on subscribe either `{"type":"snapshot","seq","epoch","fresh":true,"reason","now","processes"}`
 //! (`reason`: `new`, `too old` — the number is older than the changes kept
@@ -37,7 +40,7 @@
 //! [`crate::limits::WS_QUEUE`] changes behind gets `{"type":"dropped","reason":"slow consumer","seq":LAST}`
 //! and the socket closes; it may resume after `LAST`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use axum::Router;
@@ -138,22 +141,25 @@ fn list(v: &str) -> Vec<String> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
-fn parse_filter(q: &HashMap<String, String>) -> Result<Filter, WireError> {
+/// The filter of `/api/processes`; a parameter given twice adds to the list
+/// (`?name=a&name=b` is `?name=a,b`).
+fn parse_filter(q: &[(String, String)]) -> Result<Filter, WireError> {
     let mut f = Filter::default();
     for (k, v) in q {
         match k.as_str() {
-            "name" => f.names = list(v),
-            "kind" => f.kinds = list(v),
-            "host" => f.hosts = list(v),
+            "name" => f.names.extend(list(v)),
+            "kind" => f.kinds.extend(list(v)),
+            "host" => f.hosts.extend(list(v)),
             "state" => {
-                f.states = list(v)
+                let states: Vec<State> = list(v)
                     .iter()
                     .map(|s| {
                         State::from_word(s).ok_or_else(|| {
                             WireError::with_detail(ErrorKind::BadRequest, format!("no state {s}"))
                         })
                     })
-                    .collect::<Result<_, _>>()?
+                    .collect::<Result<_, _>>()?;
+                f.states.extend(states);
             }
             "attr" => {
                 for a in list(v) {
@@ -174,7 +180,7 @@ fn parse_filter(q: &HashMap<String, String>) -> Result<Filter, WireError> {
     Ok(f)
 }
 
-async fn processes(AxumState(s): AxumState<Shr>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn processes(AxumState(s): AxumState<Shr>, Query(q): Query<Vec<(String, String)>>) -> Response {
     let f = match parse_filter(&q) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -246,7 +252,16 @@ enum Command {
     Ping {},
 }
 
-async fn ws(AxumState(s): AxumState<Shr>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    AxumState(s): AxumState<Shr>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = qmesh_process::ws::check_origin(&headers) {
+        tracing::warn!(error = %e.to_q_text(), "refusing websocket: cross-origin");
+        s.metrics.reject("ws");
+        return e.into_response();
+    }
     qmesh_process::ws::limited(upgrade).on_upgrade(move |socket| session(socket, s))
 }
 

@@ -549,10 +549,27 @@ impl Registry {
             }
             self.by_conn.entry(conn).or_default().push(Arc::clone(&name));
         }
+        // A beat from another process (another pid or address) taking the
+        // name over describes that process: its kind is what it says (none:
+        // empty), never the previous holder's. The same process keeps its
+        // kind when a beat leaves it out (the blog's form).
+        let other_process = old.conn != Some(conn) && (old.pid != hb.pid || old.address != hb.address);
         let kind: Arc<str> = match hb.kind.as_deref() {
             Some(k) if k != &*old.kind => Arc::from(k),
-            _ => Arc::clone(&old.kind),
+            Some(_) => Arc::clone(&old.kind),
+            None if other_process => Arc::from(""),
+            None => Arc::clone(&old.kind),
         };
+        if other_process {
+            tracing::warn!(
+                name = &*name,
+                old_pid = ?old.pid,
+                new_pid = ?hb.pid,
+                old_address = %old.address,
+                new_address = %hb.address,
+                "process name taken over by another process"
+            );
+        }
         let policy = self.config.policy(&kind);
         let good = if hb.status == Status::Ok { old.good.saturating_add(1) } else { 0 };
         let state = match hb.status {
@@ -864,6 +881,19 @@ mod tests {
             .filter_map(|(_, c)| if let Change::Upsert(p) = c { Some(p.state) } else { None })
             .collect();
         assert_eq!(states, vec![State::Active], "no disconnected in between");
+    }
+
+    #[test]
+    fn a_name_taken_over_by_another_process_does_not_keep_the_old_kind() {
+        let mut r = Registry::new(Config::default(), 0);
+        r.heartbeat(0, 1, Heartbeat { kind: Some("rdb".into()), ..hb("a", 0) }).unwrap();
+        // the same process on a new connection, blog form (no kind): still an rdb
+        r.heartbeat(1_000, 2, hb("a", 1)).unwrap();
+        assert_eq!(&*r.get("a").unwrap().kind, "rdb");
+        // another process (another pid) takes the name in the blog form: no kind
+        r.heartbeat(2_000, 3, Heartbeat { pid: Some(99), ..hb("a", 0) }).unwrap();
+        let p = r.get("a").unwrap();
+        assert_eq!((&*p.kind, p.pid, p.conn), ("", Some(99), Some(3)));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //!
 //! ```text
 //!  offset  size  field
-//!  0       1     format version (RECORD_VERSION = 1)
-//!  1       4     CRC-32 (IEEE) of the body, little-endian
+//!  0       1     format version (RECORD_VERSION = 2; version 1 used CRC-32 IEEE)
+//!  1       4     CRC-32C (Castagnoli, as qmesh-log) of the body, little-endian
 //!  5       n     body: the row as JSON (registry::Process, camelCase keys)
 //! ```
 //!
@@ -34,7 +34,7 @@ use crate::registry::Process;
 pub const FILE_NAME: &str = "registry.redb";
 
 /// The version byte of a record.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// Bytes before a record's body.
 pub const RECORD_HEADER: usize = 5;
@@ -79,7 +79,7 @@ pub fn encode_record(p: &Process) -> Vec<u8> {
     let body = serde_json::to_vec(p).unwrap_or_default();
     let mut out = Vec::with_capacity(RECORD_HEADER + body.len());
     out.push(RECORD_VERSION);
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
@@ -97,7 +97,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Process, RecordError> {
         return Err(RecordError::TooLarge(body.len()));
     }
     let want = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-    if crc32fast::hash(body) != want {
+    if crc32c::crc32c(body) != want {
         return Err(RecordError::Checksum);
     }
     serde_json::from_slice(body).map_err(|e| RecordError::Body(e.to_string()))

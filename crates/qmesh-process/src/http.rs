@@ -25,6 +25,17 @@ use crate::{Identity, Metrics, Shutdown, WireError};
 /// with a log line, as the IPC server does.
 pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = qmesh_ipc::server::DEFAULT_MAX_CONNECTIONS;
 
+/// How long a client has to send a request's head (request line and
+/// headers), in seconds, from the moment the server starts waiting for it —
+/// on a new connection and between requests of a kept-alive one. A
+/// connection that sends nothing, or dribbles its headers, is closed then
+/// and its slot freed: without it a few hundred idle sockets hold every slot
+/// of [`DEFAULT_MAX_HTTP_CONNECTIONS`] forever. Ten seconds is generous for
+/// any real client on a network (nginx's `client_header_timeout` is 60 s,
+/// hyper's default 30 s); a request in progress (its handler running, a
+/// WebSocket) is not affected.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Pause after a failed `accept` (out of file descriptors…), so a
 /// persistent failure does not spin.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -61,8 +72,12 @@ pub struct Base {
 }
 
 /// Serves `api` plus `GET /healthz`, `GET /metrics` and `GET /api/identity`
-/// on `listener`, at most `max_connections` connections at once, until
-/// `shutdown` triggers; connections in progress are then allowed to finish.
+/// on `listener`, at most `max_connections` connections at once, each given
+/// [`HEADER_READ_TIMEOUT`] to send a request's head, until `shutdown`
+/// triggers; connections in progress are then allowed to finish (HTTP/1.1
+/// graceful close: the request in flight is answered, the connection then
+/// closed). Handlers can read the peer's address with
+/// `axum::extract::ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     api: Router,
@@ -70,10 +85,93 @@ pub async fn serve(
     max_connections: usize,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let app = api.merge(base_routes(base));
-    let listener =
+    let app = api.merge(base_routes(base)).layer(axum::middleware::map_response(catalog_rejections));
+    serve_app(listener, app, max_connections, HEADER_READ_TIMEOUT, shutdown).await
+}
+
+/// Longest plain-text rejection body carried into [`catalog_rejections`]'s
+/// `detail`, in bytes (axum's rejections are one line).
+const MAX_REJECTION_DETAIL_BYTES: usize = 1024;
+
+/// Puts the refusals axum itself writes — a body over the limit (413), JSON
+/// that does not parse, a query string that does not, an unknown route or
+/// method — into the catalog's JSON form `{"error","detail"}` (conventions:
+/// one error form over HTTP), keeping their status. Responses that are
+/// already JSON, and every non-4xx response, pass unchanged.
+async fn catalog_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let kind = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => crate::ErrorKind::MessageTooLarge,
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => crate::ErrorKind::Access,
+        _ => crate::ErrorKind::BadRequest,
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_DETAIL_BYTES).await.unwrap_or_default();
+    let mut detail = String::from_utf8_lossy(&text).trim().to_string();
+    if detail.is_empty() {
+        detail = status.canonical_reason().unwrap_or("refused").to_ascii_lowercase();
+    }
+    let mut out = (status, axum::Json(WireError::with_detail(kind, detail).to_json())).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The accept loop: one task per connection on hyper's HTTP/1 server (with
+/// upgrades, for WebSockets) and a timer for the header-read timeout.
+async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    header_read_timeout: std::time::Duration,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let mut listener =
         Capped { inner: listener, slots: Arc::new(Semaphore::new(max_connections)), max_connections };
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.triggered().await }).await
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            () = shutdown.triggered() => break,
+        };
+        // reap finished connection tasks so the set stays as small as the open connections
+        while connections.try_join_next().is_some() {}
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+        );
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.triggered() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "http connection closed");
+            }
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// A listener that holds one permit per open connection and closes, at
@@ -240,6 +338,9 @@ mod tests {
         let fail = http_get(addr, "/api/fail").await;
         assert!(fail.starts_with("HTTP/1.1 429"), "{fail}");
         assert!(fail.contains(r#"{"error":"queue full","detail":"FX"}"#), "{fail}");
+        let missing = http_get(addr, "/no/such/route").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        assert!(missing.contains(r#"{"error":"bad request","detail":"#), "catalog JSON: {missing}");
         let id = http_get(addr, "/api/identity").await;
         assert!(id.starts_with("HTTP/1.1 200"), "{id}");
         assert!(id.contains(r#""name":"t1","kind":"test""#), "{id}");
@@ -269,6 +370,37 @@ mod tests {
         // once the first goes, its slot serves the next
         drop(held);
         // (the server frees the slot when it reads the close: wait for it)
+        let mut answered = String::new();
+        for _ in 0..500 {
+            answered = try_get(addr, "/healthz").await;
+            if !answered.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(answered.starts_with("HTTP/1.1 503"), "{answered}");
+        shutdown.trigger();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_closed_and_its_slot_freed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let base =
+            Base { health: Health::new(), metrics: Metrics::new(), identity: Identity::new("t", "test") };
+        let timeout = std::time::Duration::from_millis(200);
+        let server = tokio::spawn(serve_app(listener, base_routes(base), 1, timeout, shutdown.clone()));
+        // the only slot, taken by a client that stops halfway through its head
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), slow.read_to_end(&mut out))
+            .await
+            .expect("the server closes a connection whose head never completes");
+        assert!(n.is_err() || out.is_empty() || String::from_utf8_lossy(&out).contains("408"), "{out:?}");
+        // the slot is free again
         let mut answered = String::new();
         for _ in 0..500 {
             answered = try_get(addr, "/healthz").await;

@@ -6,8 +6,16 @@
 //! JSON, a binary frame, or a command outside the set gets an error reply
 //! (`{"type":"error","error":"bad request","detail":…}`) and the socket
 //! stays open; a message over [`MAX_WS_MESSAGE_BYTES`] closes it.
+//!
+//! A WebSocket upgrade carrying an `Origin` header is accepted only from the
+//! page's own origin ([`check_origin`]): a browser sends `Origin` on every
+//! WebSocket handshake and, unlike `fetch`, the handshake is not subject to
+//! CORS, so without the check any web page the user visits could open the
+//! feed (cross-site WebSocket hijacking). Clients that send no `Origin`
+//! (scripts, `websocat`, Python) are not browsers and are let through.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 
 use crate::{ErrorKind, WireError};
@@ -19,6 +27,28 @@ pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
 /// `upgrade` with this module's size limits on incoming frames and messages.
 pub fn limited(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     upgrade.max_message_size(MAX_WS_MESSAGE_BYTES).max_frame_size(MAX_WS_MESSAGE_BYTES)
+}
+
+/// Whether a WebSocket handshake with these `headers` comes from the
+/// server's own origin: no `Origin` header (not a browser), or an `Origin`
+/// whose `host[:port]` equals the request's `Host`. Anything else is refused
+/// with `access` (403) naming the origin.
+pub fn check_origin(headers: &HeaderMap) -> Result<(), WireError> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let refuse = || {
+        WireError::with_detail(
+            ErrorKind::Access,
+            format!(
+                "websocket from origin {} (only this server's own pages may connect)",
+                String::from_utf8_lossy(origin.as_bytes())
+            ),
+        )
+    };
+    let origin = origin.to_str().map_err(|_| refuse())?;
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).ok_or_else(refuse)?;
+    let authority =
+        origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")).ok_or_else(refuse)?;
+    if authority.eq_ignore_ascii_case(host) { Ok(()) } else { Err(refuse()) }
 }
 
 /// What a received WebSocket message means to a command loop.
@@ -65,6 +95,27 @@ pub async fn send_json(socket: &mut WebSocket, value: &serde_json::Value) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_servers_own_origin_or_no_origin_may_open_a_websocket() {
+        use axum::http::{HeaderMap, HeaderValue, header};
+        let with = |origin: Option<&'static str>, host: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_static(o));
+            }
+            super::check_origin(&h)
+        };
+        assert!(with(None, "localhost:5081").is_ok());
+        assert!(with(Some("http://localhost:5081"), "localhost:5081").is_ok());
+        assert!(with(Some("https://LOCALHOST:5081"), "localhost:5081").is_ok());
+        assert!(with(Some("http://evil.example"), "localhost:5081").is_err());
+        assert!(with(Some("http://localhost:5082"), "localhost:5081").is_err());
+        assert!(with(Some("null"), "localhost:5081").is_err());
+        let e = with(Some("http://evil.example"), "localhost:5081").unwrap_err();
+        assert_eq!(e.http_status(), 403);
+    }
+
     use super::*;
 
     #[derive(Debug, serde::Deserialize, PartialEq)]

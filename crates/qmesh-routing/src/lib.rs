@@ -176,7 +176,10 @@ mod router;
 pub mod runtime;
 pub mod types;
 
-pub use runtime::{GatewayOptions, LbLocation, LbOptions, Routing, RoutingError, bind_gateway, bind_lb};
+pub use runtime::{
+    FOLLOW_ATTEMPTS, GatewayOptions, LbFinder, LbLocation, LbOptions, Routing, RoutingError, bind_gateway,
+    bind_lb,
+};
 pub use types::{Address, ClientId, Failure, LeaseId, PeerId, ReqId, Seq, ServiceName};
 
 #[cfg(test)]

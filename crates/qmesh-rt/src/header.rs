@@ -51,6 +51,8 @@ pub enum HeaderError {
     NullId,
     #[error("header field `dedup` names a key but `id` is missing")]
     DedupWithoutId,
+    #[error("header field `dedup` is empty; name a key, or leave the field out to publish without dedup")]
+    EmptyDedup,
 }
 
 impl PubHeader {
@@ -74,7 +76,14 @@ impl PubHeader {
             let v = item(&d.values, i).ok_or(HeaderError::NotADict(d.values.ty()))?;
             match key.as_str() {
                 "on" => h.on = text("on", &v)?,
-                "dedup" => h.dedup = text("dedup", &v)?,
+                "dedup" => {
+                    // An id with an empty key would silently publish without
+                    // dedup: the caller meant a key, so say so.
+                    h.dedup = text("dedup", &v)?;
+                    if h.dedup.is_none() && !matches!(v, K::GenericNull) {
+                        return Err(HeaderError::EmptyDedup);
+                    }
+                }
                 "ts" => {
                     h.ts = match v {
                         K::Atom(Atom::Timestamp(t)) if t == nulls::LONG_NULL => None,
@@ -144,6 +153,14 @@ fn text(field: &'static str, v: &K) -> Result<Option<String>, HeaderError> {
 mod tests {
     use super::*;
     use qmesh_codec::Attr;
+
+    #[test]
+    fn an_empty_dedup_key_is_refused_not_taken_for_no_dedup() {
+        let h = dict(&["id", "dedup"], vec![K::long(1), K::sym("")]);
+        assert_eq!(PubHeader::parse(&h), Err(HeaderError::EmptyDedup));
+        let h = dict(&["id", "dedup"], vec![K::long(1), K::string("")]);
+        assert_eq!(PubHeader::parse(&h), Err(HeaderError::EmptyDedup));
+    }
 
     fn dict(keys: &[&str], values: Vec<K>) -> K {
         K::dict(K::syms(keys.iter().copied()), K::List(Attr::None, values))

@@ -12,7 +12,7 @@
 //! ```q
 //! q)h:hopen`::5010
 //! q)h(`.rt.pub;`trades;(`upd;`trade;([]time:3#.z.p;sym:`a`b`c;px:1 2 3f)))
-//! 17592186044468                        / the position after it, once it is on disk
+//! 17592186044416                        / its own position, once it is on disk
 //! q)neg[h](`.rt.pub;`trades;(`upd;`trade;t))   / async: no answer; errors are logged and counted
 //! q)h(`.rt.pub;`trades;msg;`on`ts`id`dedup!(`feedA;0Np;42;`trade))  / with a header
 //! q)h(`.rt.pub;`trades;(prd 3#1024)#0x00)
@@ -24,8 +24,9 @@
 //! ```
 //!
 //! A sync `.rt.pub` answers once the message is durable (written and
-//! fsynced; many publishers' messages share one fsync) with the position to
-//! resubscribe from to get the messages after it. The payload is stored
+//! fsynced; many publishers' messages share one fsync) with the message's
+//! own position: a restart point, `.rt.sub` from it delivers that message
+//! first. (A pushed `.rt.msg` carries the position *after* its message.) The payload is stored
 //! exactly as the publisher serialized it ([`request::Request::Pub`]). Its
 //! size limit is [`limits::MAX_PAYLOAD_BYTES`] (RT's 1073741783 bytes).
 //!

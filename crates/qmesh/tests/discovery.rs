@@ -169,3 +169,93 @@ fn every_server_kind_heartbeats_to_discovery_which_survives_a_restart() {
     assert!(disc.terminate().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `POST /query` on the gateway's HTTP port: `(status, body)`.
+fn post_query(addr: SocketAddr, service: &str, query: &str) -> (u16, String) {
+    let body = serde_json::json!({"service": service, "query": query}).to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /query HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// Queries until one answers 200 (bounded); the last answer otherwise.
+fn query_until_answered(gw_http: SocketAddr, service: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = post_query(gw_http, service, "select count(*) as n from trade");
+        if status == 200 || Instant::now() > deadline {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_gateway_given_only_discovery_finds_its_load_balancer_and_follows_it_when_it_moves() {
+    let bin = env!("CARGO_BIN_EXE_qmesh");
+    let disc = Process::qmesh(
+        bin,
+        &["discovery", "--bind", "127.0.0.1", "-p", "0", "--http", "0"],
+        &["ipc", "http"],
+    );
+    let d = disc.addr("ipc").to_string();
+    let start_lb = |name: &str| {
+        Process::qmesh(
+            bin,
+            &["lb", "--bind", "127.0.0.1", "-p", "0", "--name", name, "--discovery", &d],
+            &["ipc"],
+        )
+    };
+    let start_svc = |name: &str, lb: &Process| {
+        Process::qmesh(
+            bin,
+            &[
+                "service",
+                "--name",
+                name,
+                "--demo",
+                "--demo-rows",
+                "10",
+                "--bind",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--lb",
+                &lb.addr("ipc").to_string(),
+            ],
+            &["ipc"],
+        )
+    };
+    let mut lb1 = start_lb("lb1");
+    let _svc1 = start_svc("EQ1", &lb1);
+    // no --lb: the gateway asks discovery
+    let gw = Process::qmesh(
+        bin,
+        &["gateway", "--bind", "127.0.0.1", "-p", "0", "--http", "0", "--name", "gw", "--discovery", &d],
+        &["ipc", "http"],
+    );
+    let gw_http = gw.addr("http");
+    let (status, body) = query_until_answered(gw_http, "EQ1");
+    assert_eq!(status, 200, "a query through the load balancer found in discovery: {body}");
+
+    // The load balancer moves: killed, another one elsewhere, a service registered with it.
+    lb1.kill();
+    let lb2 = start_lb("lb2");
+    let _svc2 = start_svc("EQ2", &lb2);
+    let (status, body) = query_until_answered(gw_http, "EQ2");
+    assert_eq!(status, 200, "the gateway followed the load balancer to its new address: {body}");
+    let http = disc.addr("http");
+    let p = wait_until(http, "the gateway still listed active", |p| {
+        p.iter().any(|x| x["name"] == "gw" && x["state"] == "active")
+    });
+    assert!(p.iter().any(|x| x["name"] == "lb2"));
+}

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qmesh_codec::Message;
-use qmesh_ipc::session::{Down, Hello, Session, SessionHooks, Up};
+use qmesh_ipc::session::{Down, Hello, Session, SessionEnd, SessionHooks, Up};
 use qmesh_ipc::{Handler, Peer, Responder};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -46,6 +46,50 @@ impl Router {
         let hooks =
             LbLink { router: self, gate: Arc::new(Mutex::new(LbGate::Open)), target: target.to_string() };
         session.run(hooks, stop).await;
+    }
+}
+
+impl Router {
+    /// Keeps the connection to a load balancer found by `find`: ask where it
+    /// is, keep a [`Session`] to it (as [`Router::lb_task`]), and when that
+    /// address stays unreachable for [`crate::runtime::FOLLOW_ATTEMPTS`]
+    /// attempts in a row, ask again — so the gateway follows a load balancer
+    /// that moved. While none is found it asks again with the reconnect
+    /// backoff.
+    pub(crate) async fn lb_follow(self: Arc<Self>, find: crate::runtime::LbFinder) {
+        let stop = self.stop.clone();
+        let mut misses = 0u32;
+        loop {
+            let found = tokio::select! {
+                _ = stop.cancelled() => return,
+                found = (find.0)() => found,
+            };
+            let Some(target) = found else {
+                if misses == 0 {
+                    warn!("no load balancer found yet; looking again");
+                }
+                misses = misses.saturating_add(1);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.backoff.delay(misses)) => {}
+                }
+                continue;
+            };
+            misses = 0;
+            info!(lb = %target, "load balancer found");
+            let backoff =
+                qmesh_ipc::Backoff { max_attempts: Some(crate::runtime::FOLLOW_ATTEMPTS), ..self.backoff };
+            let session = Session::new(target.clone(), self.link_opts.clone(), backoff);
+            let hooks = LbLink {
+                router: self.clone(),
+                gate: Arc::new(Mutex::new(LbGate::Open)),
+                target: target.to_string(),
+            };
+            if session.run(hooks, stop.clone()).await == SessionEnd::Stopped {
+                return;
+            }
+            info!(lb = %target, "load balancer unreachable; looking for it again");
+        }
     }
 }
 

@@ -12,7 +12,7 @@ mod options;
 
 pub use crate::router::{HTTP_CLIENT_BASE, Payload, Router};
 pub use options::{
-    DEFAULT_RECONNECT, DEFAULT_SHUTDOWN_GRACE, GatewayOptions, LbLocation, LbOptions, RoutingError,
+    DEFAULT_RECONNECT, DEFAULT_SHUTDOWN_GRACE, GatewayOptions, LbFinder, LbLocation, LbOptions, RoutingError,
 };
 
 use std::net::SocketAddr;
@@ -28,11 +28,18 @@ use crate::metrics::GatewayMetrics;
 use crate::router::{RouterHandler, new_router, register_gw_metrics, register_lb_metrics};
 use crate::types::PeerId;
 
+/// Attempts in a row a gateway makes to reach a load balancer it found
+/// ([`LbLocation::Found`]) before it asks where the load balancer is again.
+/// With [`DEFAULT_RECONNECT`]'s backoff three attempts take a fraction of a
+/// second after the loss; a load balancer that moved is followed as soon as
+/// discovery lists it, and one that restarts in place is found again there.
+pub const FOLLOW_ATTEMPTS: u32 = 3;
+
 /// A bound routing process: its listeners are open, nothing runs yet.
 pub struct Routing {
     shell: Shell,
     router: Arc<Router>,
-    lb_target: Option<qmesh_ipc::Address>,
+    lb_target: Option<LbLocation>,
     /// Serves `/query` (a gateway) besides `/api/services`.
     gateway: bool,
     lb_role: bool,
@@ -75,7 +82,8 @@ pub async fn bind_gateway(opts: GatewayOptions) -> Result<Routing, RoutingError>
             lb.register_gateway(PeerId::LOCAL, GatewayProtocol::Qmesh);
             (Gateway::new(opts.gateway, true), Some(lb), None)
         }
-        LbLocation::Remote(addr) => (Gateway::new(opts.gateway, false), None, Some(addr)),
+        LbLocation::Remote(addr) => (Gateway::new(opts.gateway, false), None, Some(LbLocation::Remote(addr))),
+        LbLocation::Found(f) => (Gateway::new(opts.gateway, false), None, Some(LbLocation::Found(f))),
     };
     let lb_role = lb.is_some();
     let router = new_router(Some(core), lb, link_opts, opts.reconnect, shell.health().clone(), Some(gm));
@@ -124,10 +132,13 @@ impl Routing {
         let Routing { shell, router, lb_target, gateway, lb_role, grace } = self;
         tokio::spawn(router.clone().timer_task());
         match lb_target {
-            Some(t) => {
+            Some(LbLocation::Remote(t)) => {
                 tokio::spawn(router.clone().lb_task(t));
             }
-            None => shell.health().set_ready(true),
+            Some(LbLocation::Found(find)) => {
+                tokio::spawn(router.clone().lb_follow(find));
+            }
+            Some(LbLocation::Embedded(_)) | None => shell.health().set_ready(true),
         }
         let api = crate::http::routes(router.clone(), gateway);
         let handler = RouterHandler { router: router.clone(), lb_role };

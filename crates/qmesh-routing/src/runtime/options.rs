@@ -43,11 +43,35 @@ impl Default for LbOptions {
     }
 }
 
+/// Finds the load balancer's address now (e.g. an active `lb` in the
+/// discovery registry); `None` when there is none yet. Called before the
+/// first connection and again each time the load balancer it gave stays
+/// unreachable for [`FOLLOW_ATTEMPTS`](crate::runtime::FOLLOW_ATTEMPTS) attempts in a row.
+#[derive(Clone)]
+pub struct LbFinder(
+    #[allow(clippy::type_complexity)]
+    pub  std::sync::Arc<
+        dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<qmesh_ipc::Address>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for LbFinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LbFinder")
+    }
+}
+
 /// Where a gateway's load balancer is.
 #[derive(Debug, Clone)]
 pub enum LbLocation {
     /// A `qmesh lb` (or any process speaking the protocol) at this address.
     Remote(qmesh_ipc::Address),
+    /// Wherever `LbFinder` says, looked up again when the one found goes
+    /// away: the load balancer follows a move (seed 001: a gateway given
+    /// `--discovery` and no `--lb` finds its load balancer there).
+    Found(LbFinder),
     /// In this process; services register with the gateway's own port.
     Embedded(LbConfig),
 }

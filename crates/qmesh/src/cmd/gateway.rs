@@ -1,5 +1,7 @@
-//! `qmesh gateway (--lb HOST:PORT | --embedded-lb) [-p PORT] [--http PORT]`:
-//! the query-routing gateway (see `qmesh-routing`).
+//! `qmesh gateway (--lb HOST:PORT | --embedded-lb | --discovery HOST:PORT) [-p PORT] [--http PORT]`:
+//! the query-routing gateway (see `qmesh-routing`). With `--discovery` and
+//! no `--lb` it finds an active `lb` in the registry and follows it when it
+//! moves.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,7 +20,8 @@ pub struct Args {
     /// -p (clients, and with --embedded-lb services registering), --http (POST /query), -u (clients)…
     #[command(flatten)]
     pub server: ServerFlags,
-    /// The load balancer (`host:port`, `:host:port:user:password`).
+    /// The load balancer (`host:port`, `:host:port:user:password`). Without it (and without --embedded-lb),
+    /// --discovery finds an active `lb` in the registry and follows it when it moves.
     #[arg(long, env = "QMESH_LB", conflicts_with = "embedded_lb")]
     pub lb: Option<String>,
     /// Run the load balancer in this process: services register with this gateway's port.
@@ -68,7 +71,18 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
             stuck_grace: args.stuck_grace,
             instance_concurrency: args.instance_concurrency,
         }),
-        _ => bail!("give --lb HOST:PORT, or --embedded-lb to run the load balancer in this process"),
+        (None, false) if args.discovery.is_some() => {
+            // seed 001: find the load balancer in discovery, and follow it when it moves
+            let registry =
+                Address::parse(args.discovery.as_deref().unwrap_or_default()).context("--discovery")?;
+            LbLocation::Found(qmesh_routing::LbFinder(std::sync::Arc::new(move || {
+                let registry = registry.clone();
+                Box::pin(async move { qmesh_discovery_client::find_ipc(&registry, "lb").await })
+            })))
+        }
+        _ => bail!(
+            "give --lb HOST:PORT, --embedded-lb to run the load balancer in this process, or --discovery HOST:PORT to find it there"
+        ),
     };
     let opts = GatewayOptions {
         shell: args.server.shell("gateway", &args.name, args.max_message_bytes),
