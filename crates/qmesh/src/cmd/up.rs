@@ -197,7 +197,7 @@ fn where_things_are(s: &Summary) -> String {
         out += &format!("  q     h:hopen `{q_port}; h(`userQuery;(`{svc};\"{sql}\"))\n");
         out += &format!(
             "  PyKX  PYKX_UNLICENSED=true python3 -c \"import pykx as kx; q = kx.SyncQConnection('{host}', {port}); \
-             print(q('userQuery', kx.toq([kx.SymbolAtom('{svc}'), kx.CharVector('{sql}')])))\"\n"
+             print(q('userQuery', kx.toq([kx.SymbolAtom('{svc}'), kx.CharVector('{sql}')])).pd())\"\n"
         );
         if let Some(http) = gw.http {
             out += &format!(
