@@ -10,9 +10,15 @@
 //! exist, `the_default_estate_flows_from_feed_to_query` says it is skipped
 //! (the lead makes it mandatory once they land); the supervision is proven
 //! meanwhile on an estate whose services hold demo tables (`--demo`).
+//!
+//! `the_dashboard_shows_the_estate_and_a_restart` drives the dashboard in
+//! headless Chromium (`tests/js/up_dashboard.cjs`, playwright-core; needs
+//! what `tests/discovery_dashboard.rs` needs, and skips without it unless
+//! `QMESH_REQUIRE_BROWSER` is set). `QMESH_SCREENSHOT=FILE` saves the
+//! picture (`docs/up-dashboard.png` was taken so).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -249,7 +255,7 @@ fn total_n(answer: &Value) -> i64 {
     answer["result"].as_array().map_or(0, |rows| rows.iter().map(|r| r["n"].as_i64().unwrap_or(0)).sum())
 }
 
-/// An estate of discovery, lb, gateway and two instances of the service
+/// An estate of discovery, a stream node, lb, gateway and two instances of the service
 /// holding demo tables; restarts wait long enough that discovery is seen
 /// showing a killed instance.
 fn demo_config(base: u16) -> String {
@@ -265,6 +271,13 @@ kind = "discovery"
 port = {d}
 http = {dh}
 args = ["--warn-after", "3s", "--error-after", "6s"]
+
+[[process]]
+name = "rt"
+kind = "rt"
+port = {rt}
+http = {rth}
+streams = ["trades"]
 
 [[process]]
 name = "lb"
@@ -306,6 +319,8 @@ query-threads = 1
         dh = base + 81,
         lb = base + 2,
         lbh = base + 82,
+        rt = base + 3,
+        rth = base + 83,
         s1 = base + 4,
         s1h = base + 84,
         s2 = base + 5,
@@ -329,7 +344,7 @@ fn up_supervises_an_estate_restarts_a_killed_instance_and_stops_cleanly() {
     // every process active in discovery (the registry beats to itself)
     let s1 = format!("{SERVICE}:{}", base + 4);
     let s2 = format!("{SERVICE}:{}", base + 5);
-    let names = ["discovery", "lb", "gateway", s1.as_str(), s2.as_str()];
+    let names = ["discovery", "rt", "lb", "gateway", s1.as_str(), s2.as_str()];
     eventually("every process active", || {
         let rows = processes(dashboard);
         names.iter().all(|n| state(&rows, n) == "active").then_some(())
@@ -339,7 +354,7 @@ fn up_supervises_an_estate_restarts_a_killed_instance_and_stops_cleanly() {
     let st = Command::new(BIN).args(["status", "--config", cfg.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(st.status.success(), "{text}");
-    assert!(text.lines().filter(|l| l.contains(" active ")).count() == 5, "{text}");
+    assert!(text.lines().filter(|l| l.contains(" active ")).count() == 6, "{text}");
 
     // the printed curl works as printed
     let curl_cmd = up.summary("curl");
@@ -401,7 +416,7 @@ fn up_supervises_an_estate_restarts_a_killed_instance_and_stops_cleanly() {
             (w.len() > 1 && w[1] == "stopped").then(|| w[0])
         })
         .collect();
-    assert_eq!(stopped, ["rdb2", "rdb1", "gateway", "lb", "discovery"]);
+    assert_eq!(stopped, ["rdb2", "rdb1", "gateway", "lb", "rt", "discovery"]);
     assert!(up.seen.iter().any(|l| l.contains("stopped (1 restarts)")), "{:?}", up.seen.last());
     no_process_left(&again);
 }
@@ -567,6 +582,75 @@ fn the_default_estate_flows_from_feed_to_query() {
     eprintln!("both instances: {same} trades");
     assert!(Command::new("kill").args(["-CONT", &feed.to_string()]).status().unwrap().success());
 
+    up.signal("INT");
+    assert!(up.wait_exit().success());
+    no_process_left(&up.pids());
+}
+
+fn node_setup() -> Option<(PathBuf, PathBuf)> {
+    let npm = std::env::var_os("QMESH_NPM")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/qmesh-npm")))?;
+    let pw = npm.join("node_modules/playwright-core");
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if pw.exists() && chromium.exists() && node_ok {
+        return Some((pw, chromium));
+    }
+    assert!(
+        std::env::var_os("QMESH_REQUIRE_BROWSER").is_none(),
+        "QMESH_REQUIRE_BROWSER is set but node, {} or {} is missing",
+        pw.display(),
+        chromium.display()
+    );
+    eprintln!("NOTICE: no node/chromium/playwright-core; skipping the up dashboard test (run .ci/run)");
+    None
+}
+
+#[test]
+fn the_dashboard_shows_the_estate_and_a_restart() {
+    let Some((pw, chromium)) = node_setup() else { return };
+    let base = free_base();
+    let dir = TempDir::new("dash");
+    let cfg = dir.0.join("qmesh.toml");
+    std::fs::write(&cfg, demo_config(base)).unwrap();
+    let data = dir.0.join("data");
+    let mut up = Up::start(&["--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    up.wait_up();
+    let s1 = format!("{SERVICE}:{}", base + 4);
+    let s2 = format!("{SERVICE}:{}", base + 5);
+    let names = ["discovery", "rt", "lb", "gateway", s1.as_str(), s2.as_str()].join(",");
+
+    let script = qmesh_testkit::manifest_dir().join("tests/js/up_dashboard.cjs");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script)
+        .arg(format!("http://127.0.0.1:{}/", base + 81))
+        .arg(&pw)
+        .arg(&chromium)
+        .arg(&names)
+        .arg(&s1);
+    if let Some(shot) = std::env::var_os("QMESH_SCREENSHOT") {
+        cmd.arg(shot);
+    }
+    let mut node = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("node");
+    let mut stdin = node.stdin.take().unwrap();
+    let mut transcript = String::new();
+    let mut done = false;
+    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        eprintln!("{line}");
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line == "CMD kill EQUITY_MARKET_RDB:".to_string() + &(base + 4).to_string() {
+            let pid = up.pids()["rdb1"][0];
+            assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+            writeln!(stdin, "OK").unwrap();
+        }
+        done |= line == "DONE";
+    }
+    let status = node.wait().unwrap();
+    assert!(status.success() && done, "dashboard script failed:\n{transcript}");
+    up.wait_line("rdb1 restarted", |l| l.contains("rdb1") && l.contains("(restart 1)"));
     up.signal("INT");
     assert!(up.wait_exit().success());
     no_process_left(&up.pids());
