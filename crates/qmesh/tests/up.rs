@@ -17,6 +17,8 @@
 //! `QMESH_REQUIRE_BROWSER` is set). `QMESH_SCREENSHOT=FILE` saves the
 //! picture (`docs/up-dashboard.png` was taken so).
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
