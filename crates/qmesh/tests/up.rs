@@ -657,3 +657,33 @@ fn the_dashboard_shows_the_estate_and_a_restart() {
     assert!(up.wait_exit().success());
     no_process_left(&up.pids());
 }
+
+#[test]
+fn a_process_failing_at_start_stops_the_estate_and_quotes_its_log() {
+    let base = free_base();
+    let dir = TempDir::new("fail");
+    let cfg = dir.0.join("qmesh.toml");
+    let text = format!(
+        "[[process]]\nname = \"discovery\"\nkind = \"discovery\"\nport = {}\nhttp = {}\n\n\
+         [[process]]\nname = \"lb\"\nkind = \"lb\"\nport = {}\nargs = [\"--no-such-flag\"]\n",
+        base + 1,
+        base + 81,
+        base + 2
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut up = Up::start(&["--config", cfg.to_str().unwrap(), "--data", dir.0.to_str().unwrap()]);
+    let status = up.wait_exit();
+    assert!(!status.success());
+    let out = Command::new(BIN)
+        .args(["up", "--config", cfg.to_str().unwrap(), "--data", dir.0.to_str().unwrap()])
+        .env("QMESH_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("lb exited (exit status 2)") && err.contains("--no-such-flag"), "{err}");
+    assert!(err.contains(&dir.0.join("logs/lb.log").display().to_string()), "{err}");
+    // the discovery started before it was stopped, and nothing is left
+    assert!(up.seen.iter().any(|l| l.contains("discovery") && l.contains("stopped")), "{:?}", up.seen);
+    no_process_left(&up.pids());
+}
