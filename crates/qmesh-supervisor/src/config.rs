@@ -228,6 +228,10 @@ pub struct ProcessSpec {
     /// `feed`: messages per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u32>,
+    /// Its state directory (`discovery`, `rt`, a `service` fed from a
+    /// stream); relative to the estate's data directory. Default: `<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
     /// Further flags, appended as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
@@ -247,6 +251,7 @@ impl ProcessSpec {
             rt: None,
             stream: None,
             rate: None,
+            data: None,
             args: Vec::new(),
         }
     }
@@ -285,11 +290,11 @@ const HEADER: &str = "\
 # discovery); `host` (default: [estate] host) says where each runs, and
 # `qmesh up --only NAME...` starts a subset on this machine. Keys of a
 # [[process]]: name, kind (discovery rt lb gateway service feed), host, port
-# (kdb+ IPC), http, service, streams (rt), lb, rt, stream, rate (feed), args
-# (further flags, as they are). Tables named after a kind ([gateway],
+# (kdb+ IPC), http, service, streams (rt), lb, rt, stream, rate (feed), data
+# (its state directory, default DATA/<name>), args (further flags, as they are). Tables named after a kind ([gateway],
 # [service], ...) give that kind's flag defaults, as for any qmesh command.
-# Every process's state is kept in DATA/<name>/, its log in
-# DATA/logs/<name>.log.
+# DATA is `qmesh up --data`, else [estate] data, else ~/.local/share/qmesh;
+# every process's log is DATA/logs/<name>.log.
 
 ";
 

@@ -17,9 +17,13 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Estate, Kind, ProcessSpec};
 
-/// The directory holding the state of the process called `name`.
-pub fn data_dir(data: &Path, name: &str) -> PathBuf {
-    data.join(name)
+/// The directory holding the state of process `p`: its `data` key (a
+/// relative path is taken under `data`), else `data/<name>`.
+pub fn data_dir(data: &Path, p: &ProcessSpec) -> PathBuf {
+    match &p.data {
+        Some(d) => data.join(d),
+        None => data.join(&p.name),
+    }
 }
 
 /// The log file (stderr and stdout) of the process called `name`.
@@ -58,7 +62,7 @@ pub fn args(estate: &Estate, p: &ProcessSpec, data: &Path) -> Vec<String> {
         flag("--http", http.to_string());
     }
     if uses_data(p) {
-        flag("--data", data_dir(data, &p.name).display().to_string());
+        flag("--data", data_dir(data, p).display().to_string());
     }
     if p.kind == Kind::Rt && !p.streams.is_empty() {
         flag("--stream", p.streams.join(","));
@@ -117,6 +121,15 @@ mod tests {
             )
         );
         assert_eq!(line(&e, "feed"), format!("feed --rt localhost:5003 --stream trades --rate 100 {d}"));
+    }
+
+    #[test]
+    fn a_data_key_moves_the_state() {
+        let mut e = Estate::default_layout(5000).unwrap();
+        e.processes[1].data = Some("/fast/rt".into());
+        e.processes[0].data = Some("reg".into());
+        assert!(line(&e, "rt").contains("--data /fast/rt "));
+        assert!(line(&e, "discovery").contains("--data /d/reg "));
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub fn run(opts: Options, stop: &Shutdown, on_event: &mut dyn FnMut(Event)) -> R
     std::fs::create_dir_all(data.join("logs")).map_err(|e| io(&data.join("logs"), e))?;
     for c in &children {
         if launch::uses_data(&c.spec) {
-            let d = launch::data_dir(&data, &c.spec.name);
+            let d = launch::data_dir(&data, &c.spec);
             std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
         }
     }
