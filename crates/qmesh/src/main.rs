@@ -64,7 +64,7 @@ enum Command {
     Discovery(cmd::discovery::Args),
     /// Start a whole estate (stream node, discovery, lb, gateway, services, feed), supervised; Ctrl-C stops it.
     Up(cmd::up::Args),
-    /// The estate's processes and their state, as discovery sees them.
+    /// The estate's processes and their state, as discovery sees them (exit 0 only when every one is active, else 3).
     Status(cmd::up::StatusArgs),
 }
 
