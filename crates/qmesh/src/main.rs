@@ -62,6 +62,10 @@ enum Command {
     Rt(cmd::rt::Args),
     /// Discovery registry: processes heartbeat (kdb+ IPC, the blog's .master.storeHb); lookups, live dashboard, /sd.
     Discovery(cmd::discovery::Args),
+    /// Start a whole estate (stream node, discovery, lb, gateway, services, feed), supervised; Ctrl-C stops it.
+    Up(cmd::up::Args),
+    /// The estate's processes and their state, as discovery sees them (exit 0 only when every one is active, else 3).
+    Status(cmd::up::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,8 @@ fn main() -> ExitCode {
             Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
             Command::Rt(args) => cmd::rt::run(args, &cli.common).await,
             Command::Discovery(args) => cmd::discovery::run(args, &cli.common).await,
+            Command::Up(args) => cmd::up::run(args, &cli.common).await,
+            Command::Status(args) => cmd::up::status(args, &cli.common).await,
         }
     });
     match result {

@@ -47,6 +47,9 @@ pub struct Args {
     /// Thresholds for one kind: KIND=WARN/ERROR/REMOVE/RISE, e.g. `rdb=10s/30s/5m/3` (repeatable).
     #[arg(long, env = "QMESH_KIND_POLICY", value_delimiter = ',')]
     pub kind_policy: Vec<String>,
+    /// Heartbeat to a registry too (`host:port`; its own port lists the registry on its own dashboard).
+    #[arg(long, env = "QMESH_DISCOVERY")]
+    pub discovery: Option<String>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -96,6 +99,14 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_discovery::bind(options).await?;
     super::announce(&bound.listening_lines())?;
+    let _heartbeat = heartbeat(
+        args.discovery.as_deref(),
+        "discovery",
+        "discovery",
+        Some(bound.ipc_addr()),
+        bound.http_addr(),
+        &shutdown,
+    )?;
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ pub mod lb;
 pub mod q;
 pub mod rt;
 pub mod service;
+pub mod up;
 
 use std::io::Write;
 

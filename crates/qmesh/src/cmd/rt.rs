@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// How often the archiver looks at each stream.
     #[arg(long, env = "QMESH_ARCHIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub archive_interval: Duration,
+    /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
+    #[arg(long, env = "QMESH_DISCOVERY")]
+    pub discovery: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +123,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_rt_node::bind(config).await?;
     super::announce(&bound.listening_lines())?;
+    let _heartbeat = super::discovery::heartbeat(
+        args.discovery.as_deref(),
+        &args.name,
+        "rt",
+        Some(bound.ipc_addr()),
+        bound.http_addr(),
+        &shutdown,
+    )?;
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
