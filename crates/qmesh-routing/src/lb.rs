@@ -14,12 +14,13 @@
 //!   names, so a late or repeated release is ignored (and counted) instead of
 //!   freeing an instance that now runs someone else's query.
 //! * **Busy until really free.** When a gateway dies its leases become
-//!   *orphaned*, not free: the instance is handed out again only once the
-//!   service reports back with `returnService`. A lease nobody ever ends (the
-//!   gateway died before dispatching, or the service is stuck) is ended at its
-//!   request deadline plus [`LbConfig::stuck_grace`] by dropping the instance:
-//!   the connection is closed and it leaves the pool until it registers again
-//!   (a whitepaper service does so from its reconnect timer, i.e. when idle).
+//!   *orphaned*, not free: the instance is handed out again only once it is
+//!   known to have finished the orphaned query, or never to have received
+//!   it (see *Orphaned allocations* below). A lease nobody ever ends (the
+//!   service is stuck, or does not answer) is ended at its request deadline
+//!   plus [`LbConfig::stuck_grace`] by dropping the instance: the connection
+//!   is closed and it leaves the pool until it registers again (a
+//!   whitepaper service does so from its reconnect timer, i.e. when idle).
 //! * **Exact accounting with qmesh gateways.** A whitepaper service's
 //!   `returnService[name]` does not say which query finished. A qmesh gateway
 //!   therefore reports `serviceDone[seq]` when the result arrives (it knows
@@ -38,6 +39,49 @@
 //! * **Pinned requests** (a request for one named instance, used by fan-out
 //!   to every instance) wait in the same FIFO and are served only by that
 //!   instance.
+//!
+//!
+//! # Orphaned allocations: the probe rule
+//!
+//! When a gateway dies (or reports `serviceLost`) holding an allocation,
+//! the load balancer cannot tell from the gateway whether the query was
+//! sent: the gateway may have died after `serviceAlloc` reached it and
+//! before it sent `queryService` (for instance stopped, then killed). It
+//! asks the instance instead, with what q itself guarantees: q runs one
+//! thing at a time, so it answers a sync request on *any* of its handles
+//! only once the query in progress (if any) has finished — and a query's
+//! `returnService` is sent before that answer, on the same connection.
+//!
+//! So, for an instance holding an orphaned lease, the load balancer sends
+//! a **probe**: q's own chaser, the sync request `""` (an empty string,
+//! answered `::`; any answer, even an error, counts) on the instance's own
+//! connection to the load balancer ([`LbAction::Probe`]), and when the
+//! answer comes ([`LoadBalancer::probe_answered`]):
+//!
+//! * if the query had been received, it has finished and its
+//!   `returnService` has already arrived and ended the lease: nothing is
+//!   left to do;
+//! * if the lease is still held, the query never reached the instance
+//!   before the probe, and never will (its gateway is gone): the lease
+//!   ends and the instance is handed out again.
+//!
+//! The instance is therefore free again within the time of the query it
+//! is running (or at once, when idle), with an unmodified `service.q`; the
+//! qmesh service answers its load balancer's sync requests by the same rule
+//! (only after every `queryService` received before them has finished and
+//! been reported). One probe per instance is in flight at a time; a lease
+//! orphaned while one is out gets a new probe when the answer comes. An
+//! instance that never answers is still dropped at the deadline plus the
+//! stuck grace.
+//!
+//! The rule rests on the dead gateway's last `queryService` reaching the
+//! instance before the probe does: the gateway wrote it before it died and
+//! the load balancer sends the probe only after seeing that death, so on
+//! one host (loopback) it always does; across a network a query still in
+//! flight on another path could arrive later. Should that happen, the
+//! query's late `returnService` is an anonymous return like any other:
+//! it is absorbed as *credit* by the next lease, never taken as the end of
+//! a qmesh gateway's lease.
 //!
 //! Time is a value passed in (`now`); the caller runs [`LoadBalancer::tick`]
 //! at [`LoadBalancer::next_timer`].
@@ -138,7 +182,18 @@ pub enum LbAction {
     RemoveResource { gw: PeerId, service: ServiceName, address: Address },
     /// Close this service connection; the instance has left the pool.
     DropInstance { peer: PeerId, service: ServiceName, address: Address, reason: DropReason },
+    /// Send the sync request `""` (q's chaser) on this instance's
+    /// connection and report its answer (any answer, even an error) with
+    /// [`LoadBalancer::probe_answered`]; if the connection closes first,
+    /// report nothing (the instance's removal ends the probe). See the
+    /// module docs, *Orphaned allocations*.
+    Probe { peer: PeerId, probe: ProbeId },
 }
+
+/// One probe of an instance ([`LbAction::Probe`]); never reused within a
+/// process, so a late answer to an old probe is told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProbeId(pub u64);
 
 /// Counters, for metrics.
 #[derive(Debug, Clone, Default)]
@@ -156,6 +211,11 @@ pub struct LbStats {
     pub stray_service_returns: u64,
     pub dropped_stuck: u64,
     pub duplicate_requests: u64,
+    /// Probes sent to instances holding orphaned leases.
+    pub probes: u64,
+    /// Orphaned leases ended by a probe's answer (their query never
+    /// reached the instance).
+    pub orphans_released: u64,
 }
 
 /// One service as seen in [`LoadBalancer::snapshot`].
@@ -192,6 +252,9 @@ struct Instance {
     pending_echo: u32,
     /// Service returns received before the gateway's `serviceDone`.
     credit: u32,
+    /// The probe in flight, if any, and the orphaned leases it covers
+    /// (those held when it was sent).
+    probe: Option<(ProbeId, Vec<LeaseId>)>,
 }
 
 impl Instance {
@@ -248,6 +311,7 @@ pub struct LoadBalancer {
     /// Live timers only: an entry is removed when what it guards ends.
     timers: BTreeSet<(Instant, Timer)>,
     next_lease: u64,
+    next_probe: u64,
     stats: LbStats,
 }
 
@@ -262,6 +326,7 @@ impl LoadBalancer {
             requests: IdMap::default(),
             timers: BTreeSet::new(),
             next_lease: 1,
+            next_probe: 1,
             stats: LbStats::default(),
         }
     }
@@ -345,6 +410,7 @@ impl LoadBalancer {
                 leases: Vec::new(),
                 pending_echo: 0,
                 credit: 0,
+                probe: None,
             },
         );
         self.services.entry(service.clone()).or_default().instances.push(peer);
@@ -661,13 +727,69 @@ impl LoadBalancer {
     }
 
     /// Marks the lease `(gw, seq)` orphaned: from now on only the service's
-    /// own return can end it.
+    /// own return, or the answer to a probe, can end it.
     fn orphan(&mut self, instance: PeerId, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
         let Some(inst) = self.instances.get_mut(&instance) else { return };
         let Some(pos) = inst.lease_pos(gw, seq) else { return };
         inst.leases[pos].orphaned = true;
         debug!(peer = instance.0, seq = seq.0, "lease orphaned; it ends when the service reports back");
         self.settle(instance, now, out);
+        self.probe(instance, out);
+    }
+
+    /// Sends a probe to `instance` if it holds orphaned leases and none is
+    /// in flight (the answer to the one in flight sends the next).
+    fn probe(&mut self, instance: PeerId, out: &mut Vec<LbAction>) {
+        let Some(inst) = self.instances.get_mut(&instance) else { return };
+        if inst.probe.is_some() {
+            return;
+        }
+        let covers: Vec<LeaseId> = inst.leases.iter().filter(|l| l.orphaned).map(|l| l.id).collect();
+        if covers.is_empty() {
+            return;
+        }
+        let probe = ProbeId(self.next_probe);
+        self.next_probe += 1;
+        debug!(
+            peer = instance.0,
+            probe = probe.0,
+            leases = covers.len(),
+            "probing an instance holding orphaned leases"
+        );
+        inst.probe = Some((probe, covers));
+        self.stats.probes += 1;
+        out.push(LbAction::Probe { peer: instance, probe });
+    }
+
+    /// The instance `peer` answered the probe `probe` (with anything, even
+    /// an error): every query it received before the probe has finished
+    /// and been reported. The orphaned leases the probe covers that are
+    /// still held were never received: they end, and the instance is handed
+    /// out again. A stale answer (an older probe, an instance that has left
+    /// and registered again) is ignored. See the module docs.
+    pub fn probe_answered(&mut self, peer: PeerId, probe: ProbeId, now: Instant, out: &mut Vec<LbAction>) {
+        let Some(inst) = self.instances.get_mut(&peer) else { return };
+        if inst.probe.as_ref().is_none_or(|(id, _)| *id != probe) {
+            debug!(peer = peer.0, probe = probe.0, "answer to a probe no longer in flight; ignored");
+            return;
+        }
+        let (_, covers) = inst.probe.take().expect("checked above");
+        for id in covers {
+            let Some(inst) = self.instances.get_mut(&peer) else { return };
+            let Some(l) = inst.leases.iter().find(|l| l.id == id) else { continue };
+            let (gw, seq) = (l.gw, l.seq);
+            // An unmatched return may be this lease's (with a concurrency
+            // above 1 it can wait behind a live gateway's lease): spend it
+            // here. If it was another lease's, returns are attributed one
+            // late from now on, which only ever frees a slot late.
+            inst.credit = inst.credit.saturating_sub(1);
+            info!(peer = peer.0, gateway = gw.0, seq = seq.0, service = %inst.service, address = %inst.address,
+                "the instance answered the probe without having run the orphaned query; allocation ended");
+            self.stats.orphans_released += 1;
+            self.end_lease(peer, gw, seq, now, out);
+        }
+        // leases orphaned while the probe was out
+        self.probe(peer, out);
     }
 
     /// Spends the instance's unmatched service returns (credit) on leases
@@ -821,6 +943,10 @@ impl LoadBalancer {
         let mut leased = 0;
         for (p, inst) in &self.instances {
             assert!(inst.leases.len() <= k);
+            assert!(
+                inst.probe.is_some() || !inst.leases.iter().any(|l| l.orphaned),
+                "instance {p:?} holds an orphaned lease and no probe is in flight"
+            );
             for l in &inst.leases {
                 leased += 1;
                 assert_eq!(self.requests.get(&(l.gw, l.seq)), Some(&Where::Leased(*p)));
@@ -915,6 +1041,25 @@ mod tests {
             self.lb.tick(now, &mut self.out);
             self.take()
         }
+
+        fn answer(&mut self, peer: PeerId, probe: ProbeId) -> Vec<LbAction> {
+            let now = self.at(0);
+            self.lb.probe_answered(peer, probe, now, &mut self.out);
+            self.take()
+        }
+    }
+
+    /// The probe of `peer` among `acts` (exactly one).
+    fn probe_of(acts: &[LbAction], peer: PeerId) -> ProbeId {
+        let probes: Vec<ProbeId> = acts
+            .iter()
+            .filter_map(|a| match a {
+                LbAction::Probe { peer: p, probe } if *p == peer => Some(*probe),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(probes.len(), 1, "one probe of {peer:?} expected in {acts:?}");
+        probes[0]
     }
 
     fn alloc(gw: PeerId, seq: i64, a: &str) -> LbAction {
@@ -1101,10 +1246,12 @@ mod tests {
         f.take();
         assert_eq!(f.request(GW, 1, "EQ"), vec![alloc(GW, 1, ":h:1")]);
         f.request(GW, 2, "EQ"); // queued, must vanish with GW
-        assert!(f.closed(GW).is_empty());
+        let probe = probe_of(&f.closed(GW), A);
         assert!(f.request(GW2, 1, "EQ").is_empty(), "A still runs the orphaned query");
         // the old query finishes: A goes to GW2
         assert_eq!(f.service_return(A), vec![alloc(GW2, 1, ":h:1")]);
+        // then the probe's answer (after the return, on the same connection): nothing to end
+        assert!(f.answer(A, probe).is_empty());
         // GW2 finishes and reports; the echo is absorbed; A is free
         f.done(GW2, 1);
         assert!(f.service_return(A).is_empty());
@@ -1119,8 +1266,11 @@ mod tests {
         f.request(GW, 2, "EQ");
         let now = f.at(0);
         f.lb.gateway_lost(GW, Seq(1), now, &mut f.out);
-        assert!(f.take().is_empty(), "A still runs seq 1: nothing allocated");
+        let acts = f.take();
+        assert_eq!(acts.len(), 1, "A may still run seq 1: nothing allocated, only a probe: {acts:?}");
+        let probe = probe_of(&acts, A);
         assert_eq!(f.service_return(A), vec![alloc(GW, 2, ":h:1")]);
+        assert!(f.answer(A, probe).is_empty());
         // lost after the service already reported: ends at once
         f.service_return(A);
         f.request(GW, 3, "EQ");
@@ -1141,7 +1291,7 @@ mod tests {
     }
 
     #[test]
-    fn orphan_never_reported_is_dropped_after_deadline_and_grace() {
+    fn orphan_whose_instance_never_answers_is_dropped_after_deadline_and_grace() {
         let cfg = LbConfig {
             default_timeout: Duration::from_millis(100),
             stuck_grace: Duration::from_millis(50),
@@ -1153,7 +1303,8 @@ mod tests {
         f.register(A, "EQ", ":h:1");
         f.register(B, "EQ", ":h:2");
         f.request(GW, 1, "EQ");
-        f.closed(GW); // died before dispatching: nobody will ever report
+        // died before dispatching; the instance is stuck and never answers the probe
+        probe_of(&f.closed(GW), A);
         assert!(f.tick(149).is_empty());
         let acts = f.tick(150);
         assert!(acts.contains(&LbAction::DropInstance {
@@ -1343,12 +1494,159 @@ mod tests {
         assert!(f.request(GW, 5, "EQ").is_empty(), "two queries per instance at most");
         assert_eq!(f.done(GW, 3), vec![alloc(GW, 5, ":h:1")]);
         // anonymous service returns end the oldest orphaned lease only
-        f.closed(GW);
+        let acts = f.closed(GW);
+        probe_of(&acts, A);
+        probe_of(&acts, B);
         f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
         assert!(f.request(GW2, 1, "EQ").is_empty(), "orphans still hold every slot");
         assert_eq!(f.service_return(A), vec![], "echo of seq 3");
         assert_eq!(f.service_return(A), vec![alloc(GW2, 1, ":h:1")]);
         assert_eq!(f.lb.snapshot()[0].busy, 2);
+    }
+
+    // Orphaned allocations (issue 13): every order of the events around a
+    // gateway dying while it holds an allocation.
+
+    /// Died between allocation and dispatch: the instance, idle, answers
+    /// the probe at once, and the allocation ends.
+    #[test]
+    fn orphan_never_dispatched_ends_at_the_probe_answer() {
+        let mut f = qmesh();
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        assert_eq!(f.request(GW, 1, "EQ"), vec![alloc(GW, 1, ":h:1")]);
+        assert!(f.request(GW2, 1, "EQ").is_empty(), "queued behind GW's allocation");
+        let acts = f.closed(GW);
+        assert_eq!(acts, vec![LbAction::Probe { peer: A, probe: probe_of(&acts, A) }]);
+        assert_eq!(f.answer(A, probe_of(&acts, A)), vec![alloc(GW2, 1, ":h:1")]);
+        assert_eq!(f.lb.stats().orphans_released, 1);
+        // GW2's lease is a normal one: its report and the echo free A
+        f.done(GW2, 1);
+        assert!(f.service_return(A).is_empty());
+        assert_eq!(f.lb.snapshot()[0].free, 1);
+        assert_eq!(f.lb.stats().stray_service_returns, 0);
+    }
+
+    /// Died after dispatching, the query still running: the instance's
+    /// `returnService` comes first and ends the lease; the probe's answer,
+    /// behind it on the same connection, finds nothing to end.
+    #[test]
+    fn orphan_dispatched_ends_at_the_report_before_the_probe_answer() {
+        let mut f = qmesh();
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW2, 1, "EQ");
+        let probe = probe_of(&f.closed(GW), A);
+        assert_eq!(f.service_return(A), vec![alloc(GW2, 1, ":h:1")]);
+        assert!(f.answer(A, probe).is_empty(), "GW2's allocation must survive the answer");
+        assert_eq!(f.lb.stats().orphans_released, 0);
+        assert!(f.request(GW2, 2, "EQ").is_empty(), "A is GW2's");
+        assert_eq!(f.done(GW2, 1), vec![alloc(GW2, 2, ":h:1")]);
+    }
+
+    /// Died after its query and the instance's report had both happened
+    /// (the report held as credit): the lease ends at the gateway's death,
+    /// no probe is needed.
+    #[test]
+    fn orphan_already_reported_needs_no_probe() {
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.service_return(A);
+        assert!(f.closed(GW).is_empty(), "ended at once: no probe");
+        assert_eq!(f.lb.stats().probes, 0);
+        assert_eq!(f.lb.snapshot()[0].free, 1);
+    }
+
+    /// The query reaches the instance only after the probe (in flight on
+    /// another path): the answer ends the lease, and the query's late
+    /// report must not end the next gateway's lease — it is held as credit.
+    #[test]
+    fn report_after_the_probe_answer_cannot_free_the_next_lease() {
+        let mut f = qmesh();
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW2, 1, "EQ");
+        let probe = probe_of(&f.closed(GW), A);
+        assert_eq!(f.answer(A, probe), vec![alloc(GW2, 1, ":h:1")]);
+        assert!(f.service_return(A).is_empty(), "the late report is credit");
+        assert!(f.request(GW2, 2, "EQ").is_empty(), "A is still GW2's");
+        assert_eq!(f.done(GW2, 1), vec![alloc(GW2, 2, ":h:1")]);
+        // and with A free, a late report is a stray, ignored
+        let mut f = qmesh();
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        let probe = probe_of(&f.closed(GW), A);
+        assert!(f.answer(A, probe).is_empty());
+        assert!(f.service_return(A).is_empty());
+        assert_eq!(f.lb.stats().stray_service_returns, 1);
+        assert_eq!(f.lb.snapshot()[0].free, 1);
+    }
+
+    /// The instance dies with the probe in flight: it leaves the pool,
+    /// waiting requests are refused, and the answer that never comes (or a
+    /// stale one, to a new registration of the same address) changes nothing.
+    #[test]
+    fn instance_dying_with_the_probe_in_flight() {
+        let mut f = qmesh();
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW2, 1, "EQ");
+        let probe = probe_of(&f.closed(GW), A);
+        let acts = f.closed(A);
+        assert!(acts.contains(&deny(GW2, 1, Failure::NoInstance(svc("EQ")))), "{acts:?}");
+        assert!(f.answer(A, probe).is_empty(), "answer from a connection that is gone");
+        // the instance comes back on a new connection, and the old answer arrives late
+        f.register(B, "EQ", ":h:1");
+        assert!(f.answer(B, probe).is_empty(), "another connection's probe");
+        assert_eq!(f.request(GW2, 2, "EQ"), vec![alloc(GW2, 2, ":h:1")]);
+    }
+
+    /// A whitepaper gateway (no reports) dying before dispatching, and a
+    /// qmesh gateway reporting `serviceLost`: both probe.
+    #[test]
+    fn whitepaper_gateway_death_and_service_lost_probe_too() {
+        let mut f = Fixture::new(LbConfig::default());
+        f.lb.register_gateway(GW, GatewayProtocol::Whitepaper);
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW2, 1, "EQ");
+        let probe = probe_of(&f.closed(GW), A);
+        assert_eq!(f.answer(A, probe), vec![alloc(GW2, 1, ":h:1")]);
+        f.request(GW2, 2, "EQ");
+        let now = f.at(0);
+        f.lb.gateway_lost(GW2, Seq(1), now, &mut f.out);
+        let probe = probe_of(&f.take(), A);
+        assert_eq!(f.answer(A, probe), vec![alloc(GW2, 2, ":h:1")]);
+    }
+
+    /// A lease orphaned while a probe is out is not covered by it (its
+    /// query may reach the instance after the probe): the answer ends only
+    /// the leases it covers and sends a new probe for the rest.
+    #[test]
+    fn lease_orphaned_while_a_probe_is_out_gets_the_next_probe() {
+        let mut f = Fixture::new(LbConfig { instance_concurrency: 2, ..LbConfig::default() });
+        f.lb.register_gateway(GW, GatewayProtocol::Qmesh);
+        f.lb.register_gateway(GW2, GatewayProtocol::Qmesh);
+        f.register(A, "EQ", ":h:1");
+        f.request(GW, 1, "EQ");
+        f.request(GW2, 1, "EQ");
+        let first = probe_of(&f.closed(GW), A);
+        let now = f.at(0);
+        f.lb.gateway_lost(GW2, Seq(1), now, &mut f.out);
+        assert!(f.take().is_empty(), "one probe in flight per instance");
+        let acts = f.answer(A, first);
+        let second = probe_of(&acts, A);
+        assert_ne!(first, second);
+        assert_eq!(f.lb.snapshot()[0].busy, 1, "GW2's lease waits for the second answer");
+        assert!(f.answer(A, first).is_empty(), "a repeated answer is stale");
+        f.answer(A, second);
+        assert_eq!(f.lb.snapshot()[0].busy, 0);
+        assert_eq!(f.lb.stats().orphans_released, 2);
     }
 
     /// A deterministic pseudo-random walk over all events, checking the
@@ -1423,7 +1721,13 @@ mod tests {
                 }
                 6 => {
                     let i = insts[(next() % 4) as usize];
-                    f.lb.service_return(i, now, &mut f.out);
+                    if next() % 3 == 0 {
+                        // an answer to a probe: the latest, or a stale one
+                        let p = ProbeId(f.lb.next_probe.saturating_sub(next() % 3));
+                        f.lb.probe_answered(i, p, now, &mut f.out);
+                    } else {
+                        f.lb.service_return(i, now, &mut f.out);
+                    }
                 }
                 7 => {
                     let p = if next() % 2 == 0 {

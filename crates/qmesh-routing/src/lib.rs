@@ -21,6 +21,13 @@
 //! | async `` neg[h](`userQuery;(`EQ;"…")) `` then `h[]` (deferred sync) | the result as an async message; a failure as an async message holding an error object, which `h[]`, PyKX and qPython raise as an error |
 //! | async `` neg[h](`userQuery;(`EQ;"…");`cb) `` (callback) | the async message `` (`cb;hdr;payload) ``, i.e. q runs `cb[hdr;payload]` |
 //!
+//! A `userQuery` whose argument is not `(service;query[;options])`
+//! (optionally followed by a callback name) — say
+//! `` neg[h](`userQuery;`EQ;"select …") ``, two arguments instead of one
+//! pair — gets `'bad request: …`: as the response to a sync call, and as one
+//! async error message to an async call, whatever its second argument: a
+//! malformed call is never answered in the callback form.
+//!
 //! The callback's `hdr` is the dictionary
 //! `` `ok`error`service`query!(ok;error;service;query) ``: `ok` a boolean,
 //! `error` the error text (`""` on success), `service` the service name
@@ -108,6 +115,14 @@
 //! `removeResource` (an instance left); `serviceDone[seq]` (the query's
 //! result arrived) and `serviceLost[seq]` (the link to its instance broke).
 //!
+//! The load balancer sends a service one message of its own: the sync
+//! request `""` (q's `h""` chaser) on the service's connection, when a
+//! gateway died holding an allocation of that instance. q answers it only
+//! once the query in progress has finished, which tells the load balancer
+//! whether the dead gateway's query ever arrived ([`lb`], *Orphaned
+//! allocations*); an unmodified `service.q` answers it, and so does qmesh's
+//! service.
+//!
 //! # What is fixed (see the research note's list of the paper's bugs)
 //!
 //! * Typed sequence numbers ([`Seq`], a q long; ints accepted), typed ids
@@ -115,12 +130,16 @@
 //! * A **lease per allocation** ([`lb`]): a gateway's release ends only the
 //!   lease it names, so a late or repeated `returnService` cannot free an
 //!   instance busy with another query. A dead gateway's instances stay busy
-//!   until they report back; a timed-out query keeps its instance until it
-//!   has really finished; an instance that never reports back is dropped
+//!   until they report back, or — when the gateway died between the
+//!   allocation and sending the query — until they answer the load
+//!   balancer's probe (within the running query's time, at once when
+//!   idle); a timed-out query keeps its instance until it has really
+//!   finished; an instance that never reports back nor answers is dropped
 //!   (its connection closed) at its deadline plus `--stuck-grace`, and is
 //!   back when it registers again (service.q does, from its timer, when
 //!   idle). A whole-estate simulation (the crate's `sim` tests) checks that no
-//!   instance is ever double-booked with gateways and services dying.
+//!   instance is ever double-booked with gateways and services dying, and
+//!   none is lost when gateways die between allocation and dispatch.
 //! * Sync clients get a response (a deferred response; the gateway never
 //!   blocks), deferred-sync and callback clients get async messages, and
 //!   errors are errors in every mode.

@@ -26,6 +26,7 @@
 //! | `denied_total` | `reason` | requests refused |
 //! | `stale_releases_total` | `from` (gateway, service) | releases that named no current lease (ignored) |
 //! | `dropped_instances_total` | | instances dropped as stuck |
+//! | `orphan_probes_total` | `outcome` (sent, released) | probes of instances holding a dead gateway's allocation; allocations they ended (the query never reached the instance) |
 
 use std::sync::{Arc, Weak};
 

@@ -7,10 +7,17 @@
 //! simulated connections that keep FIFO order per connection and have random
 //! latency. Gateways and services are killed and restarted at random.
 //!
+//! The services answer the load balancer's probe (q's `h""` chaser on their
+//! load balancer connection) only once the queries they received before it
+//! have finished, as q does; gateways may die at the moment an allocation
+//! reaches them, before they dispatch its query.
+//!
 //! Checked on every step: an instance is never given a query while it is
 //! running (or has queued) another one — the double booking the whitepaper's
 //! load balancer allows — (with a concurrency of k: never more than k at
-//! once), and at the end every client request got exactly one reply.
+//! once), and at the end every client request got exactly one reply; with
+//! gateways dying between allocation and dispatch, every instance is free
+//! again once the load stops, long before the stuck grace.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -19,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::gw::{ClientRequest, Gateway, GatewayConfig, GwAction, LinkId};
 use qmesh_codec::{EncodeOptions, Message, MsgType};
 
-use crate::lb::{GatewayProtocol, LbAction, LbConfig, LoadBalancer};
+use crate::lb::{GatewayProtocol, LbAction, LbConfig, LoadBalancer, ProbeId};
 use crate::proto::{self, ToLb};
 use crate::types::{Address, ClientId, PeerId, Seq, ServiceName};
 
@@ -37,18 +44,71 @@ fn over_the_wire(msg: ToLb) -> ToLb {
 
 #[derive(Debug)]
 enum Ev {
-    ClientQuery { gw: usize, timeout_ms: u64 },
-    ToLb { from: PeerId, msg: Option<ToLb> },
-    LbToGw { gw: usize, epoch: u32, act: LbAction },
-    ToSvc { svc: usize, life: u32, gw: usize, gw_epoch: u32, seq: Seq },
-    SvcToGw { gw: usize, epoch: u32, from: Address, seq: Seq, result: u64 },
-    LinkUp { gw: usize, epoch: u32, address: Address, link: LinkId },
-    SvcFinish { svc: usize, life: u32 },
-    SvcRegister { svc: usize, life: u32 },
-    KillGw { gw: usize },
-    StartGw { gw: usize },
-    KillSvc { svc: usize },
-    StartSvc { svc: usize },
+    ClientQuery {
+        gw: usize,
+        timeout_ms: u64,
+    },
+    ToLb {
+        from: PeerId,
+        msg: Option<ToLb>,
+    },
+    LbToGw {
+        gw: usize,
+        epoch: u32,
+        act: LbAction,
+    },
+    ToSvc {
+        svc: usize,
+        life: u32,
+        gw: usize,
+        gw_epoch: u32,
+        seq: Seq,
+    },
+    SvcToGw {
+        gw: usize,
+        epoch: u32,
+        from: Address,
+        seq: Seq,
+        result: u64,
+    },
+    LinkUp {
+        gw: usize,
+        epoch: u32,
+        address: Address,
+        link: LinkId,
+    },
+    SvcFinish {
+        svc: usize,
+        life: u32,
+    },
+    /// The load balancer's probe reaching a service.
+    ProbeToSvc {
+        svc: usize,
+        life: u32,
+        peer: PeerId,
+        probe: ProbeId,
+    },
+    /// A service's answer to a probe reaching the load balancer.
+    ProbeAnswer {
+        from: PeerId,
+        probe: ProbeId,
+    },
+    SvcRegister {
+        svc: usize,
+        life: u32,
+    },
+    KillGw {
+        gw: usize,
+    },
+    StartGw {
+        gw: usize,
+    },
+    KillSvc {
+        svc: usize,
+    },
+    StartSvc {
+        svc: usize,
+    },
     Tick,
 }
 
@@ -65,8 +125,31 @@ struct SimSvc {
     /// Current connection to the load balancer, if registered.
     lb_peer: Option<PeerId>,
     running: Option<(usize, u32, Seq)>,
-    inbox: VecDeque<(usize, u32, Seq)>,
+    inbox: VecDeque<Item>,
     register_pending: bool,
+}
+
+/// What waits in a service's input, in arrival order.
+#[derive(Debug)]
+enum Item {
+    /// `queryService` from a gateway (its index and epoch, the seq).
+    Query(usize, u32, Seq),
+    /// The load balancer's probe on this connection.
+    Probe(PeerId, ProbeId),
+}
+
+/// What goes wrong in a run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// Gateways are killed at random times.
+    kill_gateways: bool,
+    /// Services are killed (and restarted) at random times.
+    kill_services: bool,
+    /// A gateway is killed as an allocation reaches it, one time in this
+    /// many (0: never): it never dispatches that query.
+    kill_at_alloc: u64,
+    /// Some queries run past their deadline plus the stuck grace.
+    stuck_queries: bool,
 }
 
 struct Sim {
@@ -90,6 +173,9 @@ struct Sim {
     completed_ok: u64,
     /// Queries one instance may hold (the load balancer's concurrency).
     k: usize,
+    faults: Faults,
+    /// Gateways killed as an allocation reached them.
+    killed_at_alloc: u64,
 }
 
 impl Sim {
@@ -148,6 +234,12 @@ impl Sim {
                         self.schedule_register(i);
                     }
                 }
+                LbAction::Probe { peer, probe } => {
+                    if let Some(i) = self.svcs.iter().position(|s| s.lb_peer == Some(*peer)) {
+                        let life = self.svcs[i].life;
+                        self.send((0, peer.0), Ev::ProbeToSvc { svc: i, life, peer: *peer, probe: *probe });
+                    }
+                }
             }
         }
     }
@@ -204,23 +296,36 @@ impl Sim {
     }
 
     fn start_query(&mut self, svc: usize) {
-        let s = &mut self.svcs[svc];
-        if s.running.is_some() {
-            return;
-        }
-        let Some(next) = s.inbox.pop_front() else {
-            if s.lb_peer.is_none() && s.alive {
-                self.schedule_register(svc);
+        let next = loop {
+            let s = &mut self.svcs[svc];
+            if s.running.is_some() {
+                return;
             }
-            return;
+            match s.inbox.pop_front() {
+                None => {
+                    if s.lb_peer.is_none() && s.alive {
+                        self.schedule_register(svc);
+                    }
+                    return;
+                }
+                // q answers a sync request once what came before has run;
+                // the answer follows every returnService on that connection
+                Some(Item::Probe(peer, probe)) => {
+                    if s.lb_peer == Some(peer) {
+                        self.send(Self::lb_chan(peer), Ev::ProbeAnswer { from: peer, probe });
+                    }
+                }
+                Some(Item::Query(gw, epoch, seq)) => break (gw, epoch, seq),
+            }
         };
+        let s = &mut self.svcs[svc];
         s.running = Some(next);
         let life = s.life;
         // mostly quick, sometimes slow enough to time out, rarely stuck
         let r = self.rand() % 100;
         let dur = if r < 85 {
             1 + self.rand() % 10
-        } else if r < 98 {
+        } else if r < 98 || !self.faults.stuck_queries {
             40 + self.rand() % 80
         } else {
             400
@@ -267,6 +372,15 @@ impl Sim {
                 if self.gws[gw].epoch != epoch {
                     return;
                 }
+                if matches!(act, LbAction::Alloc { .. })
+                    && self.faults.kill_at_alloc > 0
+                    && self.rand().is_multiple_of(self.faults.kill_at_alloc)
+                {
+                    // dead between allocation and dispatch
+                    self.killed_at_alloc += 1;
+                    self.kill_gw(gw);
+                    return;
+                }
                 let Some(core) = self.gws[gw].core.as_mut() else { return };
                 let mut out = Vec::new();
                 match act {
@@ -276,7 +390,7 @@ impl Sim {
                         core.add_resource(service, address, &mut out)
                     }
                     LbAction::RemoveResource { address, .. } => core.remove_resource(now, &address, &mut out),
-                    LbAction::DropInstance { .. } => {}
+                    LbAction::DropInstance { .. } | LbAction::Probe { .. } => {}
                 }
                 self.run_gw(gw, out);
             }
@@ -301,7 +415,8 @@ impl Sim {
                 if s.life != life || !s.alive {
                     return;
                 }
-                if usize::from(s.running.is_some()) + s.inbox.len() >= self.k {
+                let queued = s.inbox.iter().filter(|i| matches!(i, Item::Query(..))).count();
+                if usize::from(s.running.is_some()) + queued >= self.k {
                     self.violations.push(format!(
                         "t={} instance {} given seq {} while busy with {:?} (inbox {})",
                         self.t,
@@ -311,8 +426,21 @@ impl Sim {
                         s.inbox.len()
                     ));
                 }
-                s.inbox.push_back((gw, gw_epoch, seq));
+                s.inbox.push_back(Item::Query(gw, gw_epoch, seq));
                 self.start_query(svc);
+            }
+            Ev::ProbeToSvc { svc, life, peer, probe } => {
+                let s = &mut self.svcs[svc];
+                if s.life != life || !s.alive || s.lb_peer != Some(peer) {
+                    return;
+                }
+                s.inbox.push_back(Item::Probe(peer, probe));
+                self.start_query(svc);
+            }
+            Ev::ProbeAnswer { from, probe } => {
+                let mut out = Vec::new();
+                self.lb.probe_answered(from, probe, now, &mut out);
+                self.run_lb(out);
             }
             Ev::SvcFinish { svc, life } => {
                 let s = &mut self.svcs[svc];
@@ -365,16 +493,7 @@ impl Sim {
                     },
                 );
             }
-            Ev::KillGw { gw } => {
-                if self.gws[gw].core.take().is_none() {
-                    return;
-                }
-                let peer = self.gws[gw].peer;
-                self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: None });
-                // its clients are gone with it: their requests count as answered
-                let t = self.t + 50 + self.rand() % 100;
-                self.at(t, Ev::StartGw { gw });
-            }
+            Ev::KillGw { gw } => self.kill_gw(gw),
             Ev::StartGw { gw } => {
                 let peer = self.new_peer();
                 let g = &mut self.gws[gw];
@@ -442,11 +561,30 @@ impl Sim {
     }
 }
 
+impl Sim {
+    fn kill_gw(&mut self, gw: usize) {
+        if self.gws[gw].core.take().is_none() {
+            return;
+        }
+        let peer = self.gws[gw].peer;
+        self.send(Self::lb_chan(peer), Ev::ToLb { from: peer, msg: None });
+        // its clients are gone with it: their requests count as answered
+        let t = self.t + 50 + self.rand() % 100;
+        self.at(t, Ev::StartGw { gw });
+    }
+}
+
 fn core_link(core: &Core, address: &Address) -> Option<LinkId> {
     core.link_of(address)
 }
 
 fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool, k: usize) -> Sim {
+    let faults = Faults { kill_gateways, kill_services, kill_at_alloc: 0, stuck_queries: true };
+    run_with(seed, steps_ms, faults, k, Duration::from_millis(300))
+}
+
+fn run_with(seed: u64, steps_ms: u64, faults: Faults, k: usize, stuck_grace: Duration) -> Sim {
+    let Faults { kill_gateways, kill_services, .. } = faults;
     let mut sim = Sim {
         rng: seed,
         t: 0,
@@ -458,7 +596,7 @@ fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool, k: us
         lb: LoadBalancer::new(LbConfig {
             queue_limit: 64,
             default_timeout: Duration::from_millis(200),
-            stuck_grace: Duration::from_millis(300),
+            stuck_grace,
             instance_concurrency: k,
         }),
         gws: Vec::new(),
@@ -470,6 +608,8 @@ fn run(seed: u64, steps_ms: u64, kill_gateways: bool, kill_services: bool, k: us
         violations: Vec::new(),
         completed_ok: 0,
         k,
+        faults,
+        killed_at_alloc: 0,
     };
     for i in 0..3 {
         sim.svcs.push(SimSvc {
@@ -568,5 +708,32 @@ fn estate_with_concurrency_k_never_exceeds_k_per_instance() {
     for (seed, k) in [(31u64, 2), (32, 2), (33, 2), (34, 3), (35, 3)] {
         let sim = run(0xabcd_ef01 + seed, 6_000, true, true, k);
         check(&sim, &format!("concurrency {k} with deaths"));
+    }
+}
+
+/// Gateways dying between allocation and dispatch (the orphaned allocation
+/// of issue 13), with a stuck grace far beyond the run: only the probes can
+/// free those instances. At the end every instance is registered and free,
+/// none was dropped, and nothing was double-booked.
+#[test]
+fn estate_with_gateways_dying_at_allocation_loses_no_instance() {
+    for (seed, k, kill_services) in
+        [(41u64, 1, false), (42, 1, false), (43, 1, true), (44, 2, false), (45, 3, true)]
+    {
+        let faults = Faults { kill_gateways: false, kill_services, kill_at_alloc: 40, stuck_queries: false };
+        let sim = run_with(0x0bad_cafe + seed, 6_000, faults, k, Duration::from_secs(3_600));
+        let label = format!("gateways dying at allocation (seed {seed}, k {k})");
+        check(&sim, &label);
+        assert!(
+            sim.killed_at_alloc >= 5,
+            "{label}: only {} gateways died at an allocation",
+            sim.killed_at_alloc
+        );
+        let stats = sim.lb.stats();
+        assert!(stats.orphans_released > 0, "{label}: no probe ended an orphaned allocation");
+        assert_eq!(stats.dropped_stuck, 0, "{label}: an instance was dropped as stuck");
+        for snap in sim.lb.snapshot() {
+            assert_eq!((snap.instances, snap.busy, snap.queued), (3, 0, 0), "{label}: {snap:?}");
+        }
     }
 }

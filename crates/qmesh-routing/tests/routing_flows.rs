@@ -106,6 +106,49 @@ async fn errors_are_real_errors_in_every_mode() {
     gw.stop().await;
 }
 
+/// Issue 13: a `userQuery` whose argument is not `(service;query[;options])`
+/// gets `'bad request: …` — the response to a sync call, one async error
+/// message to an async one — and is never taken for a callback (the
+/// two-argument slip `` (`userQuery;`EQ;"select …") `` used to be answered
+/// as a callback named after the query text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_user_query_is_a_bad_request_never_a_callback() {
+    let gw = embedded(LbConfig::default(), fast_gateway()).await;
+    let mut c = connect(gw.port).await;
+    let uq = |args: Vec<K>| {
+        let mut items = vec![K::sym("userQuery")];
+        items.extend(args);
+        K::list(items)
+    };
+    let malformed = [
+        // the service and the query as two arguments
+        uq(vec![K::sym(EQ), K::string("select from trade")]),
+        uq(vec![K::string(EQ), K::string("select from trade")]),
+        uq(vec![K::long(1)]),
+        uq(vec![]),
+        uq(vec![K::list(vec![K::sym(EQ)])]),
+        uq(vec![K::list(vec![K::sym(EQ), K::string("q"), K::long(1), K::long(2)])]),
+        uq(vec![K::list(vec![K::long(1), K::string("q")])]),
+        // a well-formed pair with a callback name that is not a name
+        uq(vec![args(K::sym(EQ), "q", None), K::long(42)]),
+        uq(vec![args(K::sym(EQ), "q", None), K::sym("cb"), K::sym("more")]),
+    ];
+    for m in &malformed {
+        let e = sync_k(&c, m).await.unwrap_err();
+        assert!(e.starts_with("bad request: "), "sync {m:?}: {e}");
+    }
+    for m in &malformed {
+        c.send_async(m).unwrap();
+        let reply = next_async(&mut c).await;
+        let e = result_or_error(&reply).unwrap_err();
+        assert!(e.starts_with("bad request: "), "async {m:?}: {e}");
+    }
+    // exactly one message each: the next one answers the next request
+    c.send_async(&user_query("NOPE", "x")).unwrap();
+    assert_eq!(result_or_error(&next_async(&mut c).await), Err("unknown service: NOPE".into()));
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whitepaper_service_errors_arrive_as_the_paper_sends_them() {
     // service.q's execRequest turns an error into its text: @[value;q;{x}].

@@ -8,7 +8,17 @@
 //! `` (`registerResource;`NAME;`:host:port) `` on connecting, async
 //! `` (`returnService;`NAME) `` after each `queryService` — and reconnects
 //! (re-registering) when the load balancer goes away.
+//!
+//! A sync request from the load balancer (its probe, q's `h""`) is answered
+//! as q would answer it: only once every `queryService` received before it
+//! has finished and its `returnService` has been sent, on the same
+//! connection, ahead of the answer. q runs one thing at a time, so that is
+//! what `service.q` does; the load balancer relies on it to learn whether a
+//! dead gateway's query ever reached the instance (`qmesh_routing::lb`,
+//! *Orphaned allocations*). This service runs queries side by side, so it
+//! keeps count (`InProgress`).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -174,6 +184,65 @@ impl LbSlot {
     }
 }
 
+/// The gateways' queries (`queryService`) in progress, numbered in the
+/// order they were received, so that a sync request from the load balancer
+/// can be answered only once every query received before it has finished
+/// and been reported (`returnService`), as q answers it.
+#[derive(Debug, Clone, Default)]
+struct InProgress(Arc<InProgressState>);
+
+#[derive(Debug, Default)]
+struct InProgressState {
+    /// (next number, numbers of the queries still running)
+    running: Mutex<(u64, BTreeSet<u64>)>,
+    finished: tokio::sync::Notify,
+}
+
+/// One query in progress; dropping it marks the query finished.
+#[derive(Debug)]
+struct QueryTicket {
+    of: InProgress,
+    n: u64,
+}
+
+impl Drop for QueryTicket {
+    fn drop(&mut self) {
+        self.of.lock().1.remove(&self.n);
+        self.of.0.finished.notify_waiters();
+    }
+}
+
+impl InProgress {
+    /// A panic while holding this lock is a bug that ends the process
+    /// (fail fast); a poisoned lock is not carried on with.
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeSet<u64>)> {
+        self.0.running.lock().expect("the queries-in-progress lock is poisoned: a panic while holding it")
+    }
+
+    /// Counts a query as received, now (call before spawning its task).
+    fn start(&self) -> QueryTicket {
+        let mut g = self.lock();
+        let n = g.0;
+        g.0 += 1;
+        g.1.insert(n);
+        QueryTicket { of: self.clone(), n }
+    }
+
+    /// Waits until every query received before this call has finished.
+    async fn earlier_finished(&self) {
+        let mark = self.lock().0;
+        loop {
+            let finished = self.0.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            if self.lock().1.first().is_none_or(|first| *first >= mark) {
+                return;
+            }
+            finished.await;
+        }
+    }
+}
+
 /// What every connection shares.
 #[derive(Debug, Clone)]
 struct ServiceHandler {
@@ -181,6 +250,7 @@ struct ServiceHandler {
     engine: Arc<Engine>,
     lb: LbSlot,
     metrics: ServiceMetrics,
+    in_progress: InProgress,
 }
 
 impl ServiceHandler {
@@ -225,8 +295,9 @@ impl ServiceHandler {
     }
 
     /// The whitepaper's `queryService`: run, answer `returnRes` on the
-    /// gateway's connection, then `returnService` to the load balancer.
-    async fn query_service(&self, gateway: Peer, seq: K, query: Result<String, String>) {
+    /// gateway's connection, then `returnService` to the load balancer;
+    /// the query counts as in progress until then (`ticket`).
+    async fn query_service(&self, gateway: Peer, seq: K, query: Result<String, String>, ticket: QueryTicket) {
         let result = match query {
             Ok(sql) => self.query(&sql).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
@@ -235,6 +306,7 @@ impl ServiceHandler {
             warn!(conn = %gateway.id(), error = %e, "cannot send returnRes to the gateway");
         }
         self.return_service();
+        drop(ticket);
     }
 }
 
@@ -272,6 +344,7 @@ impl Handler for ServiceHandler {
                 // answer; the load balancer is told all the same.
                 let _ = seq;
                 let this = self.clone();
+                let ticket = self.in_progress.start();
                 tokio::spawn(async move {
                     let r = match query {
                         Ok(sql) => this.query(&sql).await.map_err(|e| e.to_string()),
@@ -279,6 +352,7 @@ impl Handler for ServiceHandler {
                     };
                     reply(responder, r);
                     this.return_service();
+                    drop(ticket);
                 });
             }
             Ok(Request::Tables) => reply(responder, Ok(protocol::tables(&self.engine.store().names()))),
@@ -303,7 +377,8 @@ impl Handler for ServiceHandler {
             Ok(Request::QueryService { seq, query }) => {
                 let this = self.clone();
                 let gateway = peer.clone();
-                tokio::spawn(async move { this.query_service(gateway, seq, query).await });
+                let ticket = self.in_progress.start();
+                tokio::spawn(async move { this.query_service(gateway, seq, query, ticket).await });
             }
             Ok(Request::Sql(_)) => {
                 warn!(conn = %peer.id(), "async SQL ignored: send it sync, or through a gateway with queryService");
@@ -405,16 +480,19 @@ impl Bound {
         let smetrics = ServiceMetrics::new(shell.metrics());
         smetrics.store_bytes.set(engine.store().bytes() as i64);
         let lb = LbSlot::default();
+        let in_progress = InProgress::default();
         let handler = ServiceHandler {
             name: name.clone(),
             engine: Arc::clone(&engine),
             lb: lb.clone(),
             metrics: smetrics.clone(),
+            in_progress: in_progress.clone(),
         };
         let advertised = shell.identity().advertised.clone().unwrap_or_default();
         let lb_stop = CancellationToken::new();
         let lb_task = lb_addr.map(|addr| {
-            let hooks = LbSession { addr, name: name.clone(), advertised, slot: lb, metrics: smetrics };
+            let hooks =
+                LbSession { addr, name: name.clone(), advertised, slot: lb, metrics: smetrics, in_progress };
             tokio::spawn(lb_session(hooks, lb_stop.clone()))
         });
         let api = crate::http::router(Arc::clone(&engine));
@@ -439,14 +517,30 @@ struct LbSession {
     advertised: String,
     slot: LbSlot,
     metrics: ServiceMetrics,
+    in_progress: InProgress,
 }
 
-/// What the load balancer sends a service: nothing it should act on.
-struct FromLb;
+/// What the load balancer sends a service: its probe, q's `h""` chaser,
+/// answered `::` once every query received before it has finished and been
+/// reported (see the module docs); anything else gets an error, at the
+/// same moment (q would answer it then too).
+struct FromLb {
+    in_progress: InProgress,
+}
 
 impl Handler for FromLb {
-    async fn on_sync(&self, _peer: &Peer, _msg: Message, responder: Responder) {
-        let _ = responder.error("bad request: a service takes no requests from its load balancer");
+    async fn on_sync(&self, _peer: &Peer, msg: Message, responder: Responder) {
+        let chaser = qmesh_ipc::pykx::answer_client_probe(&msg).is_some();
+        let in_progress = self.in_progress.clone();
+        // off the connection's read loop: it keeps reading while we wait
+        tokio::spawn(async move {
+            in_progress.earlier_finished().await;
+            let _ = if chaser {
+                responder.reply(K::GenericNull)
+            } else {
+                responder.error("bad request: a service takes no requests from its load balancer")
+            };
+        });
     }
 }
 
@@ -454,7 +548,7 @@ impl SessionHooks for LbSession {
     type Handler = FromLb;
 
     fn handler(&self) -> FromLb {
-        FromLb
+        FromLb { in_progress: self.in_progress.clone() }
     }
 
     fn hello(&self) -> Hello {

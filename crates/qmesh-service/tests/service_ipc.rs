@@ -552,3 +552,97 @@ async fn many_clients_at_once() {
     }
     svc.stop().await;
 }
+
+/// A load balancer that probes: on each registration it hands the test the
+/// service's connection, so the test can send sync requests on it.
+struct ProbingLb {
+    tx: mpsc::UnboundedSender<Result<Peer, K>>,
+}
+
+impl Handler for ProbingLb {
+    async fn on_sync(&self, _peer: &Peer, _msg: Message, responder: Responder) {
+        let _ = responder.error("nyi");
+    }
+
+    async fn on_async(&self, peer: &Peer, msg: Message) {
+        let k = msg.decode().expect("decodes");
+        if matches!(&k, K::List(_, items) if items.first() == Some(&K::sym("registerResource"))) {
+            let _ = self.tx.send(Ok(peer.clone()));
+        }
+        let _ = self.tx.send(Err(k));
+    }
+}
+
+/// Issue 13: the load balancer's probe (q's `h""` on the service's own
+/// connection) is answered as q answers it — only once the `queryService`
+/// in progress has finished and its `returnService` has been sent, ahead of
+/// the answer on that connection; at once when nothing runs.
+#[tokio::test]
+async fn probe_from_the_load_balancer_is_answered_after_the_query_in_progress() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server =
+        Server::bind(ServerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))).await.expect("lb bind");
+    let lb_addr = server.local_addr().expect("tcp");
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let lb_task = tokio::spawn(server.run(ProbingLb { tx }, async move { stop.triggered().await }));
+    let mut config = demo_config(1000);
+    config.lb = Some(Address::parse(&lb_addr.to_string()).expect("lb address"));
+    // the endless query below ends at this limit
+    config.limits = Limits { timeout: Duration::from_secs(1), ..Limits::default() };
+    config.shell.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let svc = start(config).await;
+    let Some(Ok(service_conn)) = rx.recv().await else { panic!("registration") };
+    let Some(Err(_register)) = rx.recv().await else { panic!("registerResource") };
+
+    // idle: answered (::) at once
+    assert_eq!(service_conn.call(&K::string("")).await.expect("answer").decode().expect("k"), K::GenericNull);
+
+    // a gateway's query runs (until the 1 s limit); the probe sent meanwhile
+    // is answered only after its returnService
+    let (gw, mut gw_rx) = connect(svc.ipc).await.split();
+    let endless = "select count(*) from generate_series(1, 100000000000) where value % 7 = 3";
+    gw.send_async(&K::list(vec![K::sym("queryService"), K::list(vec![K::long(1), K::string(endless)])]))
+        .expect("send");
+    // the probe must reach the service after the query did (they travel on
+    // different connections): wait until the service has it running
+    let http = svc.http.expect("http");
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(tokio::time::Instant::now() < give_up, "the query never showed as running");
+        let mut s = tokio::net::TcpStream::connect(http).await.expect("http");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("get");
+        let mut page = String::new();
+        s.read_to_string(&mut page).await.expect("read");
+        if page.lines().any(|l| l == "qmesh_service_queries_running 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let probe_conn = service_conn.clone();
+    let e = events_tx.clone();
+    let probe = tokio::spawn(async move {
+        let r = probe_conn.call(&K::string("")).await;
+        let _ = e.send("probe answered".to_string());
+        r
+    });
+    let forward = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if let Err(k) = m {
+                let _ = events_tx.send(format!("{k:?}"));
+            }
+        }
+    });
+    let Some(Incoming::Async(res)) = gw_rx.recv().await else { panic!("returnRes expected") };
+    let K::List(_, items) = res.decode().expect("decode") else { panic!("list") };
+    assert_eq!(items[0], K::sym("returnRes"));
+    let first = events.recv().await.expect("an event");
+    assert!(first.contains("returnService"), "the query's returnService comes first, got {first}");
+    assert_eq!(events.recv().await.as_deref(), Some("probe answered"));
+    assert_eq!(probe.await.expect("join").expect("answer").decode().expect("k"), K::GenericNull);
+    forward.abort();
+    svc.stop().await;
+    shutdown.trigger();
+    let _ = lb_task.await;
+}

@@ -1,9 +1,12 @@
 //! `qmesh lb` and `qmesh gateway` as real processes, with whitepaper
 //! services (crates/qmesh-routing/tests/py/wp_service.py), killed for real:
-//! the load balancer dies and comes back, a gateway dies, a service dies
-//! mid-query, a gateway is stopped with SIGTERM.
+//! the load balancer dies and comes back, a gateway dies (mid-query, or
+//! stopped at an allocation and then killed), a service dies mid-query, a
+//! gateway is stopped with SIGTERM.
 //!
-//! Waiting is for states (read from `/api/services`), never for a time.
+//! Waiting is for states (read from `/api/services`), never for a time; a
+//! query that must stay running while the test looks is a `hold` query,
+//! which ends when the test creates its file, not when a clock runs out.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -116,6 +119,52 @@ fn wait_running(s: &Process, query: &str) {
     wait_line(s, &format!("service running {query}"))
 }
 
+/// A whitepaper-service query that runs (blocking the service, as a long q
+/// query does) until [`Hold::release`]: `hold PATH`.
+struct Hold(PathBuf);
+
+impl Hold {
+    fn new(name: &str) -> Hold {
+        let p = std::env::temp_dir().join(format!("qmesh-hold-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        Hold(p)
+    }
+
+    fn query(&self) -> String {
+        format!("hold {}", self.0.display())
+    }
+
+    fn release(&self) {
+        std::fs::write(&self.0, b"").unwrap();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends `sig` (`STOP`, `CONT`) to a process.
+fn signal(p: &Process, sig: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(p.pid().to_string()).status();
+    assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} failed");
+}
+
+/// The load balancer's gauges for the service: (instances, free, busy, queued).
+fn gauges(s: &Value) -> (u64, u64, u64, u64) {
+    let e = entry(s, "load_balancer").cloned().unwrap_or_default();
+    let g = |k: &str| e[k].as_u64().unwrap_or(u64::MAX);
+    (g("instances"), g("free"), g("busy"), g("queued"))
+}
+
+/// One sample of a Prometheus text page (`name{labels} value`), if present.
+async fn metric(p: &Process, sample: &str) -> Option<f64> {
+    let (_, body) = http_get(p.addr("http"), "/metrics").await?;
+    body.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 async fn connect(p: &Process) -> Connection {
     let a = Address::parse(&p.addr("ipc").to_string()).unwrap();
     Connection::connect(&a, ClientOptions::default()).await.unwrap()
@@ -194,38 +243,92 @@ async fn dead_gateway_leaves_the_instance_busy_until_it_reports_back() {
     wait_gateway_ready(&g2, 1).await;
 
     let c1 = connect(&g1).await;
-    c1.send_async(&user_query("sleep 4000")).unwrap();
+    // The query runs until the test says so. (It was `sleep 4000`, and the
+    // test flaked under load: it asserted a state that lasts only as long
+    // as the query, and on a loaded machine those 4 s could pass before
+    // the assertion; the instance was then rightly free.)
+    let hold = Hold::new("dead-gateway");
+    c1.send_async(&user_query(&hold.query())).unwrap();
     // killed once the query runs on the service: the load balancer showing
     // the instance busy is not enough, it allocates before the gateway
-    // dispatches (a gateway dead in between is the next test's case)
-    wait_running(&s, "sleep 4000");
+    // dispatches (a gateway dead in between is the next tests' case)
+    wait_running(&s, &hold.query());
     let busy = |s: &Value| entry(s, "load_balancer").and_then(|e| e["busy"].as_u64()) == Some(1);
     assert!(busy(&status(&lb).await), "the running instance is busy");
     g1.kill();
     wait_for(&lb, "the gateway gone", |s| s["load_balancer"]["gateways"] == 1).await;
-    // the whitepaper's load balancer would free the instance now; ours keeps it
-    assert!(busy(&status(&lb).await), "instance handed out while still running");
-    // a new query waits for the orphaned one to finish, then runs
+    // the whitepaper's load balancer would free the instance now; ours keeps
+    // it, and the probe it sends is answered only once the query ends
     let c2 = connect(&g2).await;
-    let who = sync(&c2, "whoami").await.unwrap();
+    let next = tokio::spawn(async move { sync(&c2, "whoami").await });
+    wait_for(&lb, "the next request queued", |s| gauges(s) == (1, 0, 1, 1)).await;
+    assert!(busy(&status(&lb).await), "instance handed out while still running");
+    // the orphaned query finishes: its report frees the instance for the next one
+    hold.release();
+    let who = next.await.unwrap().unwrap();
     assert!(matches!(who, K::Atom(Atom::Symbol(_))));
     wait_for(&lb, "the instance free", |s| {
         entry(s, "load_balancer").and_then(|e| e["free"].as_u64()) == Some(1)
     })
     .await;
+    assert_eq!(metric(&lb, "qmesh_lb_orphan_probes_total{outcome=\"released\"}").await, Some(0.0));
 }
 
+/// Issue 13's reproduction, with default settings: gateway B runs a query
+/// on the only instance; a query for the same service at gateway A queues
+/// at the load balancer; A stops (SIGSTOP), so that when B's query ends the
+/// instance is allocated to A, which cannot send the query; then A is
+/// killed. The load balancer learns from the instance (its answer to the
+/// probe) that the query never came, and the next query runs — rather than
+/// the instance staying busy for the request's deadline plus the stuck
+/// grace (about 60 s) and then leaving the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_dead_before_dispatching_costs_the_instance_its_deadline_and_grace() {
-    let args =
-        ["lb", "--bind", "127.0.0.1", "-p", "0", "--http", "0", "--timeout", "1s", "--stuck-grace", "500ms"];
-    let lb = Process::qmesh(bin(), &args, &["ipc", "http"]);
+async fn gateway_stopped_at_the_allocation_then_killed_loses_no_instance() {
+    let lb = lb(0);
+    let lb_arg = format!("127.0.0.1:{}", lb.port("ipc"));
+    let mut ga = gateway(&["--lb", &lb_arg]);
+    let gb = gateway(&["--lb", &lb_arg]);
     let Some(s) = service(lb.port("ipc")) else { return };
+    wait_gateway_ready(&ga, 1).await;
+    wait_gateway_ready(&gb, 1).await;
+
+    let hold = Hold::new("stopped-gateway");
+    let mut cb = connect(&gb).await;
+    cb.send_async(&user_query(&hold.query())).unwrap();
+    wait_running(&s, &hold.query());
+    let ca = connect(&ga).await;
+    ca.send_async(&user_query("whoami")).unwrap();
+    wait_for(&lb, "A's request queued", |s| gauges(s) == (1, 0, 1, 1)).await;
+    signal(&ga, "STOP");
+    hold.release();
+    assert_eq!(next_async(&mut cb).await, K::long(0), "B's query ends");
+    // B reported its query done: the instance went to A's queued request
+    wait_for(&lb, "the instance allocated to the stopped gateway", |s| gauges(s) == (1, 0, 1, 0)).await;
+    ga.kill();
+    wait_for(&lb, "the gateway gone", |s| s["load_balancer"]["gateways"] == 1).await;
+    // the instance serves the next query (within the gateway's default
+    // timeout: without the probe it would stay busy for a minute)
+    let who = sync(&cb, "whoami").await;
+    assert!(matches!(who, Ok(K::Atom(Atom::Symbol(_)))), "{who:?}");
+    wait_for(&lb, "the instance free", |s| gauges(s) == (1, 1, 0, 0)).await;
+    assert_eq!(metric(&lb, "qmesh_lb_orphan_probes_total{outcome=\"released\"}").await, Some(1.0));
+    assert_eq!(metric(&lb, "qmesh_lb_dropped_instances_total").await, Some(0.0));
+    drop(ca);
+}
+
+/// A gateway speaking gateway.q's messages takes an allocation and dies
+/// before it sends the query: the instance (idle) answers the load
+/// balancer's probe at once, and is free again — not dropped at the
+/// deadline plus the stuck grace, as before the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_dead_before_dispatching_frees_the_instance_at_the_probe_answer() {
+    let lb = lb(0);
+    let Some(_s) = service(lb.port("ipc")) else { return };
     wait_for(&lb, "the instance", |s| entry(s, "load_balancer").and_then(|e| e["free"].as_u64()) == Some(1))
         .await;
 
     // a gateway (gateway.q's messages) takes an allocation and dies before
-    // it sends the query: nobody will ever report the instance free
+    // it sends the query: the instance will never report it done
     let mut gw = connect(&lb).await;
     gw.call(&K::list(vec![K::sym("registerGW"), K::sym("")])).await.unwrap();
     gw.send_async(&K::list(vec![K::sym("requestService"), K::long(1), K::sym(EQ)])).unwrap();
@@ -236,17 +339,9 @@ async fn gateway_dead_before_dispatching_costs_the_instance_its_deadline_and_gra
     );
     drop(gw);
     wait_for(&lb, "the gateway gone", |s| s["load_balancer"]["gateways"] == 0).await;
-    let busy = |s: &Value| entry(s, "load_balancer").and_then(|e| e["busy"].as_u64()) == Some(1);
-    assert!(busy(&status(&lb).await), "instance handed out while possibly running");
-
-    // at the request's deadline plus the stuck grace the load balancer drops
-    // the instance (closing its connection); the service registers again
-    wait_line(&s, "service lost the load balancer");
-    wait_line(&s, "service registered");
-    wait_for(&lb, "the instance free again", |s| {
-        entry(s, "load_balancer").and_then(|e| e["free"].as_u64()) == Some(1)
-    })
-    .await;
+    wait_for(&lb, "the instance free again", |s| gauges(s) == (1, 1, 0, 0)).await;
+    assert_eq!(metric(&lb, "qmesh_lb_orphan_probes_total{outcome=\"released\"}").await, Some(1.0));
+    assert_eq!(metric(&lb, "qmesh_lb_dropped_instances_total").await, Some(0.0));
     let g = gateway(&["--lb", &format!("127.0.0.1:{}", lb.port("ipc"))]);
     wait_gateway_ready(&g, 1).await;
     assert_eq!(sync(&connect(&g).await, "1+1").await, Ok(K::long(2)));

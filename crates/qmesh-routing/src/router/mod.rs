@@ -61,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::gw::{ClientRequest, Gateway, GwAction, LinkId, Outcome};
-use crate::lb::{LbAction, LoadBalancer, ServiceRequest};
+use crate::lb::{LbAction, LoadBalancer, ProbeId, ServiceRequest};
 use crate::metrics::{GatewayMetrics, Mode};
 use crate::proto::{self, ServiceReply, ToGateway, ToLb, UserQuery};
 use crate::types::{Address, ClientId, Failure, IdMap, PeerId, ServiceName};
@@ -166,6 +166,8 @@ type PendingReply = (ReplyTo, Result<Outcome<RawObject>, Failure>, ServiceName, 
 struct Done {
     replies: Vec<PendingReply>,
     spawns: Vec<(Address, LinkId, CancellationToken)>,
+    /// Probes of instances to send ([`LbAction::Probe`]).
+    probes: Vec<(Peer, PeerId, ProbeId)>,
 }
 
 /// The state of one routing process. See the module docs.
@@ -226,7 +228,7 @@ impl Router {
         loop {
             if !work.lb.is_empty() {
                 for a in std::mem::take(&mut work.lb) {
-                    self.lb_action(inner, now, a, work);
+                    self.lb_action(inner, now, a, work, done);
                 }
             } else if !work.gw.is_empty() {
                 for a in std::mem::take(&mut work.gw) {
@@ -254,7 +256,7 @@ impl Router {
         }
     }
 
-    fn lb_action(&self, inner: &mut Inner, now: Instant, a: LbAction, work: &mut Work) {
+    fn lb_action(&self, inner: &mut Inner, now: Instant, a: LbAction, work: &mut Work, done: &mut Done) {
         let local = |gw: PeerId| gw == PeerId::LOCAL;
         match a {
             LbAction::Alloc { gw, seq, address } => {
@@ -302,6 +304,10 @@ impl Router {
                     p.abort();
                 }
             }
+            LbAction::Probe { peer, probe } => match inner.peers.get(&peer) {
+                Some(p) => done.probes.push((p.clone(), peer, probe)),
+                None => debug!(peer = peer.0, "probe of an instance whose connection is gone"),
+            },
         }
     }
 
@@ -377,8 +383,36 @@ impl Router {
         for (address, link, stop) in done.spawns {
             tokio::spawn(self.clone().link_task(address, link, stop));
         }
+        for (peer, id, probe) in done.probes {
+            tokio::spawn(self.clone().probe_task(peer, id, probe));
+        }
         for (reply, outcome, service, elapsed) in done.replies {
             self.deliver(reply, outcome, &service, elapsed);
+        }
+    }
+
+    /// Sends the probe `""` (q's chaser) to an instance and reports the
+    /// answer to the load balancer core: the instance answers only once the
+    /// query it is running (if any) has finished (the rule in the
+    /// [`crate::lb`] docs). No timeout: an instance that never answers is
+    /// dropped by the core's stuck timer, which closes the connection and so
+    /// ends this task.
+    async fn probe_task(self: Arc<Self>, peer: Peer, id: PeerId, probe: ProbeId) {
+        let chaser = K::string("");
+        let answer = tokio::select! {
+            _ = self.stop.cancelled() => return,
+            a = peer.call(&chaser) => a,
+        };
+        match answer {
+            // an error answer is an answer: the instance has finished all it received before
+            Ok(_) | Err(qmesh_ipc::IpcError::Remote(_)) => self.with(|inner, now, work| {
+                if let Some(lb) = inner.lb.as_mut() {
+                    lb.probe_answered(id, probe, now, &mut work.lb);
+                }
+            }),
+            Err(e) => {
+                debug!(peer = id.0, probe = probe.0, error = %e, "probe not answered; the connection closed")
+            }
         }
     }
 
@@ -461,23 +495,12 @@ impl Router {
                     query: uq.query.clone(),
                 },
             ),
-            (Err(_), None) => match args
-                .get(1)
-                .and_then(|cb| proto::text_arg(cb).ok())
-                .filter(|n| !n.is_empty())
-            {
-                Some(name) => (
-                    Mode::Callback,
-                    ReplyTo::Callback {
-                        peer: peer.clone(),
-                        name,
-                        services: Vec::new(),
-                        query: args.first().cloned().unwrap_or_else(|| RawObject::encode(&K::GenericNull)),
-                    },
-                ),
-                None => (Mode::Deferred, ReplyTo::Deferred(peer.clone())),
-            },
-            (Ok(_), None) => (Mode::Deferred, ReplyTo::Deferred(peer.clone())),
+            // A malformed call is never answered as a callback: its second
+            // argument may be anything (`` (`userQuery;`EQ;"select …") `` puts
+            // the query there), and calling a function named after it on the
+            // client would be wrong. One async error message, which a
+            // deferred-sync client's `h[]` raises.
+            (Err(_), None) | (Ok(_), None) => (Mode::Deferred, ReplyTo::Deferred(peer.clone())),
         };
         if let Some(m) = &self.metrics {
             m.request(mode);

@@ -89,6 +89,22 @@ pub(crate) fn register_lb_metrics(metrics: &Metrics, router: &Arc<Router>) {
         true,
         |r| lb_sample(r, |lb| vec![(Vec::new(), lb.stats().dropped_stuck as i64)]),
     );
+    register_state(
+        metrics,
+        "qmesh_lb_orphan_probes",
+        "Probes of instances holding a dead gateway's allocation, and allocations they ended",
+        router,
+        true,
+        |r| {
+            lb_sample(r, |lb| {
+                let s = lb.stats();
+                vec![
+                    (label("outcome", "sent"), s.probes as i64),
+                    (label("outcome", "released"), s.orphans_released as i64),
+                ]
+            })
+        },
+    );
 }
 
 pub(crate) fn register_gw_metrics(metrics: &Metrics, router: &Arc<Router>) {

@@ -12,7 +12,10 @@ What it does, as service.q:
   an error becomes its text as a string, like @[value;query;{x}] — and then
   tells the load balancer async (`returnService;`NAME);
 * the query "stop" takes the whitepaper's errProj path: it sends the bare
-  list (seq;`stop) to the gateway (no function name), then returnService.
+  list (seq;`stop) to the gateway (no function name), then returnService;
+* a sync request from the load balancer (its probe, q's h"" chaser) is
+  evaluated like any other and answered once the query in progress (if any)
+  has finished: q runs one thing at a time.
 
 With --error-flag, errors are sent as (`returnRes;(seq;"text";1b)) instead
 (the form qmesh's own service uses).
@@ -25,6 +28,7 @@ q is not available here, so queries are a small fixed language:
   til N                  0 1 2 ... N-1 (longs)
   bytes N                N bytes (sent without building Python objects)
   sleep MS               sleeps MS milliseconds (blocking), returns MS
+  hold PATH              blocks until the file PATH exists (at most 120 s), returns 0
   whoami                 this instance's address, as a symbol
   pid                    this process's id
   error TEXT             signals TEXT
@@ -59,6 +63,7 @@ from aiokdb import (
     kj,
     kk,
     kNil,
+    krr,
     ks,
     ktn,
     xd,
@@ -66,6 +71,11 @@ from aiokdb import (
 )
 from aiokdb.client import open_qipc_connection
 from aiokdb.server import ServerContext, handle_connection
+
+
+# Longest a `hold` query blocks if its test never releases it (a test that
+# died): a bound, so a stray service never spins forever.
+HOLD_MAX_SECONDS = 120.0
 
 
 class Raw(KObj):
@@ -162,6 +172,13 @@ class Service(ServerContext):
             ms = int(rest)
             time.sleep(ms / 1000.0)
             return kj(ms)
+        if word == "hold":
+            # blocks (as a long q query does) until the file `rest` exists,
+            # so a test decides when the query ends instead of racing a clock
+            deadline = time.monotonic() + HOLD_MAX_SECONDS
+            while not os.path.exists(rest) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return kj(0)
         if word == "error":
             raise QError(rest or "error")
         if "+" in q:
@@ -231,12 +248,20 @@ class Service(ServerContext):
             writer.write(kk(ks("registerResource"), ks(self.name), ks(self.address)), MessageType.ASYNC)
             print(f"service registered {self.name} {self.address}", flush=True)
             try:
-                # the load balancer sends nothing; wait for it to go away
+                # q answers a sync request on any handle, the load
+                # balancer's too (its probe, q's h"" chaser), by evaluating
+                # it; since a query blocks the event loop, the answer leaves
+                # only once the query in progress has finished, after its
+                # returnService, as with q
                 while True:
-                    data = await reader.reader.read(65536)
-                    if not data:
-                        break
-            except Exception:  # noqa: BLE001
+                    mtype, cmd = await reader._read()
+                    if mtype == MessageType.SYNC:
+                        try:
+                            answer = self.evaluate(text_of(cmd))
+                        except (QError, Stop) as e:
+                            answer = krr(str(e) or "stop")
+                        writer.write(answer, MessageType.RESPONSE)
+            except Exception:  # noqa: BLE001 - the connection is gone
                 pass
             self.lb_writer = None
             writer.writer.close()
