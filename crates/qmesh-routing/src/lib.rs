@@ -176,8 +176,13 @@ mod router;
 pub mod runtime;
 pub mod types;
 
-pub use runtime::{GatewayOptions, LbLocation, LbOptions, Routing, RoutingError, bind_gateway, bind_lb};
+pub use runtime::{
+    GatewayOptions, LbLocation, LbOptions, Routing, RoutingError, StaticInstance, bind_gateway, bind_lb,
+    parse_instances,
+};
 pub use types::{Address, ClientId, Failure, LeaseId, PeerId, ReqId, Seq, ServiceName};
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod static_sim;
