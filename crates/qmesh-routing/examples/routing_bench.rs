@@ -128,9 +128,12 @@ fn gateway(args: &[String]) {
         };
         let mut shell = qmesh_process::ShellOptions::new("gateway", "gateway");
         shell.ipc = qmesh_ipc::ServerConfig::tcp(([127, 0, 0, 1], port).into());
-        let service = qmesh_routing::ServiceName::new(arg(args, "--service").unwrap_or_else(|| "BENCH".into()));
+        let service =
+            qmesh_routing::ServiceName::new(arg(args, "--service").unwrap_or_else(|| "BENCH".into()));
         let static_instances = match arg(args, "--instances") {
-            Some(list) => qmesh_routing::parse_instances(&[format!("{service}={list}")]).expect("--instances"),
+            Some(list) => {
+                qmesh_routing::parse_instances(&[format!("{service}={list}")]).expect("--instances")
+            }
             None => Vec::new(),
         };
         let default_service = (!static_instances.is_empty()).then_some(service);

@@ -55,8 +55,7 @@ pub fn serve_if_requested() {
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("stand-in q: bind");
     let local = listener.local_addr().expect("stand-in q: local address");
     // the line Process::start waits for
-    println!("plainq listening ipc {local}");
-    let _ = std::io::stdout().flush();
+    say(&format!("plainq listening ipc {local}"));
     serve(listener, local.port());
 }
 
@@ -69,6 +68,14 @@ pub fn plain_q_process(test_name: &str, port: u16) -> Process {
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads", "1"])
         .env(PLAIN_Q_PORT_ENV, port.to_string());
     Process::start(cmd, &["ipc"])
+}
+
+/// One line on stdout, flushed: what the test reads (this is a process
+/// whose output is its interface, not a library printing).
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Serves connections, one thread each, evaluating under one lock: one
@@ -116,10 +123,9 @@ fn connection(mut s: TcpStream, port: u16, gate: &Mutex<()>) -> std::io::Result<
             let _one_at_a_time = gate.lock().unwrap_or_else(|e| e.into_inner());
             let mut pos = 0;
             match decode(&body, &mut pos) {
-                Some(v) => println!("plainq running {}", v.show()),
-                None => println!("plainq running (unreadable)"),
+                Some(v) => say(&format!("plainq running {}", v.show())),
+                None => say("plainq running (unreadable)"),
             }
-            let _ = std::io::stdout().flush();
             eval(&body, port)
         };
         if header[1] == 1 {

@@ -919,6 +919,14 @@ fn send_reply(reply: ReplyTo, result: Result<Payload, Failure>) {
     }
 }
 
+/// What a gateway needs for mserve mode: the connect addresses of its static
+/// instances (with credentials) and where plain queries go.
+#[derive(Debug, Default)]
+pub(crate) struct PlainSetup {
+    pub(crate) statics: HashMap<Address, qmesh_ipc::Address>,
+    pub(crate) default_service: Option<ServiceName>,
+}
+
 pub(crate) fn new_router(
     gw: Option<Core>,
     lb: Option<LoadBalancer>,
@@ -926,9 +934,9 @@ pub(crate) fn new_router(
     backoff: Backoff,
     health: Health,
     metrics: Option<GatewayMetrics>,
-    statics: HashMap<Address, qmesh_ipc::Address>,
-    default_service: Option<ServiceName>,
+    plain: PlainSetup,
 ) -> Arc<Router> {
+    let PlainSetup { statics, default_service } = plain;
     let embedded = gw.is_some() && lb.is_some();
     Arc::new(Router {
         inner: Mutex::new(Inner {

@@ -26,7 +26,7 @@ use qmesh_process::{Identity, Metrics, Shell, Shutdown};
 use crate::gw::Gateway;
 use crate::lb::{GatewayProtocol, LoadBalancer};
 use crate::metrics::GatewayMetrics;
-use crate::router::{RouterHandler, new_router, register_gw_metrics, register_lb_metrics};
+use crate::router::{PlainSetup, RouterHandler, new_router, register_gw_metrics, register_lb_metrics};
 use crate::types::{Address, PeerId};
 use std::collections::HashMap;
 
@@ -62,8 +62,7 @@ pub async fn bind_lb(opts: LbOptions) -> Result<Routing, RoutingError> {
         DEFAULT_RECONNECT,
         shell.health().clone(),
         None,
-        HashMap::new(),
-        None,
+        PlainSetup::default(),
     );
     register_lb_metrics(shell.metrics(), &router);
     Ok(Routing {
@@ -115,8 +114,7 @@ pub async fn bind_gateway(opts: GatewayOptions) -> Result<Routing, RoutingError>
         opts.reconnect,
         shell.health().clone(),
         Some(gm),
-        statics,
-        opts.default_service,
+        PlainSetup { statics, default_service: opts.default_service },
     );
 
     register_gw_metrics(shell.metrics(), &router);
