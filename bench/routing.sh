@@ -3,7 +3,10 @@
 #   (a) directly to the services,
 #   (b) through the qmesh gateway (embedded load balancer, the whitepaper's
 #       protocol; one round per instance concurrency),
-#   (c) through HAProxy in TCP mode (leastconn) in front of the same services.
+#   (c) through HAProxy in TCP mode (leastconn) in front of the same services,
+#   (d) through the qmesh gateway in mserve mode: the same services as its
+#       static instances (the gateway's own links, sync requests), the
+#       clients' plain "1+1" forwarded as sent (`qmesh mserve`).
 # One run, same machine. Each measurement is repeated REPEAT times, the
 # three paths interleaved, and the median is printed: throughput, p50/p99
 # latency, CPU time per request (load generator + services + gateway or
@@ -109,6 +112,16 @@ round() {
     # the services must have registered with the gateway before routed runs
     "$B" load --targets "$GW" --mode routed --clients 1 --seconds 0.2 --warmup 0 >/dev/null
 
+    # mserve mode: a second gateway whose static instances are the same services
+    "$B" gateway --threads "$GATEWAY_THREADS" --concurrency "$k" --instances "$SVCS" --service BENCH \
+        >"$rtmp/ms.out" 2>"$rtmp/ms.err" &
+    local mspid=$!
+    pids+=($mspid)
+    local MS
+    MS=$(listening "$rtmp/ms.out")
+    # its links are up once a plain query is answered
+    "$B" load --targets "$MS" --mode direct --clients 1 --seconds 0.2 --warmup 0 >/dev/null
+
     local SP
     SP=$(IFS=,; echo "${svcpids[*]}")
 
@@ -122,6 +135,7 @@ round() {
             echo "direct $(run "$SVCS" direct "$n" "$SP")" >>"$runs"
             echo "qmesh $(run "$GW" routed "$n" "$SP,$gwpid")" >>"$runs"
             echo "haproxy $(run "127.0.0.1:$HAP_PORT" direct "$n" "$SP,$hap")" >>"$runs"
+            echo "mserve $(run "$MS" direct "$n" "$SP,$mspid")" >>"$runs"
         done
         python3 - "$n" "$runs" <<'EOF2'
 import json, statistics, sys
@@ -132,7 +146,7 @@ for line in open(path):
     runs.setdefault(name, []).append(json.loads(js))
 med = {name: {k: statistics.median(r[k] for r in rs) for k in ("qps", "p50_us", "p99_us", "cpu_us")}
        for name, rs in runs.items()}
-for name in ("direct", "qmesh", "haproxy"):
+for name in ("direct", "qmesh", "haproxy", "mserve"):
     m = med[name]
     print(f"{n:<8} {name:<8} {m['qps']:12.0f} {m['p50_us']:10.1f} {m['p99_us']:10.1f} {m['cpu_us']:14.1f}")
 d, q, h = med["direct"], med["qmesh"], med["haproxy"]
@@ -140,6 +154,10 @@ print(f"         qmesh/direct throughput {q['qps']/d['qps']:.2f}  haproxy/direct
 print(f"         cpu per request: qmesh/haproxy {q['cpu_us']/h['cpu_us']:.2f}  qmesh/direct {q['cpu_us']/d['cpu_us']:.2f}")
 print(f"         added by qmesh: p50 {q['p50_us']-d['p50_us']:+.1f} us  p99 {q['p99_us']-d['p99_us']:+.1f} us"
       f"   (haproxy adds p50 {h['p50_us']-d['p50_us']:+.1f} us, p99 {h['p99_us']-d['p99_us']:+.1f} us)")
+m = med["mserve"]
+print(f"         mserve mode: mserve/haproxy throughput {m['qps']/h['qps']:.2f}  mserve/qmesh {m['qps']/q['qps']:.2f}"
+      f"  cpu per request mserve/haproxy {m['cpu_us']/h['cpu_us']:.2f}"
+      f"  added p50 {m['p50_us']-d['p50_us']:+.1f} us  p99 {m['p99_us']-d['p99_us']:+.1f} us")
 EOF2
     done
     # stop this round's processes

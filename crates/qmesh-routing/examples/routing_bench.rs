@@ -6,9 +6,12 @@
 //! directly (for the "direct" and HAProxy runs) and `queryService` from a
 //! gateway, registering with the load balancer first.
 //!
-//! `routing_bench gateway [--lb HOST:PORT] [--port P] [--concurrency K]`:
-//! the qmesh gateway (the library `qmesh gateway` runs), with an embedded
-//! load balancer unless `--lb` is given; prints `gateway listening ipc ADDR`.
+//! `routing_bench gateway [--lb HOST:PORT] [--port P] [--concurrency K]
+//! [--instances A,B --service NAME]`: the qmesh gateway (the library `qmesh
+//! gateway` runs), with an embedded load balancer unless `--lb` is given;
+//! with `--instances`, the services are its static instances and plain
+//! queries go to them (mserve mode, `qmesh mserve`); prints `gateway
+//! listening ipc ADDR`.
 //!
 //! `routing_bench load --targets A,B --mode direct|routed --clients N
 //! --seconds S [--warmup S] [--service NAME]`: N clients, each in a closed
@@ -125,7 +128,22 @@ fn gateway(args: &[String]) {
         };
         let mut shell = qmesh_process::ShellOptions::new("gateway", "gateway");
         shell.ipc = qmesh_ipc::ServerConfig::tcp(([127, 0, 0, 1], port).into());
-        let opts = qmesh_routing::GatewayOptions { shell, lb, ..qmesh_routing::GatewayOptions::default() };
+        let service =
+            qmesh_routing::ServiceName::new(arg(args, "--service").unwrap_or_else(|| "BENCH".into()));
+        let static_instances = match arg(args, "--instances") {
+            Some(list) => {
+                qmesh_routing::parse_instances(&[format!("{service}={list}")]).expect("--instances")
+            }
+            None => Vec::new(),
+        };
+        let default_service = (!static_instances.is_empty()).then_some(service);
+        let opts = qmesh_routing::GatewayOptions {
+            shell,
+            lb,
+            static_instances,
+            default_service,
+            ..qmesh_routing::GatewayOptions::default()
+        };
         let bound = qmesh_routing::bind_gateway(opts).await.expect("bind");
         println!("gateway listening ipc {}", bound.ipc_addr().expect("tcp"));
         bound.run(qmesh_process::Shutdown::new()).await.expect("run");

@@ -26,6 +26,22 @@
 //!   the instance is never handed to someone else while it is busy.
 //! * An allocation the gateway cannot use (its link to the instance is down)
 //!   is released and requested again, a bounded number of times.
+//!
+//! # Static instances
+//!
+//! Besides the instances the load balancer announces (registered ones,
+//! speaking the protocol), the gateway can be given *static* instances
+//! ([`Gateway::add_static_instance`], `qmesh gateway --instances`): plain
+//! kdb+ processes that speak no protocol at all. The gateway keeps the link
+//! itself ([`GwAction::Connect`], never disconnected), and the instance is
+//! in the load balancer's pool exactly while the link is up: it joins
+//! ([`GwAction::Join`]) when the link comes up — the process answered the
+//! handshake — and leaves ([`GwAction::Leave`]) when it drops. Its
+//! queries go out as sync requests of the query itself ([`GwAction::Call`]);
+//! the answer (or the q error) is its result, fed back through
+//! [`Gateway::return_res`] like a `returnRes`, and ends the lease
+//! (`serviceDone`): the answer is what frees the instance. A link lost
+//! with a query on it fails that query with `service disconnected` at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -141,6 +157,16 @@ pub enum GwAction<R, P> {
     Connect { address: Address, link: LinkId },
     /// Close the connection to this instance and stop reconnecting.
     Disconnect { address: Address, link: LinkId },
+    /// To a static instance: the query itself as a sync request; its
+    /// answer is fed to [`Gateway::return_res`] under `seq` (a q error as
+    /// `Err(text)`).
+    Call { address: Address, seq: Seq, query: P },
+    /// To the load balancer: the static instance behind `link` is up and
+    /// joins the pool of `service`.
+    Join { service: ServiceName, address: Address, link: LinkId },
+    /// To the load balancer: the static instance behind `link` left the
+    /// pool (its link dropped); it joins again when the link is back.
+    Leave { address: Address, link: LinkId },
 }
 
 /// A service's gauges, for metrics.
@@ -231,8 +257,11 @@ struct InstanceView {
     service: ServiceName,
     link: LinkId,
     state: LinkState,
-    /// Announced by the load balancer and not removed since.
+    /// Announced by the load balancer and not removed since (a static
+    /// instance is always wanted).
     wanted: bool,
+    /// A static instance: the link is ours, queries are sync calls.
+    fixed: bool,
 }
 
 /// How a link was lost.
@@ -414,8 +443,51 @@ impl<R, P: Clone> Gateway<R, P> {
         id
     }
 
+    /// A static instance of `service` at `address` (see the module docs):
+    /// the gateway connects to it (a [`GwAction::Connect`] whose link is
+    /// kept for good) and it joins the pool each time the link comes up.
+    /// An address given twice is kept once; an address the load balancer
+    /// announced already stays a registered instance.
+    pub fn add_static_instance(
+        &mut self,
+        service: ServiceName,
+        address: Address,
+        out: &mut Vec<GwAction<R, P>>,
+    ) {
+        if self.instances.contains_key(&address) {
+            warn!(%address, "static instance given twice; kept once");
+            return;
+        }
+        let addrs = self.services.entry(service.clone()).or_default();
+        addrs.push(address.clone());
+        let link = LinkId(self.next_link);
+        self.next_link += 1;
+        self.instances.insert(
+            address.clone(),
+            InstanceView { service, link, state: LinkState::Connecting, wanted: true, fixed: true },
+        );
+        out.push(GwAction::Connect { address, link });
+    }
+
+    /// The static instances: service, address, and whether the link is up
+    /// (so in the pool), by service then address.
+    pub fn static_instances(&self) -> Vec<(ServiceName, Address, bool)> {
+        let mut v: Vec<(ServiceName, Address, bool)> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.fixed)
+            .map(|(a, i)| (i.service.clone(), a.clone(), i.state == LinkState::Up))
+            .collect();
+        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        v
+    }
+
     /// `addResource`: an instance of `service` at `address`.
     pub fn add_resource(&mut self, service: ServiceName, address: Address, out: &mut Vec<GwAction<R, P>>) {
+        if self.instances.get(&address).is_some_and(|v| v.fixed) {
+            // our own static instance, announced back after it joined
+            return;
+        }
         let addrs = self.services.entry(service.clone()).or_default();
         if !addrs.contains(&address) {
             addrs.push(address.clone());
@@ -444,7 +516,7 @@ impl<R, P: Clone> Gateway<R, P> {
                 self.next_link += 1;
                 self.instances.insert(
                     address.clone(),
-                    InstanceView { service, link, state: LinkState::Connecting, wanted: true },
+                    InstanceView { service, link, state: LinkState::Connecting, wanted: true, fixed: false },
                 );
                 out.push(GwAction::Connect { address, link });
             }
@@ -454,6 +526,13 @@ impl<R, P: Clone> Gateway<R, P> {
     /// `removeResource` (qmesh load balancers): the instance left the pool.
     pub fn remove_resource(&mut self, now: Instant, address: &Address, out: &mut Vec<GwAction<R, P>>) {
         let Some(view) = self.instances.get_mut(address) else { return };
+        if view.fixed {
+            // a static instance left the pool (its link dropped, or the load
+            // balancer found it stuck and the caller bounces the link): the
+            // link stays ours and it joins again once the link is back up
+            self.link_lost(now, address, Loss::Removed, out);
+            return;
+        }
         view.wanted = false;
         let link = view.link;
         if view.state != LinkState::Down {
@@ -470,6 +549,9 @@ impl<R, P: Clone> Gateway<R, P> {
             return;
         }
         view.state = LinkState::Up;
+        if view.fixed {
+            out.push(GwAction::Join { service: view.service.clone(), address: address.clone(), link });
+        }
         let waiting: Vec<Seq> = self
             .seqs
             .iter()
@@ -495,6 +577,7 @@ impl<R, P: Clone> Gateway<R, P> {
             return;
         }
         let was = view.state;
+        let fixed = view.fixed;
         if view.wanted {
             // the caller reconnects under the same link id
             view.state = LinkState::Retrying;
@@ -503,6 +586,9 @@ impl<R, P: Clone> Gateway<R, P> {
         }
         if was.live() {
             self.link_lost(now, address, Loss::LinkDown, out);
+        }
+        if fixed && was == LinkState::Up {
+            out.push(GwAction::Leave { address: address.clone(), link });
         }
     }
 
@@ -715,7 +801,12 @@ impl<R, P: Clone> Gateway<R, P> {
             return;
         };
         entry.state = PartState::Dispatched(address.clone());
-        out.push(GwAction::Dispatch { address, seq, query: req.query.clone() });
+        let query = req.query.clone();
+        if self.instances.get(&address).is_some_and(|v| v.fixed) {
+            out.push(GwAction::Call { address, seq, query });
+        } else {
+            out.push(GwAction::Dispatch { address, seq, query });
+        }
     }
 
     /// Requests a new allocation for the part that `seq` was, under a new seq.
@@ -770,10 +861,13 @@ impl<R, P: Clone> Gateway<R, P> {
             })
             .collect();
         affected.sort();
+        // a static instance's leases end when it leaves the pool (the
+        // `Leave` that follows), so nothing is reported lost
+        let fixed = self.instances.get(address).is_some_and(|v| v.fixed);
         for (seq, dispatched) in affected {
             if dispatched {
                 let Some(entry) = self.remove_seq(seq) else { continue };
-                if loss == Loss::LinkDown && self.lb_up {
+                if loss == Loss::LinkDown && self.lb_up && !fixed {
                     out.push(GwAction::Lost { seq });
                 }
                 if let Some(req) = entry.req {

@@ -107,6 +107,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// instance); a bound on the per-instance lease list.
 pub const MAX_INSTANCE_CONCURRENCY: usize = 1024;
 
+/// Peer ids at and above this are the gateway's own links to static
+/// instances (`qmesh gateway --instances`), never connections: a
+/// connection's id counts up from 1 and never gets near it.
+pub const STATIC_PEER_BASE: u64 = 1 << 61;
+
 /// Default time (after a lease's request deadline) before an instance that
 /// has not reported back is considered stuck and dropped from the pool.
 pub const DEFAULT_STUCK_GRACE: Duration = Duration::from_secs(30);
@@ -255,6 +260,10 @@ struct Instance {
     /// The probe in flight, if any, and the orphaned leases it covers
     /// (those held when it was sent).
     probe: Option<(ProbeId, Vec<LeaseId>)>,
+    /// A static instance (`--instances`): the gateway holds the link and
+    /// the answer to its sync request is what ends the lease; no
+    /// `returnService` ever comes, so `serviceDone` expects no echo.
+    answer_frees: bool,
 }
 
 impl Instance {
@@ -411,6 +420,7 @@ impl LoadBalancer {
                 pending_echo: 0,
                 credit: 0,
                 probe: None,
+                answer_frees: false,
             },
         );
         self.services.entry(service.clone()).or_default().instances.push(peer);
@@ -426,6 +436,38 @@ impl LoadBalancer {
         for _ in 0..self.cfg.instance_concurrency {
             self.make_available(peer, now, out);
         }
+    }
+
+    /// A static instance joins the pool: one the gateway in this process
+    /// keeps a link to (`qmesh gateway --instances`) and sends each query
+    /// as a sync request, a plain q process that knows nothing of the
+    /// protocol. `peer` is at or above [`STATIC_PEER_BASE`]. It shares the
+    /// service's FIFO queue, free list and deadlines with registered
+    /// instances; its lease ends with the gateway's `serviceDone` (the
+    /// answer arrived), with no `returnService` echo to wait for. It leaves
+    /// with [`LoadBalancer::connection_closed`] when the link drops.
+    pub fn register_static(
+        &mut self,
+        peer: PeerId,
+        service: ServiceName,
+        address: Address,
+        now: Instant,
+        out: &mut Vec<LbAction>,
+    ) {
+        debug_assert!(peer.0 >= STATIC_PEER_BASE, "static instance ids are above the connection ids");
+        // marked right after registering (which may grant a queued request
+        // at once): only the gateway's `serviceDone` reads the mark
+        self.register_resource(peer, service, address, now, out);
+        if let Some(inst) = self.instances.get_mut(&peer) {
+            inst.answer_frees = true;
+        }
+    }
+
+    /// Makes a service name known with no instance yet (the service of
+    /// static instances whose links are not up): a request for it is then
+    /// refused with `no instance`, not `unknown service`.
+    pub fn declare_service(&mut self, service: ServiceName) {
+        self.services.entry(service).or_default();
     }
 
     /// Applies a call of the protocol from a gateway or a service (`from`):
@@ -552,7 +594,9 @@ impl LoadBalancer {
         match self.requests.get(&(gw, seq)).cloned() {
             Some(Where::Leased(instance)) => {
                 if let Some(inst) = self.instances.get_mut(&instance) {
-                    if inst.credit > 0 {
+                    if inst.answer_frees {
+                        // the answer was the instance's own report
+                    } else if inst.credit > 0 {
                         inst.credit -= 1;
                     } else {
                         inst.pending_echo += 1;

@@ -54,7 +54,51 @@
 //!
 //! PyKX's connect-time probes are answered, so a plain
 //! `pykx.SyncQConnection` works; q's `h""` chaser gets `::`; anything else
-//! that is not `userQuery` gets `'bad request: …`.
+//! that is not `userQuery` gets `'bad request: …` (unless the gateway has a
+//! default service: see mserve mode below).
+//!
+//! # Plain q processes and plain queries (mserve mode)
+//!
+//! A gateway can also balance processes that speak nothing but kdb+ IPC
+//! (a plain q, an RDB, an HDB, a `qmesh service`): *static instances*,
+//! `qmesh gateway --instances SERVICE=HOST:PORT[,HOST:PORT…]` (repeatable;
+//! `:host:port:user:password` for credentials; the embedded load balancer
+//! only). The gateway opens the connections itself and reconnects with
+//! backoff; an instance is in the pool while its link is up, and its link
+//! coming up — the process answering the handshake — is what brings it
+//! (back) in. Each query goes to it as a sync request of the query itself,
+//! and the answer is what frees it: no `returnService`. Static instances
+//! share the per-service FIFO queue, deadlines, metrics and
+//! `/api/services` with registered instances; one service may have both.
+//!
+//! With `--default-service SERVICE`, anything a client sends that is not
+//! `userQuery` (nor a message of the protocol: `registerResource` and the
+//! rest keep their meaning at a gateway with an embedded load balancer) is a
+//! *plain query* for that service, forwarded as the client sent it (the
+//! same bytes, not re-encoded):
+//!
+//! | the client sends | it receives |
+//! |---|---|
+//! | sync `h"select from t"` or `` h(`f;x;y) `` | the answer as the response; the instance's error as that q error (`'type`, not wrapped); a gateway failure in the catalog's words (`'service disconnected: EQ`) |
+//! | async `neg[h]x` then `h[]` (mserve.q's deferred sync) | the answer as an async message; an error as an async error object |
+//!
+//! Every async plain message is a request and gets an answer, as with
+//! mserve.q. The gateway evaluates nothing: with no default service such
+//! messages are refused (`'bad request`; async ones are logged and
+//! dropped). Dispatch goes only to a free instance (one query at a time by
+//! default, as q runs one at a time), never to a queue behind a long query;
+//! an instance that dies mid-query gives its caller `'service disconnected:
+//! SERVICE` at once and leaves the pool until its link is back; a client
+//! that leaves loses its queued queries. `qmesh mserve -p PORT HOST:PORT…`
+//! is the short form, one pool (`--service`, default `mserve`) and plain
+//! queries routed to it:
+//!
+//! | mserve.q | qmesh |
+//! |---|---|
+//! | `q mserve.q -p 5000 4 tq` (spawns the 4 secondaries on 5001–5004) | `qmesh mserve -p 5000 localhost:5001 localhost:5002 localhost:5003 localhost:5004` (the q processes started as you like, any host) |
+//! | `(neg h)x; h[]` | the same, or `h x`, or `` h(`f;x;y) `` |
+//! | the shortest queue, at once | only a free instance; FIFO otherwise |
+//! | errors become `` `error `` | the instance's q error |
 //!
 //! # Errors
 //!
@@ -196,10 +240,12 @@ pub mod runtime;
 pub mod types;
 
 pub use runtime::{
-    FOLLOW_ATTEMPTS, GatewayOptions, LbFinder, LbLocation, LbOptions, Routing, RoutingError, bind_gateway,
-    bind_lb,
+    FOLLOW_ATTEMPTS, GatewayOptions, LbFinder, LbLocation, LbOptions, Routing, RoutingError, StaticInstance,
+    bind_gateway, bind_lb, parse_instances,
 };
 pub use types::{Address, ClientId, Failure, LeaseId, PeerId, ReqId, Seq, ServiceName};
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod static_sim;

@@ -291,6 +291,10 @@ impl Sim {
                     self.at(t, Ev::LinkUp { gw, epoch, address, link });
                 }
                 GwAction::Disconnect { .. } => {}
+                // the simulation's estate has registered instances only
+                GwAction::Call { .. } | GwAction::Join { .. } | GwAction::Leave { .. } => {
+                    unreachable!("no static instance in the simulation")
+                }
             }
         }
     }

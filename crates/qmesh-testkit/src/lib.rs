@@ -5,6 +5,10 @@
 //! * [`Process`]: a real `qmesh` process (or any command) started for a test,
 //!   whose printed `… listening <proto> <addr>` lines give its ports, killed
 //!   when dropped.
+//! * [`plain_q`]: a stand-in for a plain q process (single-threaded, kdb+
+//!   IPC only) run as a process, for what sits in front of q.
+
+pub mod plain_q;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

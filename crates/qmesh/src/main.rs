@@ -58,6 +58,8 @@ enum Command {
     Lb(cmd::lb::Args),
     /// Query-routing gateway: clients send userQuery (sync, deferred or callback) or POST /query.
     Gateway(cmd::gateway::Args),
+    /// mserve.q's balancer, transparent: plain q clients, plain q instances (`qmesh mserve -p 5000 h:5001 h:5002`).
+    Mserve(cmd::mserve::Args),
     /// Reliable-transport stream node: durable merged logs, q publishers (.rt.pub, .u.upd) and subscribers (.rt.sub); `rt tail`, `rt reset`.
     Rt(cmd::rt::Args),
     /// Discovery registry: processes heartbeat (kdb+ IPC, the blog's .master.storeHb); lookups, live dashboard, /sd.
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
             Command::Service(args) => cmd::service::run(args, &cli.common).await,
             Command::Lb(args) => cmd::lb::run(args, &cli.common).await,
             Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
+            Command::Mserve(args) => cmd::mserve::run(args, &cli.common).await,
             Command::Rt(args) => cmd::rt::run(args, &cli.common).await,
             Command::Discovery(args) => cmd::discovery::run(args, &cli.common).await,
             Command::Up(args) => cmd::up::run(args, &cli.common).await,

@@ -1,11 +1,11 @@
 //! The kdb+ IPC handler of a routing process's own port: clients'
-//! `userQuery`, and the load balancer's calls from gateways and services.
+//! `userQuery`, plain queries for the default service, and the load
+//! balancer's calls from gateways and services.
 
 use std::sync::Arc;
 
 use qmesh_codec::Message;
 use qmesh_ipc::{Handler, Peer, Responder};
-use tracing::debug;
 
 use super::{Router, peer_id};
 use crate::proto;
@@ -27,19 +27,18 @@ impl Handler for RouterHandler {
 
     async fn on_sync(&self, peer: &Peer, msg: Message, responder: Responder) {
         // (PyKX's probes and q's `h""` were answered by the server)
+        // a call (`userQuery`, the protocol, or a plain function call), or
+        // a plain query (a string…) for the default service
         match proto::call_of(&msg) {
-            Some(call) => self.router.on_call(peer, call, Some(responder)),
-            None => {
-                let _ = responder
-                    .error("bad request: this gateway runs no q; send (`userQuery;(`service;\"query\"))");
-            }
+            Some(call) => self.router.on_call(peer, &msg, call, Some(responder)),
+            None => self.router.plain_query(peer, &msg, Some(responder)),
         }
     }
 
     async fn on_async(&self, peer: &Peer, msg: Message) {
         match proto::call_of(&msg) {
-            Some(call) => self.router.on_call(peer, call, None),
-            None => debug!(conn = %peer.id(), "async message that is not a function call; ignored"),
+            Some(call) => self.router.on_call(peer, &msg, call, None),
+            None => self.router.plain_query(peer, &msg, None),
         }
     }
 

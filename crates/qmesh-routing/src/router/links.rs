@@ -21,7 +21,11 @@ impl Router {
     /// backoff), reports it up, reads its results, reports it down,
     /// reconnects — until stopped.
     pub(super) async fn link_task(self: Arc<Self>, address: Address, link: LinkId, stop: CancellationToken) {
-        let target = match qmesh_ipc::Address::parse(&address.text()) {
+        let parsed = match self.statics.get(&address) {
+            Some(t) => Ok(t.clone()),
+            None => qmesh_ipc::Address::parse(&address.text()),
+        };
+        let target = match parsed {
             Ok(t) => t,
             Err(e) => {
                 warn!(%address, error = %e, "instance address cannot be parsed; it will not be used");

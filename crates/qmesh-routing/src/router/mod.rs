@@ -61,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::gw::{ClientRequest, Gateway, GwAction, LinkId, Outcome};
-use crate::lb::{LbAction, LoadBalancer, ProbeId, ServiceRequest};
+use crate::lb::{LbAction, LoadBalancer, ProbeId, STATIC_PEER_BASE, ServiceRequest};
 use crate::metrics::{GatewayMetrics, Mode};
 use crate::proto::{self, ServiceReply, ToGateway, ToLb, UserQuery};
 use crate::types::{Address, ClientId, Failure, IdMap, PeerId, ServiceName};
@@ -114,9 +114,26 @@ pub(crate) enum ReplyTo {
     Callback { peer: Peer, name: Bytes, services: Vec<ServiceName>, query: RawObject },
     /// An HTTP request.
     Http(oneshot::Sender<Result<Payload, Failure>>),
+    /// A plain sync query (`h"select …"`, `` h(`f;x) ``) routed to the
+    /// default service: the answer as the response, the instance's own q
+    /// error as that error (`'type`, not wrapped), a gateway failure as
+    /// its catalog error.
+    PlainSync(Responder),
+    /// A plain async query (`neg[h]x; h[]`, mserve.q's deferred sync):
+    /// the answer as an async message, an error as an async error object.
+    PlainDeferred(Peer),
 }
 
 pub(crate) type Core = Gateway<ReplyTo, RawObject>;
+
+/// A sync request to a static instance, sent once the lock is released;
+/// its answer is fed back to the gateway core.
+struct PendingCall {
+    sender: qmesh_ipc::Sender,
+    address: Address,
+    seq: crate::types::Seq,
+    query: RawObject,
+}
 
 struct LinkSlot {
     link: LinkId,
@@ -168,6 +185,7 @@ struct Done {
     spawns: Vec<(Address, LinkId, CancellationToken)>,
     /// Probes of instances to send ([`LbAction::Probe`]).
     probes: Vec<(Peer, PeerId, ProbeId)>,
+    calls: Vec<PendingCall>,
 }
 
 /// The state of one routing process. See the module docs.
@@ -182,6 +200,12 @@ pub struct Router {
     health: Health,
     metrics: Option<GatewayMetrics>,
     next_http: AtomicU64,
+    /// Static instances: the address the cores know them by (no password)
+    /// → the address connected to (with the credentials, if any).
+    statics: HashMap<Address, qmesh_ipc::Address>,
+    /// Where plain queries (anything not `userQuery` nor the protocol) go;
+    /// `None`: they are refused with `bad request`.
+    default_service: Option<ServiceName>,
 }
 
 impl std::fmt::Debug for Router {
@@ -300,7 +324,16 @@ impl Router {
             }
             LbAction::DropInstance { peer, service, address, reason } => {
                 warn!(%service, %address, ?reason, "closing the connection of an instance dropped from the pool");
-                if let Some(p) = inner.peers.get(&peer) {
+                if peer.0 >= STATIC_PEER_BASE {
+                    // our own link to a static instance: dropped, it
+                    // reconnects and joins again once the process answers
+                    let link = LinkId(peer.0 - STATIC_PEER_BASE);
+                    if let Some(s) =
+                        inner.links.values().find(|s| s.link == link).and_then(|s| s.sender.as_ref())
+                    {
+                        s.abort();
+                    }
+                } else if let Some(p) = inner.peers.get(&peer) {
                     p.abort();
                 }
             }
@@ -355,6 +388,29 @@ impl Router {
                     debug!(%address, seq = seq.0, error = %e, "could not send queryService");
                 }
             }
+            GwAction::Call { address, seq, query } => {
+                match inner.links.get(&address).and_then(|s| s.sender.clone()) {
+                    Some(sender) => done.calls.push(PendingCall { sender, address, seq, query }),
+                    // the link task reports the loss, which fails the part
+                    None => debug!(%address, seq = seq.0, "call to a static instance without a live link"),
+                }
+            }
+            GwAction::Join { service, address, link } => {
+                if let Some(lb) = inner.lb.as_mut() {
+                    lb.register_static(
+                        PeerId(STATIC_PEER_BASE + link.0),
+                        service,
+                        address,
+                        now,
+                        &mut work.lb,
+                    );
+                }
+            }
+            GwAction::Leave { link, .. } => {
+                if let Some(lb) = inner.lb.as_mut() {
+                    lb.connection_closed(PeerId(STATIC_PEER_BASE + link.0), now, &mut work.lb);
+                }
+            }
             GwAction::Reply { reply, service, outcome, elapsed, .. } => {
                 done.replies.push((reply, outcome, service, elapsed));
             }
@@ -386,6 +442,9 @@ impl Router {
         for (peer, id, probe) in done.probes {
             tokio::spawn(self.clone().probe_task(peer, id, probe));
         }
+        for call in done.calls {
+            tokio::spawn(self.clone().call_task(call));
+        }
         for (reply, outcome, service, elapsed) in done.replies {
             self.deliver(reply, outcome, &service, elapsed);
         }
@@ -416,6 +475,35 @@ impl Router {
         }
     }
 
+    /// Carries out the core's first actions (the `Connect`s of static
+    /// instances, made before the router existed): the link tasks start.
+    /// Call from within the runtime.
+    pub(crate) fn start_links(self: &Arc<Self>, actions: Vec<GwAction<ReplyTo, RawObject>>) {
+        self.with(|_inner, _now, work| work.gw.extend(actions));
+    }
+
+    /// Sends one query to a static instance as a sync request (the query's
+    /// bytes as the client sent them) and feeds the answer back: the
+    /// result, or the instance's q error. A lost connection is not an
+    /// answer: the link's `down` fails the query (`service disconnected`).
+    async fn call_task(self: Arc<Self>, call: PendingCall) {
+        let PendingCall { sender, address, seq, query } = call;
+        let result = match sender.call_raw(query).await {
+            Ok(msg) => Ok(msg.as_object()),
+            Err(qmesh_ipc::IpcError::Remote(text)) => Err(text),
+            Err(e @ (qmesh_ipc::IpcError::Closed | qmesh_ipc::IpcError::Io(_))) => {
+                debug!(%address, seq = seq.0, error = %e, "no answer from a static instance (link lost)");
+                return;
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        self.with(|inner, now, work| {
+            if let Some(gw) = inner.gw.as_mut() {
+                gw.return_res(now, &address, seq, result, &mut work.gw);
+            }
+        });
+    }
+
     /// Sends a reply to its client.
     fn deliver(
         &self,
@@ -438,7 +526,43 @@ impl Router {
         send_reply(reply, result);
     }
 
-    fn on_call(self: &Arc<Self>, peer: &Peer, call: proto::Call, responder: Option<Responder>) {
+    /// A plain query (neither `userQuery` nor the protocol) for the default
+    /// service: forwarded as the client sent it, bytes untouched, answered
+    /// in the client's form. Without a default service it is refused.
+    pub(crate) fn plain_query(self: &Arc<Self>, peer: &Peer, msg: &Message, responder: Option<Responder>) {
+        let Some(service) = self.default_service.clone() else {
+            match responder {
+                Some(r) => {
+                    let _ = r.error(NO_DEFAULT_SERVICE);
+                }
+                None => debug!(conn = %peer.id(), "async message that is not a function call; ignored"),
+            }
+            return;
+        };
+        let (mode, reply) = match responder {
+            Some(r) => (Mode::Sync, ReplyTo::PlainSync(r)),
+            None => (Mode::Deferred, ReplyTo::PlainDeferred(peer.clone())),
+        };
+        if let Some(m) = &self.metrics {
+            m.request(mode);
+        }
+        let uq = UserQuery {
+            services: vec![service],
+            all_instances: false,
+            query: msg.as_object(),
+            timeout: None,
+            callback: None,
+        };
+        self.submit(ClientId(peer.id().0), reply, uq);
+    }
+
+    fn on_call(
+        self: &Arc<Self>,
+        peer: &Peer,
+        msg: &Message,
+        call: proto::Call,
+        responder: Option<Responder>,
+    ) {
         let id = peer_id(peer);
         if &call.name[..] == proto::USER_QUERY {
             self.user_query(peer, &call.args, responder);
@@ -446,6 +570,10 @@ impl Router {
         }
         let parsed = match ToLb::parse(&call) {
             Some(p) => p,
+            None if self.default_service.is_some() => {
+                self.plain_query(peer, msg, responder);
+                return;
+            }
             None => {
                 let text = format!(
                     "bad request: unknown function `{}; send (`userQuery;(service;query))",
@@ -701,10 +829,19 @@ impl Router {
                     })
                 })
                 .collect();
+            let statics: Vec<serde_json::Value> = gw
+                .static_instances()
+                .into_iter()
+                .map(|(service, address, up)| {
+                    serde_json::json!({ "service": service.text(), "address": address.text(), "up": up })
+                })
+                .collect();
             out.insert(
                 "gateway".into(),
                 serde_json::json!({
                     "lb_connected": gw.lb_up(), "requests_in_flight": gw.request_count(), "services": services,
+                    "static_instances": statics,
+                    "default_service": self.default_service.as_ref().map(ServiceName::text),
                 }),
             );
         }
@@ -745,9 +882,33 @@ fn send(peer: Option<&Peer>, k: &K) {
     }
 }
 
+/// The refusal of a sync message that is not a call when the gateway has
+/// no default service.
+pub(crate) const NO_DEFAULT_SERVICE: &str = "bad request: this gateway runs no q; send (`userQuery;(`service;\"query\")), or start it with --default-service";
+
+/// The text a plain client gets for a failure: the instance's own error as
+/// it raised it (a transparent balancer), anything else in the catalog's
+/// words.
+fn plain_error_text(f: Failure) -> String {
+    match f {
+        Failure::ServiceError { text, .. } => text,
+        f => f.to_q_text(),
+    }
+}
+
 /// Answers a client in its mode (see the crate docs for the forms).
 fn send_reply(reply: ReplyTo, result: Result<Payload, Failure>) {
     let r = match reply {
+        ReplyTo::PlainSync(responder) => match result {
+            Ok(Payload::Raw(raw)) => responder.reply_raw(raw),
+            Ok(Payload::Value(k)) => responder.reply(k),
+            Err(f) => responder.error(plain_error_text(f)),
+        },
+        ReplyTo::PlainDeferred(peer) => match result {
+            Ok(Payload::Raw(raw)) => peer.send_raw(MsgType::Async, raw),
+            Ok(Payload::Value(k)) => peer.send_async(&k),
+            Err(f) => peer.send_async(&K::error(plain_error_text(f))),
+        },
         ReplyTo::Sync(responder) => match result {
             Ok(Payload::Raw(raw)) => responder.reply_raw(raw),
             Ok(Payload::Value(k)) => responder.reply(k),
@@ -781,6 +942,14 @@ fn send_reply(reply: ReplyTo, result: Result<Payload, Failure>) {
     }
 }
 
+/// What a gateway needs for mserve mode: the connect addresses of its static
+/// instances (with credentials) and where plain queries go.
+#[derive(Debug, Default)]
+pub(crate) struct PlainSetup {
+    pub(crate) statics: HashMap<Address, qmesh_ipc::Address>,
+    pub(crate) default_service: Option<ServiceName>,
+}
+
 pub(crate) fn new_router(
     gw: Option<Core>,
     lb: Option<LoadBalancer>,
@@ -788,7 +957,9 @@ pub(crate) fn new_router(
     backoff: Backoff,
     health: Health,
     metrics: Option<GatewayMetrics>,
+    plain: PlainSetup,
 ) -> Arc<Router> {
+    let PlainSetup { statics, default_service } = plain;
     let embedded = gw.is_some() && lb.is_some();
     Arc::new(Router {
         inner: Mutex::new(Inner {
@@ -808,6 +979,8 @@ pub(crate) fn new_router(
         health,
         metrics,
         next_http: AtomicU64::new(0),
+        statics,
+        default_service,
     })
 }
 

@@ -12,7 +12,8 @@ mod options;
 
 pub use crate::router::{HTTP_CLIENT_BASE, Payload, Router};
 pub use options::{
-    DEFAULT_RECONNECT, DEFAULT_SHUTDOWN_GRACE, GatewayOptions, LbFinder, LbLocation, LbOptions, RoutingError,
+    DEFAULT_RECONNECT, DEFAULT_SHUTDOWN_GRACE, GatewayOptions, InstancesError, LbFinder, LbLocation, LbOptions,
+    RoutingError, StaticInstance, parse_instances,
 };
 
 use std::net::SocketAddr;
@@ -25,8 +26,9 @@ use qmesh_process::{Identity, Metrics, Shell, Shutdown};
 use crate::gw::Gateway;
 use crate::lb::{GatewayProtocol, LoadBalancer};
 use crate::metrics::GatewayMetrics;
-use crate::router::{RouterHandler, new_router, register_gw_metrics, register_lb_metrics};
-use crate::types::PeerId;
+use crate::router::{PlainSetup, RouterHandler, new_router, register_gw_metrics, register_lb_metrics};
+use crate::types::{Address, PeerId};
+use std::collections::HashMap;
 
 /// Attempts in a row a gateway makes to reach a load balancer it found
 /// ([`LbLocation::Found`]) before it asks where the load balancer is again.
@@ -44,6 +46,8 @@ pub struct Routing {
     gateway: bool,
     lb_role: bool,
     grace: Duration,
+    /// The links to static instances, started by [`Routing::run`].
+    connects: Vec<crate::gw::GwAction<crate::router::ReplyTo, qmesh_codec::RawObject>>,
 }
 
 impl std::fmt::Debug for Routing {
@@ -65,18 +69,31 @@ pub async fn bind_lb(opts: LbOptions) -> Result<Routing, RoutingError> {
         DEFAULT_RECONNECT,
         shell.health().clone(),
         None,
+        PlainSetup::default(),
     );
     register_lb_metrics(shell.metrics(), &router);
-    Ok(Routing { shell, router, lb_target: None, gateway: false, lb_role: true, grace: Duration::ZERO })
+    Ok(Routing {
+        shell,
+        router,
+        lb_target: None,
+        gateway: false,
+        lb_role: true,
+        grace: Duration::ZERO,
+        connects: Vec::new(),
+    })
 }
 
-/// Binds `qmesh gateway`'s listeners.
+/// Binds `qmesh gateway`'s listeners. Static instances
+/// ([`GatewayOptions::static_instances`]) are connected to once it runs.
 pub async fn bind_gateway(opts: GatewayOptions) -> Result<Routing, RoutingError> {
+    if !opts.static_instances.is_empty() && matches!(opts.lb, LbLocation::Remote(_)) {
+        return Err(RoutingError::StaticNeedsEmbeddedLb);
+    }
     let link_opts =
         ClientOptions { max_message_bytes: opts.shell.ipc.max_message_bytes, ..ClientOptions::default() };
     let shell = Shell::bind(opts.shell).await?;
     let gm = GatewayMetrics::register(shell.metrics());
-    let (core, lb, target) = match opts.lb {
+    let (mut core, mut lb, target) = match opts.lb {
         LbLocation::Embedded(cfg) => {
             let mut lb = LoadBalancer::new(cfg);
             lb.register_gateway(PeerId::LOCAL, GatewayProtocol::Qmesh);
@@ -85,13 +102,42 @@ pub async fn bind_gateway(opts: GatewayOptions) -> Result<Routing, RoutingError>
         LbLocation::Remote(addr) => (Gateway::new(opts.gateway, false), None, Some(LbLocation::Remote(addr))),
         LbLocation::Found(f) => (Gateway::new(opts.gateway, false), None, Some(LbLocation::Found(f))),
     };
+    // static instances: known to the gateway core (which asks for their
+    // links once running), their services known to the load balancer
+    let mut statics = HashMap::new();
+    let mut connects = Vec::new();
+    for si in opts.static_instances {
+        let address = Address::new(format!(":{}", si.address.endpoint));
+        if let Some(lb) = lb.as_mut() {
+            lb.declare_service(si.service.clone());
+        }
+        core.add_static_instance(si.service, address.clone(), &mut connects);
+        statics.insert(address, si.address);
+    }
     let lb_role = lb.is_some();
-    let router = new_router(Some(core), lb, link_opts, opts.reconnect, shell.health().clone(), Some(gm));
+    let router = new_router(
+        Some(core),
+        lb,
+        link_opts,
+        opts.reconnect,
+        shell.health().clone(),
+        Some(gm),
+        PlainSetup { statics, default_service: opts.default_service },
+    );
+
     register_gw_metrics(shell.metrics(), &router);
     if lb_role {
         register_lb_metrics(shell.metrics(), &router);
     }
-    Ok(Routing { shell, router, lb_target: target, gateway: true, lb_role, grace: opts.shutdown_grace })
+    Ok(Routing {
+        shell,
+        router,
+        lb_target: target,
+        gateway: true,
+        lb_role,
+        grace: opts.shutdown_grace,
+        connects,
+    })
 }
 
 impl Routing {
@@ -129,8 +175,9 @@ impl Routing {
     /// those in flight finish (within the grace), fails the rest with
     /// `shutting down`, flushes every connection and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), RoutingError> {
-        let Routing { shell, router, lb_target, gateway, lb_role, grace } = self;
+        let Routing { shell, router, lb_target, gateway, lb_role, grace, connects } = self;
         tokio::spawn(router.clone().timer_task());
+        router.start_links(connects);
         match lb_target {
             Some(LbLocation::Remote(t)) => {
                 tokio::spawn(router.clone().lb_task(t));

@@ -7,6 +7,7 @@ use qmesh_process::{ShellError, ShellOptions};
 
 use crate::gw::GatewayConfig;
 use crate::lb::LbConfig;
+use crate::types::ServiceName;
 
 /// Default time, after SIGINT/SIGTERM, that requests in flight get to finish
 /// before they are failed with `shutting down`.
@@ -26,6 +27,10 @@ pub const DEFAULT_RECONNECT: Backoff = Backoff {
 pub enum RoutingError {
     #[error(transparent)]
     Shell(#[from] ShellError),
+    /// Static instances were given to a gateway whose load balancer is
+    /// another process: their pool must be in this one.
+    #[error("static instances (--instances) need the embedded load balancer, not --lb")]
+    StaticNeedsEmbeddedLb,
 }
 
 /// Settings of `qmesh lb`.
@@ -89,6 +94,76 @@ pub struct GatewayOptions {
     pub reconnect: Backoff,
     /// Time requests in flight get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Static instances (`--instances SERVICE=HOST:PORT,…`): plain kdb+
+    /// processes the gateway connects to itself. Needs the embedded load
+    /// balancer ([`LbLocation::Embedded`]): their pool is in this process.
+    pub static_instances: Vec<StaticInstance>,
+    /// Where plain queries go (`--default-service`): a sync string, a
+    /// function call or an async message that is not `userQuery` (nor the
+    /// protocol) is routed to this service as the client sent it. `None`:
+    /// such messages are refused with `bad request`.
+    pub default_service: Option<ServiceName>,
+}
+
+/// One static instance: a plain kdb+ process (q, an RDB, an HDB, a `qmesh
+/// service`) the gateway connects to and sends each query as a sync
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticInstance {
+    pub service: ServiceName,
+    /// Where to connect, with the credentials (`:host:port:user:password`)
+    /// if any; shown without the password.
+    pub address: qmesh_ipc::Address,
+}
+
+/// Why an `--instances` value does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--instances {value:?}: {reason}")]
+pub struct InstancesError {
+    pub value: String,
+    pub reason: String,
+}
+
+/// Parses `--instances` values: `SERVICE=HOST:PORT[,HOST:PORT…]`, several
+/// services in one value separated the same way (`EQ=a:1,b:2,FX=c:3`, which
+/// is also what a `qmesh.toml` list or the environment gives). An item with
+/// `=` starts a service; an item without continues the last one. Addresses
+/// take every form `hopen` does (`host:port`, `:host:port:user:password`).
+pub fn parse_instances<S: AsRef<str>>(values: &[S]) -> Result<Vec<StaticInstance>, InstancesError> {
+    let mut out = Vec::new();
+    for value in values {
+        let value = value.as_ref();
+        let err = |reason: String| InstancesError { value: value.to_string(), reason };
+        let mut service: Option<ServiceName> = None;
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let addr = match item.split_once('=') {
+                Some((name, addr)) => {
+                    let name = name.trim();
+                    if name.is_empty() {
+                        return Err(err(format!("{item:?} names no service")));
+                    }
+                    if name.len() > crate::proto::MAX_NAME_BYTES {
+                        return Err(err(format!(
+                            "service name longer than {} bytes",
+                            crate::proto::MAX_NAME_BYTES
+                        )));
+                    }
+                    service = Some(ServiceName::new(name));
+                    addr.trim()
+                }
+                None => item,
+            };
+            let Some(svc) = service.clone() else {
+                return Err(err(format!("{item:?} comes before any SERVICE=")));
+            };
+            let address = qmesh_ipc::Address::parse(addr).map_err(|e| err(format!("{addr:?}: {e}")))?;
+            out.push(StaticInstance { service: svc, address });
+        }
+        if service.is_none() {
+            return Err(err("no SERVICE=HOST:PORT in it".into()));
+        }
+    }
+    Ok(out)
 }
 
 impl Default for GatewayOptions {
@@ -99,6 +174,30 @@ impl Default for GatewayOptions {
             gateway: GatewayConfig::default(),
             reconnect: DEFAULT_RECONNECT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            static_instances: Vec::new(),
+            default_service: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_parse_per_service() {
+        let v = parse_instances(&["EQ=localhost:5001,localhost:5002", "FX=:h:7:u:p,EQ2=a:1"]).unwrap();
+        let got: Vec<(String, String)> =
+            v.iter().map(|i| (i.service.text(), i.address.to_string())).collect();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].0, "EQ");
+        assert_eq!(got[1].0, "EQ");
+        assert_eq!(got[2].0, "FX");
+        assert_eq!(got[3].0, "EQ2");
+        assert!(!got[2].1.contains(":p"), "the password is not shown: {}", got[2].1);
+        assert!(parse_instances(&["localhost:5001"]).is_err());
+        assert!(parse_instances(&["=localhost:5001"]).is_err());
+        assert!(parse_instances(&["EQ=nohostport"]).is_err());
+        assert!(parse_instances(&[""]).is_err());
     }
 }

@@ -1,7 +1,7 @@
-//! `qmesh gateway (--lb HOST:PORT | --embedded-lb | --discovery HOST:PORT) [-p PORT] [--http PORT]`:
-//! the query-routing gateway (see `qmesh-routing`). With `--discovery` and
-//! no `--lb` it finds an active `lb` in the registry and follows it when it
-//! moves.
+//! `qmesh gateway (--lb HOST:PORT | --embedded-lb | --discovery HOST:PORT | --instances SERVICE=HOST:PORT,…)
+//! [--default-service SERVICE] [-p PORT] [--http PORT]`: the query-routing
+//! gateway (see `qmesh-routing`). With `--discovery` and no `--lb` it finds
+//! an active `lb` in the registry and follows it when it moves.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use qmesh_ipc::Address;
 use qmesh_process::Shutdown;
 use qmesh_routing::gw::GatewayConfig;
 use qmesh_routing::lb::LbConfig;
-use qmesh_routing::{GatewayOptions, LbLocation};
+use qmesh_routing::proto::MAX_NAME_BYTES;
+use qmesh_routing::{GatewayOptions, LbLocation, ServiceName};
 
 use super::flags::{ServerFlags, parse_bytes, parse_duration};
 
@@ -27,6 +28,13 @@ pub struct Args {
     /// Run the load balancer in this process: services register with this gateway's port.
     #[arg(long, env = "QMESH_EMBEDDED_LB")]
     pub embedded_lb: bool,
+    /// Static instances, `SERVICE=HOST:PORT[,HOST:PORT…]` (repeatable; `:host:port:user:password` too): plain kdb+
+    /// processes this gateway connects to and sends each query as a sync request. Implies --embedded-lb.
+    #[arg(long, env = "QMESH_INSTANCES", conflicts_with = "lb")]
+    pub instances: Vec<String>,
+    /// Route plain queries (a string, a function call, an async message: anything but userQuery) to this service.
+    #[arg(long, env = "QMESH_DEFAULT_SERVICE")]
+    pub default_service: Option<String>,
     /// Name of this gateway (logs, /api/identity).
     #[arg(long, env = "QMESH_NAME", default_value = "gateway")]
     pub name: String,
@@ -63,7 +71,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
-    let lb = match (&args.lb, args.embedded_lb) {
+    let static_instances = qmesh_routing::parse_instances(&args.instances)?;
+    let embedded = args.embedded_lb || !static_instances.is_empty();
+    let lb = match (&args.lb, embedded) {
         (Some(a), false) => LbLocation::Remote(Address::parse(a).context("--lb")?),
         (None, true) => LbLocation::Embedded(LbConfig {
             queue_limit: args.queue_limit,
@@ -81,7 +91,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
             })))
         }
         _ => bail!(
-            "give --lb HOST:PORT, --embedded-lb to run the load balancer in this process, or --discovery HOST:PORT to find it there"
+            "give --lb HOST:PORT, --embedded-lb to run the load balancer in this process (--instances implies it), or --discovery HOST:PORT to find it there"
         ),
     };
     let opts = GatewayOptions {
@@ -95,20 +105,36 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
             ..GatewayConfig::default()
         },
         shutdown_grace: args.shutdown_grace,
+        static_instances,
+        default_service: args.default_service.as_deref().map(service_name).transpose()?,
         ..GatewayOptions::default()
     };
+    serve(opts, &args.name, args.discovery.as_deref()).await
+}
+
+/// A service name from a flag, within the protocol's bound.
+pub fn service_name(s: &str) -> anyhow::Result<ServiceName> {
+    if s.is_empty() || s.len() > MAX_NAME_BYTES {
+        bail!("service name must be 1 to {MAX_NAME_BYTES} bytes: {s:?}");
+    }
+    Ok(ServiceName::new(s))
+}
+
+/// Binds, announces and runs a gateway (`qmesh gateway`, `qmesh mserve`)
+/// until SIGINT/SIGTERM.
+pub async fn serve(opts: GatewayOptions, name: &str, discovery: Option<&str>) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_routing::bind_gateway(opts).await?;
     super::announce(&bound.listening_lines())?;
     let _heartbeat = super::discovery::heartbeat(
-        args.discovery.as_deref(),
-        &args.name,
+        discovery,
+        name,
         "gateway",
         bound.ipc_addr(),
         bound.http_addr(),
         &shutdown,
     )?;
-    tracing::info!(name = %args.name, "gateway started");
+    tracing::info!(%name, "gateway started");
     bound.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@ pub mod discovery;
 pub mod flags;
 pub mod gateway;
 pub mod lb;
+pub mod mserve;
 pub mod q;
 pub mod rt;
 pub mod service;
