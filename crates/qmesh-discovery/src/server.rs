@@ -75,6 +75,9 @@ pub struct Options {
     /// A password check on the IPC port given in code (tests, embedding);
     /// `users` wins when both are set.
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// What `users` leaves open on HTTP, and the permissions file (the
+    /// process shell's; see `qmesh_process::access`).
+    pub access: qmesh_process::Access,
     /// The clock (the system's, or a manual one in tests).
     pub clock: Clock,
 }
@@ -102,6 +105,7 @@ impl Default for Options {
             config: registry::Config::default(),
             users: None,
             authenticator: None,
+            access: qmesh_process::Access::default(),
             clock: Clock::System,
         }
     }
@@ -375,6 +379,7 @@ pub async fn bind(options: Options) -> Result<Bound, DiscoveryError> {
         ipc,
         http: options.http,
         users: options.users.clone(),
+        access: options.access.clone(),
         ..ShellOptions::new("discovery", "discovery")
     })
     .await?;

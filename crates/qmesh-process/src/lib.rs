@@ -68,6 +68,7 @@
 //!   aborts the process instead of carrying on with half-updated state; a
 //!   supervisor restarts it.
 
+pub mod access;
 pub mod error;
 pub mod fail_fast;
 pub mod feed;
@@ -79,6 +80,7 @@ mod shell;
 mod shutdown;
 pub mod ws;
 
+pub use access::{Access, AuthUser};
 pub use error::{ErrorKind, WireError};
 pub use feed::{Delivery, Feed, FeedConfig, FeedError, SnapshotReason, Start, Subscription};
 pub use http::Health;
