@@ -233,6 +233,8 @@ impl Handle {
 #[derive(Clone)]
 struct IpcFace {
     shared: Arc<Shared>,
+    /// `--permissions`: who may heartbeat as which process name.
+    permissions: Option<qmesh_process::Permissions>,
 }
 
 impl IpcFace {
@@ -243,6 +245,17 @@ impl IpcFace {
             self.shared.close_conn(*old);
         }
         r
+    }
+
+    /// The permissions file's word on `peer` heartbeating as `name`: the
+    /// `access` error's text when refused (no row changes).
+    fn may_beat(&self, peer: &Peer, name: &str) -> Result<(), String> {
+        match &self.permissions {
+            Some(p) => {
+                p.check(peer.user(), qmesh_process::Action::Heartbeat, [name]).map_err(|e| e.to_q_text())
+            }
+            None => Ok(()),
+        }
     }
 
     fn reject_reason(e: &Reject) -> &'static str {
@@ -289,7 +302,14 @@ impl Handler for IpcFace {
                 return answer(responder, Err(format!("bad request: {e}")));
             }
         };
-        match wire::call(&k) {
+        let call = wire::call(&k);
+        if let Ok(Call::StoreHb(hb)) = &call
+            && let Err(refused) = self.may_beat(peer, &hb.name)
+        {
+            self.shared.metrics.reject("access");
+            return answer(responder, Err(refused));
+        }
+        match call {
             Ok(Call::StoreHb(hb)) => match self.store_hb(peer, hb) {
                 Ok((acc, now)) => {
                     self.shared.metrics.heartbeat("sync");
@@ -324,7 +344,15 @@ impl Handler for IpcFace {
                 return;
             }
         };
-        match wire::call(&k) {
+        let call = wire::call(&k);
+        if let Ok(Call::StoreHb(hb)) = &call
+            && self.may_beat(peer, &hb.name).is_err()
+        {
+            // (the permissions file logged the refusal)
+            self.shared.metrics.reject("access");
+            return;
+        }
+        match call {
             Ok(Call::StoreHb(hb)) => {
                 let name = hb.name.clone();
                 match self.store_hb(peer, hb) {
@@ -505,7 +533,7 @@ impl Bound {
         });
         self.shell.health().set_ready(true);
         info!(ipc = %self.ipc_addr(), processes = shared.read(Registry::len), "discovery ready");
-        let face = IpcFace { shared: Arc::clone(&shared) };
+        let face = IpcFace { shared: Arc::clone(&shared), permissions: self.shell.permissions() };
         let api = crate::http::router(Arc::clone(&shared));
         let flag = Arc::clone(&shared);
         self.shell

@@ -22,6 +22,12 @@
 //! * [`feed`]: a sequence-numbered, resumable, bounded change feed (the
 //!   discovery dashboard's live table rides on it).
 //! * [`ws`]: WebSockets with size limits and strict JSON commands.
+//! * [`access`]: with `-u`, every HTTP route asks for the same users (HTTP
+//!   Basic), failed logins slowed per address; what `--open-health` and
+//!   `--open-metrics` leave open.
+//! * [`permissions`]: the permissions file (`--permissions`): which users
+//!   may query which services, publish or subscribe to which streams,
+//!   heartbeat to discovery; reloaded when it changes.
 //!
 //! # A server kind on the shell
 //!
@@ -76,6 +82,7 @@ pub mod http;
 mod identity;
 pub mod json;
 mod metrics;
+pub mod permissions;
 mod shell;
 mod shutdown;
 pub mod ws;
@@ -86,5 +93,6 @@ pub use feed::{Delivery, Feed, FeedConfig, FeedError, SnapshotReason, Start, Sub
 pub use http::Health;
 pub use identity::{Identity, host_name};
 pub use metrics::Metrics;
+pub use permissions::{Action, Permissions};
 pub use shell::{Shell, ShellError, ShellOptions};
 pub use shutdown::Shutdown;

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::access::{Access, HttpGuard};
 use crate::http::{Base, DEFAULT_MAX_HTTP_CONNECTIONS};
+use crate::permissions::Permissions;
 use crate::{Health, Identity, Metrics, Shutdown};
 
 /// Why a process could not bind or serve.
@@ -26,6 +27,9 @@ pub enum ShellError {
     /// The kdb+ IPC side failed (bind, accept).
     #[error("ipc: {0}")]
     Ipc(#[from] qmesh_ipc::IpcError),
+    /// The permissions file could not be read or parsed.
+    #[error("--permissions: {0}")]
+    Permissions(#[from] crate::permissions::PermissionsError),
     /// The HTTP port could not be bound.
     #[error("http {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
@@ -89,6 +93,7 @@ pub struct Shell {
     metrics: Metrics,
     health: Health,
     guard: Option<Arc<HttpGuard>>,
+    permissions: Option<Permissions>,
 }
 
 impl Shell {
@@ -103,6 +108,10 @@ impl Shell {
     pub async fn bind(opts: ShellOptions) -> Result<Shell, ShellError> {
         let ShellOptions { name, kind, mut ipc, http, max_http_connections, users, advertise_host, access } =
             opts;
+        let permissions = access.permissions.as_ref().map(Permissions::load).transpose()?;
+        if permissions.is_some() && users.is_none() {
+            warn!(%kind, %name, "--permissions without -u: user names are whatever clients say");
+        }
         let mut guard = None;
         if let Some(path) = &users {
             let file = Arc::new(
@@ -132,6 +141,7 @@ impl Shell {
             metrics: Metrics::new(),
             health: Health::new(),
             guard,
+            permissions,
         })
     }
 
@@ -174,6 +184,13 @@ impl Shell {
         &self.health
     }
 
+    /// The permissions file (`--permissions`), if any: components check
+    /// their actions with [`Permissions::check`] (see
+    /// [`crate::permissions`]).
+    pub fn permissions(&self) -> Option<Permissions> {
+        self.permissions.clone()
+    }
+
     /// The IPC server's connections, to push to any of them while it runs.
     pub fn connections(&self) -> ServerHandle {
         self.server.handle()
@@ -201,7 +218,8 @@ impl Shell {
         shutdown: Shutdown,
         drain: impl Future<Output = ()> + Send,
     ) -> Result<(), ShellError> {
-        let Shell { identity, server, http, max_http_connections, metrics, health, guard } = self;
+        let Shell { identity, server, http, max_http_connections, metrics, health, guard, permissions: _ } =
+            self;
         let kind = identity.kind.clone();
         let name = identity.name.clone();
         let http_task = http.map(|listener| {

@@ -331,3 +331,104 @@ async fn repeated_wrong_passwords_from_one_address_are_slowed() {
     assert_eq!(statuses[..5], [401; 5], "{statuses:?}");
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
 }
+
+/// `bob:pw`, base64.
+const BOB: &str = "Ym9iOnB3";
+
+async fn gw_query(gw: &Process, auth: &str) -> (u16, String) {
+    let body = format!(r#"{{"service":"{SVC}","query":"select count(*) as n from trade"}}"#);
+    let (st, _, b) =
+        http(gw.addr("http"), "POST", "/query", Some(auth), "Content-Type: application/json\r\n", &body)
+            .await;
+    (st, b)
+}
+
+async fn ipc_query(gw: &Process, user: &str, pw: &str) -> Result<(), String> {
+    use qmesh_codec::K;
+    let a = Address::parse(&format!(":127.0.0.1:{}:{user}:{pw}", gw.port("ipc"))).unwrap();
+    let c = Connection::connect(&a, ClientOptions::default()).await.map_err(|e| e.to_string())?;
+    let uq = K::list(vec![
+        K::sym("userQuery"),
+        K::list(vec![K::sym(SVC), K::string("select count(*) as n from trade")]),
+    ]);
+    match tokio::time::timeout(REPLY, c.call(&uq)).await.expect("a reply in time") {
+        Ok(_) => Ok(()),
+        Err(IpcError::Remote(t)) => Err(t),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The permissions file: a user without a grant for a service gets
+/// `'access` through the gateway (IPC and HTTP); once the file grants it,
+/// without a restart, the same user gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_permissions_file_decides_who_queries_which_service_and_is_reloaded() {
+    let dir = Dir::new("perms");
+    let users = dir.file("users.txt", "alice:secret\nbob:pw\nestate:estatepw\n");
+    let creds = dir.file("credentials", "*:*:estate:estatepw\n");
+    let perms = dir.file("permissions", "# who may query what\nalice query EQUITY,FX\n");
+    let (u, c) = (users.as_str(), creds.as_str());
+    let lb = server(&["--credentials", c, "lb", "--bind", "127.0.0.1", "-p", "0", "--http", "0", "-u", u]);
+    let l = format!("127.0.0.1:{}", lb.port("ipc"));
+    let _svc = server(&[
+        "--credentials",
+        c,
+        "service",
+        "--name",
+        SVC,
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--http",
+        "0",
+        "-u",
+        u,
+        "--lb",
+        &l,
+        "--demo",
+        "--demo-rows",
+        "1000",
+    ]);
+    let gw = server(&[
+        "--credentials",
+        c,
+        "gateway",
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--http",
+        "0",
+        "-u",
+        u,
+        "--lb",
+        &l,
+        "--permissions",
+        &perms,
+    ]);
+    wait_until("alice's query through the gateway", || async {
+        match gw_query(&gw, ALICE).await {
+            (200, b) if b.contains("1000") => Ok(()),
+            (st, b) => Err(format!("{st} {b}")),
+        }
+    })
+    .await;
+    assert_eq!(ipc_query(&gw, "alice", "secret").await, Ok(()));
+    // bob is a user (-u lets him in) without a grant
+    let (st, b) = gw_query(&gw, BOB).await;
+    assert_eq!(st, 403, "{b}");
+    assert!(b.contains(r#""error":"access""#) && b.contains("bob may not query EQUITY"), "{b}");
+    assert_eq!(ipc_query(&gw, "bob", "pw").await, Err("access: bob may not query EQUITY".to_owned()));
+
+    // grant it; no restart
+    std::fs::write(&perms, "# who may query what\nalice query EQUITY,FX\nbob query EQUITY\n").unwrap();
+    wait_until("bob's grant in force", || async {
+        match gw_query(&gw, BOB).await {
+            (200, b) if b.contains("1000") => Ok(()),
+            (st, b) => Err(format!("{st} {b}")),
+        }
+    })
+    .await;
+    assert_eq!(ipc_query(&gw, "bob", "pw").await, Ok(()));
+}

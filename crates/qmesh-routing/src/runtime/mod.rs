@@ -79,6 +79,9 @@ pub async fn bind_gateway(opts: GatewayOptions) -> Result<Routing, RoutingError>
     };
     let lb_role = lb.is_some();
     let router = new_router(Some(core), lb, link_opts, opts.reconnect, shell.health().clone(), Some(gm));
+    if let Some(p) = shell.permissions() {
+        let _ = router.permissions.set(p);
+    }
     register_gw_metrics(shell.metrics(), &router);
     if lb_role {
         register_lb_metrics(shell.metrics(), &router);

@@ -46,12 +46,19 @@ pub struct AccessFlags {
     /// With -u: answer GET /metrics without credentials (a Prometheus scrape without basic_auth).
     #[arg(long, env = "QMESH_OPEN_METRICS")]
     pub open_metrics: bool,
+    /// Permissions file (`USER ACTION NAMES` lines: query services, publish/subscribe streams, heartbeat); reloaded when it changes.
+    #[arg(long, env = "QMESH_PERMISSIONS", value_name = "FILE")]
+    pub permissions: Option<PathBuf>,
 }
 
 impl AccessFlags {
     /// The process shell's [`Access`].
     pub fn access(&self) -> Access {
-        Access { open_health: self.open_health, open_metrics: self.open_metrics, ..Access::default() }
+        Access {
+            open_health: self.open_health,
+            open_metrics: self.open_metrics,
+            permissions: self.permissions.clone(),
+        }
     }
 }
 
