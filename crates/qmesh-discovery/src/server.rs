@@ -75,6 +75,9 @@ pub struct Options {
     /// A password check on the IPC port given in code (tests, embedding);
     /// `users` wins when both are set.
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// What `users` leaves open on HTTP, and the permissions file (the
+    /// process shell's; see `qmesh_process::access`).
+    pub access: qmesh_process::Access,
     /// The clock (the system's, or a manual one in tests).
     pub clock: Clock,
 }
@@ -102,6 +105,7 @@ impl Default for Options {
             config: registry::Config::default(),
             users: None,
             authenticator: None,
+            access: qmesh_process::Access::default(),
             clock: Clock::System,
         }
     }
@@ -229,6 +233,8 @@ impl Handle {
 #[derive(Clone)]
 struct IpcFace {
     shared: Arc<Shared>,
+    /// `--permissions`: who may heartbeat as which process name.
+    permissions: Option<qmesh_process::Permissions>,
 }
 
 impl IpcFace {
@@ -239,6 +245,17 @@ impl IpcFace {
             self.shared.close_conn(*old);
         }
         r
+    }
+
+    /// The permissions file's word on `peer` heartbeating as `name`: the
+    /// `access` error's text when refused (no row changes).
+    fn may_beat(&self, peer: &Peer, name: &str) -> Result<(), String> {
+        match &self.permissions {
+            Some(p) => {
+                p.check(peer.user(), qmesh_process::Action::Heartbeat, [name]).map_err(|e| e.to_q_text())
+            }
+            None => Ok(()),
+        }
     }
 
     fn reject_reason(e: &Reject) -> &'static str {
@@ -285,7 +302,14 @@ impl Handler for IpcFace {
                 return answer(responder, Err(format!("bad request: {e}")));
             }
         };
-        match wire::call(&k) {
+        let call = wire::call(&k);
+        if let Ok(Call::StoreHb(hb)) = &call
+            && let Err(refused) = self.may_beat(peer, &hb.name)
+        {
+            self.shared.metrics.reject("access");
+            return answer(responder, Err(refused));
+        }
+        match call {
             Ok(Call::StoreHb(hb)) => match self.store_hb(peer, hb) {
                 Ok((acc, now)) => {
                     self.shared.metrics.heartbeat("sync");
@@ -320,7 +344,15 @@ impl Handler for IpcFace {
                 return;
             }
         };
-        match wire::call(&k) {
+        let call = wire::call(&k);
+        if let Ok(Call::StoreHb(hb)) = &call
+            && self.may_beat(peer, &hb.name).is_err()
+        {
+            // (the permissions file logged the refusal)
+            self.shared.metrics.reject("access");
+            return;
+        }
+        match call {
             Ok(Call::StoreHb(hb)) => {
                 let name = hb.name.clone();
                 match self.store_hb(peer, hb) {
@@ -375,6 +407,7 @@ pub async fn bind(options: Options) -> Result<Bound, DiscoveryError> {
         ipc,
         http: options.http,
         users: options.users.clone(),
+        access: options.access.clone(),
         ..ShellOptions::new("discovery", "discovery")
     })
     .await?;
@@ -500,7 +533,7 @@ impl Bound {
         });
         self.shell.health().set_ready(true);
         info!(ipc = %self.ipc_addr(), processes = shared.read(Registry::len), "discovery ready");
-        let face = IpcFace { shared: Arc::clone(&shared) };
+        let face = IpcFace { shared: Arc::clone(&shared), permissions: self.shell.permissions() };
         let api = crate::http::router(Arc::clone(&shared));
         let flag = Arc::clone(&shared);
         self.shell

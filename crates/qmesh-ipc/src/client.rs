@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::address::{Address, Endpoint};
+use crate::credentials::{self, Credentials};
 use crate::error::IpcError;
 use crate::handshake::{self, MAX_CAPABILITY};
 use crate::link::{self, ConnId, ConnInfo, Link, LinkLimits, Peer, RemoteAddr, Responder};
@@ -66,6 +67,10 @@ pub struct ClientOptions {
     pub force_compression: bool,
     /// Check every incoming body is one well-formed object.
     pub validate_messages: bool,
+    /// Where the credentials of an address without a user come from
+    /// ([`crate::credentials`]); `None`: the process's
+    /// [`installed`](crate::credentials::installed) file, if any.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 impl Default for ClientOptions {
@@ -81,6 +86,7 @@ impl Default for ClientOptions {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             force_compression: false,
             validate_messages: true,
+            credentials: None,
         }
     }
 }
@@ -173,8 +179,9 @@ impl Handler for ChannelHandler {
 }
 
 impl Connection {
-    /// Connects, authenticates with the address's credentials and starts the
-    /// connection's tasks. A refusal (no reply byte) is [`IpcError::Access`].
+    /// Connects, authenticates with the address's credentials (or, when it
+    /// carries no user, those of its line in the credentials file: see
+    /// [`ClientOptions::credentials`]) and starts the connection's tasks. A refusal (no reply byte) is [`IpcError::Access`].
     pub async fn connect(addr: &Address, opts: ClientOptions) -> Result<Connection, IpcError> {
         let (tx, rx) = mpsc::channel(opts.push_queue.max(1));
         let sender = Connection::connect_with_handler(addr, opts, ChannelHandler { tx }).await?;
@@ -195,6 +202,11 @@ impl Connection {
         opts: ClientOptions,
         handler: H,
     ) -> Result<Sender, IpcError> {
+        let creds = opts.credentials.clone().or_else(credentials::installed);
+        let addr = &match creds {
+            Some(c) => c.apply(addr),
+            None => addr.clone(),
+        };
         let fut = async {
             match &addr.endpoint {
                 Endpoint::Tcp { host, port } => {

@@ -87,6 +87,10 @@
 //! * [`handshake`]: the handshake, sans-IO.
 //! * [`auth`]: the [`auth::Authenticator`] trait and `-u` password files
 //!   (plain, MD5 or SHA-1 of the password, as q accepts).
+//! * [`limiter`]: failed logins per address, sans-IO: repeated failures
+//!   are slowed down (shared by a process's IPC and HTTP ports).
+//! * [`credentials`]: the client credentials file (`--credentials`), used by
+//!   every connection this process opens to an address that carries none.
 //! * [`framing`]: the `tokio_util` codec for whole messages.
 //! * [`client`], [`server`]: the two ends; [`link`]: what they share;
 //!   [`session`]: a client connection kept up.
@@ -100,10 +104,12 @@ pub mod address;
 pub mod auth;
 pub mod batch;
 pub mod client;
+pub mod credentials;
 pub mod echo;
 pub mod error;
 pub mod framing;
 pub mod handshake;
+pub mod limiter;
 pub mod link;
 pub mod pykx;
 pub mod server;
@@ -114,6 +120,7 @@ pub use address::{Address, AddressError, Endpoint};
 pub use auth::{Authenticator, PasswordFile};
 pub use batch::on_thread_park;
 pub use client::{Backoff, ClientOptions, Connection, Incoming, Receiver, Reconnecting, Sender};
+pub use credentials::Credentials;
 pub use error::IpcError;
 pub use link::{ConnId, ConnInfo, Peer, RemoteAddr, Responder};
 pub use server::{Handler, Server, ServerConfig, ServerHandle};

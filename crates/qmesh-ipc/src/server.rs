@@ -32,6 +32,7 @@ use tracing::{debug, error, info, warn};
 use crate::auth::Authenticator;
 use crate::error::IpcError;
 use crate::handshake::{self, ClientHello, HandshakeError, MAX_CAPABILITY, MAX_HELLO_LEN};
+use crate::limiter::{FailureLimiter, Verdict};
 use crate::link::{self, ConnId, ConnInfo, Dispatch, Link, LinkLimits, Peer, RemoteAddr, Responder};
 use crate::stream::{self, IntoHalves};
 
@@ -143,6 +144,11 @@ pub struct ServerConfig {
     pub validate_messages: bool,
     /// The password file check (`-u`), before [`Handler::authenticate`].
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// Slows down password guessing ([`crate::limiter`]): with an
+    /// [`authenticator`](ServerConfig::authenticator), a TCP address that
+    /// failed too often is refused without its credentials being checked
+    /// until its wait is over. Share one with the process's HTTP port.
+    pub failure_limiter: Option<Arc<Mutex<FailureLimiter>>>,
     /// Answer the probes clients send on connecting — PyKX's context and
     /// SQL probes, q's `h""` — as q would, before [`Handler::on_sync`]
     /// sees them ([`crate::pykx::answer_client_probe`]). On by default: a
@@ -164,6 +170,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_pending", &self.max_pending)
             .field("force_compression", &self.force_compression)
             .field("authenticator", &self.authenticator.is_some())
+            .field("failure_limiter", &self.failure_limiter.is_some())
             .field("answer_client_probes", &self.answer_client_probes)
             .finish_non_exhaustive()
     }
@@ -186,6 +193,7 @@ impl ServerConfig {
             force_compression: false,
             validate_messages: true,
             authenticator: None,
+            failure_limiter: None,
             answer_client_probes: true,
         }
     }
@@ -450,6 +458,12 @@ pub(crate) async fn read_hello<S: AsyncRead + Unpin>(
     }
 }
 
+/// The limiter's lock; its table stays consistent whatever a panicking
+/// holder left (each call is one short update), so poison is ignored.
+fn lock(l: &Mutex<FailureLimiter>) -> std::sync::MutexGuard<'_, FailureLimiter> {
+    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Handshake and authentication; `None` when the client is refused (the
 /// caller closes without a byte).
 async fn accept_client<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
@@ -471,11 +485,32 @@ async fn accept_client<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
     };
     let capability = handshake::reply_capability(hello.capability, ctx.config.capability);
     let info = ConnInfo { id, remote, user: hello.user.clone(), capability };
-    if let Some(a) = &ctx.config.authenticator
-        && !a.check(&hello.user, &hello.password)
-    {
-        info!(conn = %id, %remote, user = %hello.user, "access denied by the password file");
-        return None;
+    if let Some(a) = &ctx.config.authenticator {
+        let limiter = ctx.config.failure_limiter.as_deref();
+        let ip = match remote {
+            RemoteAddr::Tcp(a) => Some(a.ip().to_canonical()),
+            RemoteAddr::Unix => None,
+        };
+        let now = std::time::Instant::now();
+        if let (Some(l), Some(ip)) = (limiter, ip)
+            && let Verdict::Wait(wait) = lock(l).verdict(ip, now)
+        {
+            warn!(conn = %id, %remote, user = %hello.user, retry_in_ms = wait.as_millis() as u64,
+                "access denied: too many failed logins from this address");
+            return None;
+        }
+        if !a.check(&hello.user, &hello.password) {
+            let wait = match (limiter, ip) {
+                (Some(l), Some(ip)) => lock(l).failed(ip, now),
+                _ => Duration::ZERO,
+            };
+            warn!(conn = %id, %remote, user = %hello.user, wait_ms = wait.as_millis() as u64,
+                "access denied by the password file");
+            return None;
+        }
+        if let (Some(l), Some(ip)) = (limiter, ip) {
+            lock(l).succeeded(ip);
+        }
     }
     if !ctx.handler.authenticate(&info, &hello.password).await {
         info!(conn = %id, %remote, user = %hello.user, "access denied by the handler");

@@ -6,13 +6,16 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{PATIENCE, RawReader, TestServer, cmd, error_text, frame, raw_connect, read_to_eof};
 use qmesh_codec::{Attr, K, Message, MsgType, Vector};
 use qmesh_ipc::auth::{PasswordFile, md5_hex, sha1_hex};
 use qmesh_ipc::echo::EchoHandler;
 use qmesh_ipc::handshake::MAX_HELLO_LEN;
-use qmesh_ipc::{ClientOptions, ConnInfo, Connection, Handler, IpcError, Peer, Responder, ServerConfig};
+use qmesh_ipc::{
+    Address, ClientOptions, ConnInfo, Connection, Handler, IpcError, Peer, Responder, ServerConfig,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -223,6 +226,58 @@ async fn password_file_refuses_without_a_byte() {
     assert_eq!(reply, None);
     let (_, reply) = raw_connect(s.addr, b"plain:secret\x00").await;
     assert_eq!(reply, Some(0));
+}
+
+/// Guessing is slowed: past its free failures an address waits (here an
+/// hour: no timing in the test) and even the right password is refused
+/// unchecked until then; other users of the same server are not affected
+/// by time, only by address.
+#[tokio::test]
+async fn repeated_failures_from_an_address_are_refused_unchecked() {
+    use qmesh_ipc::limiter::{FailureLimiter, FailurePolicy};
+    let policy = FailurePolicy {
+        free_failures: 2,
+        first_delay: Duration::from_secs(3600),
+        max_delay: Duration::from_secs(3600),
+        forget_after: Duration::from_secs(7200),
+    };
+    let limiter = Arc::new(std::sync::Mutex::new(FailureLimiter::new(policy)));
+    let cfg = ServerConfig {
+        authenticator: Some(users_file()),
+        failure_limiter: Some(limiter.clone()),
+        ..ServerConfig::loopback()
+    };
+    let s = TestServer::start(cfg, EchoHandler).await;
+    let good = s.address_with("plain", "secret");
+    // a success clears failures
+    for _ in 0..2 {
+        let r = Connection::connect(&s.address_with("plain", "wrong"), ClientOptions::default()).await;
+        assert!(matches!(r, Err(IpcError::Access)));
+    }
+    assert!(Connection::connect(&good, ClientOptions::default()).await.is_ok());
+    assert_eq!(limiter.lock().unwrap().tracked(), 0);
+    for _ in 0..3 {
+        let r = Connection::connect(&s.address_with("plain", "wrong"), ClientOptions::default()).await;
+        assert!(matches!(r, Err(IpcError::Access)));
+    }
+    let r = Connection::connect(&good, ClientOptions::default()).await;
+    assert!(matches!(r, Err(IpcError::Access)), "the right password waits too: {r:?}");
+}
+
+/// An address without a user takes the credentials file's line; one with
+/// a user keeps its own.
+#[tokio::test]
+async fn the_credentials_file_answers_for_an_address_without_a_user() {
+    let cfg = ServerConfig { authenticator: Some(users_file()), ..ServerConfig::loopback() };
+    let s = TestServer::start(cfg, EchoHandler).await;
+    let bare = Address::parse(&s.addr.to_string()).unwrap();
+    let file = qmesh_ipc::Credentials::parse(&format!("{}:*:plain:secret\n", s.addr.ip())).unwrap();
+    let opts = ClientOptions { credentials: Some(Arc::new(file)), ..ClientOptions::default() };
+    let c = Connection::connect(&bare, opts.clone()).await.unwrap();
+    assert_eq!(c.query("1+1").await.unwrap(), K::long(2));
+    assert!(matches!(Connection::connect(&bare, ClientOptions::default()).await, Err(IpcError::Access)));
+    let own = s.address_with("plain", "wrong");
+    assert!(matches!(Connection::connect(&own, opts).await, Err(IpcError::Access)));
 }
 
 #[tokio::test]

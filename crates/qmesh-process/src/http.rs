@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::access::{HttpGuard, RemoteAddr};
 use crate::{Identity, Metrics, Shutdown, WireError};
 
 /// Default for the most HTTP connections open at once: as many as the IPC
@@ -69,6 +70,9 @@ pub struct Base {
     pub health: Health,
     pub metrics: Metrics,
     pub identity: Identity,
+    /// With a users file: the check in front of every route
+    /// ([`crate::access`]); `None` serves every route to anyone.
+    pub guard: Option<Arc<HttpGuard>>,
 }
 
 /// Serves `api` plus `GET /healthz`, `GET /metrics` and `GET /api/identity`
@@ -85,7 +89,13 @@ pub async fn serve(
     max_connections: usize,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let app = api.merge(base_routes(base)).layer(axum::middleware::map_response(catalog_rejections));
+    let guard = base.guard.clone();
+    let mut app = api.merge(base_routes(base)).layer(axum::middleware::map_response(catalog_rejections));
+    if let Some(guard) = guard {
+        // one rule for every door: the layer wraps the component's routes,
+        // the base routes and the fallback alike
+        app = app.layer(axum::middleware::from_fn_with_state(guard, crate::access::middleware));
+    }
     serve_app(listener, app, max_connections, HEADER_READ_TIMEOUT, shutdown).await
 }
 
@@ -147,7 +157,7 @@ async fn serve_app(
         // reap finished connection tasks so the set stays as small as the open connections
         while connections.try_join_next().is_some() {}
         let service = hyper_util::service::TowerToHyperService::new(
-            app.clone().layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+            app.clone().layer(axum::Extension(axum::extract::ConnectInfo(RemoteAddr(remote)))),
         );
         let shutdown = shutdown.clone();
         connections.spawn(async move {
@@ -215,6 +225,12 @@ impl axum::serve::Listener for Capped {
     }
 }
 
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped>> for RemoteAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> RemoteAddr {
+        RemoteAddr(*stream.remote_addr())
+    }
+}
+
 /// An accepted HTTP connection; its slot is freed when it is dropped.
 #[derive(Debug)]
 pub struct CappedStream {
@@ -255,7 +271,7 @@ impl AsyncWrite for CappedStream {
 }
 
 fn base_routes(base: Base) -> Router {
-    let Base { health, metrics, identity } = base;
+    let Base { health, metrics, identity, guard: _ } = base;
     let identity = Arc::new(identity);
     Router::new()
         .route("/api/identity", get(move || async move { axum::Json(identity.as_ref().clone()) }))
@@ -328,7 +344,7 @@ mod tests {
         let api = Router::new()
             .route("/api/fail", get(|| async { WireError::with_detail(ErrorKind::QueueFull, "FX") }));
         let identity = Identity::new("t1", "test").bound(None, Some(addr), None);
-        let base = Base { health: health.clone(), metrics, identity };
+        let base = Base { health: health.clone(), metrics, identity, guard: None };
         let server = tokio::spawn(serve(listener, api, base, 4, shutdown.clone()));
 
         assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
@@ -355,8 +371,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let base =
-            Base { health: Health::new(), metrics: Metrics::new(), identity: Identity::new("t", "test") };
+        let base = Base {
+            health: Health::new(),
+            metrics: Metrics::new(),
+            identity: Identity::new("t", "test"),
+            guard: None,
+        };
         let server = tokio::spawn(serve(listener, Router::new(), base, 1, shutdown.clone()));
         // one connection holds the only slot (an unfinished request)
         let mut held = TcpStream::connect(addr).await.unwrap();

@@ -22,6 +22,12 @@
 //! * [`feed`]: a sequence-numbered, resumable, bounded change feed (the
 //!   discovery dashboard's live table rides on it).
 //! * [`ws`]: WebSockets with size limits and strict JSON commands.
+//! * [`access`]: with `-u`, every HTTP route asks for the same users (HTTP
+//!   Basic), failed logins slowed per address; what `--open-health` and
+//!   `--open-metrics` leave open.
+//! * [`permissions`]: the permissions file (`--permissions`): which users
+//!   may query which services, publish or subscribe to which streams,
+//!   heartbeat to discovery; reloaded when it changes.
 //!
 //! # A server kind on the shell
 //!
@@ -68,6 +74,7 @@
 //!   aborts the process instead of carrying on with half-updated state; a
 //!   supervisor restarts it.
 
+pub mod access;
 pub mod error;
 pub mod fail_fast;
 pub mod feed;
@@ -75,14 +82,17 @@ pub mod http;
 mod identity;
 pub mod json;
 mod metrics;
+pub mod permissions;
 mod shell;
 mod shutdown;
 pub mod ws;
 
+pub use access::{Access, AuthUser};
 pub use error::{ErrorKind, WireError};
 pub use feed::{Delivery, Feed, FeedConfig, FeedError, SnapshotReason, Start, Subscription};
 pub use http::Health;
 pub use identity::{Identity, host_name};
 pub use metrics::Metrics;
+pub use permissions::{Action, Permissions};
 pub use shell::{Shell, ShellError, ShellOptions};
 pub use shutdown::Shutdown;

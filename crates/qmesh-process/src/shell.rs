@@ -6,13 +6,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use qmesh_ipc::limiter::FailureLimiter;
 use qmesh_ipc::{Handler, PasswordFile, Server, ServerConfig, ServerHandle};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::access::{Access, HttpGuard};
 use crate::http::{Base, DEFAULT_MAX_HTTP_CONNECTIONS};
+use crate::permissions::Permissions;
 use crate::{Health, Identity, Metrics, Shutdown};
 
 /// Why a process could not bind or serve.
@@ -24,6 +27,9 @@ pub enum ShellError {
     /// The kdb+ IPC side failed (bind, accept).
     #[error("ipc: {0}")]
     Ipc(#[from] qmesh_ipc::IpcError),
+    /// The permissions file could not be read or parsed.
+    #[error("--permissions: {0}")]
+    Permissions(#[from] crate::permissions::PermissionsError),
     /// The HTTP port could not be bound.
     #[error("http {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
@@ -53,6 +59,10 @@ pub struct ShellOptions {
     /// The host other processes reach this one at (`--advertise`); see
     /// [`Identity::bound`].
     pub advertise_host: Option<String>,
+    /// What the HTTP side leaves open with `-u` (`--open-health`,
+    /// `--open-metrics`) and the permissions file (`--permissions`); see
+    /// [`crate::access`].
+    pub access: Access,
 }
 
 impl ShellOptions {
@@ -67,6 +77,7 @@ impl ShellOptions {
             max_http_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
             users: None,
             advertise_host: None,
+            access: Access::default(),
         }
     }
 }
@@ -81,17 +92,36 @@ pub struct Shell {
     max_http_connections: usize,
     metrics: Metrics,
     health: Health,
+    guard: Option<Arc<HttpGuard>>,
+    permissions: Option<Permissions>,
 }
 
 impl Shell {
     /// Loads `-u`, binds the IPC port and then the HTTP port, and fills in
     /// the [`Identity`] with the ports bound.
+    ///
+    /// With `-u`, both ports check the same users: the IPC handshake and
+    /// every HTTP route (HTTP Basic; `/healthz` and `/metrics` only unless
+    /// [`Access`] opens them), with one [`FailureLimiter`] slowing down
+    /// repeated failures from an address on either door (see
+    /// [`crate::access`]).
     pub async fn bind(opts: ShellOptions) -> Result<Shell, ShellError> {
-        let ShellOptions { name, kind, mut ipc, http, max_http_connections, users, advertise_host } = opts;
+        let ShellOptions { name, kind, mut ipc, http, max_http_connections, users, advertise_host, access } =
+            opts;
+        let permissions = access.permissions.as_ref().map(Permissions::load).transpose()?;
+        if permissions.is_some() && users.is_none() {
+            warn!(%kind, %name, "--permissions without -u: user names are whatever clients say");
+        }
+        let mut guard = None;
         if let Some(path) = &users {
-            let file = PasswordFile::load(path)
-                .map_err(|source| ShellError::Users { path: path.display().to_string(), source })?;
-            ipc.authenticator = Some(Arc::new(file));
+            let file = Arc::new(
+                PasswordFile::load(path)
+                    .map_err(|source| ShellError::Users { path: path.display().to_string(), source })?,
+            );
+            let limiter = Arc::new(Mutex::new(FailureLimiter::default()));
+            ipc.authenticator = Some(file.clone());
+            ipc.failure_limiter = Some(limiter.clone());
+            guard = Some(Arc::new(HttpGuard::new(file, limiter, &access)));
         }
         let server = Server::bind(ipc).await?;
         let http = match http {
@@ -110,6 +140,8 @@ impl Shell {
             max_http_connections,
             metrics: Metrics::new(),
             health: Health::new(),
+            guard,
+            permissions,
         })
     }
 
@@ -152,6 +184,13 @@ impl Shell {
         &self.health
     }
 
+    /// The permissions file (`--permissions`), if any: components check
+    /// their actions with [`Permissions::check`] (see
+    /// [`crate::permissions`]).
+    pub fn permissions(&self) -> Option<Permissions> {
+        self.permissions.clone()
+    }
+
     /// The IPC server's connections, to push to any of them while it runs.
     pub fn connections(&self) -> ServerHandle {
         self.server.handle()
@@ -179,11 +218,12 @@ impl Shell {
         shutdown: Shutdown,
         drain: impl Future<Output = ()> + Send,
     ) -> Result<(), ShellError> {
-        let Shell { identity, server, http, max_http_connections, metrics, health } = self;
+        let Shell { identity, server, http, max_http_connections, metrics, health, guard, permissions: _ } =
+            self;
         let kind = identity.kind.clone();
         let name = identity.name.clone();
         let http_task = http.map(|listener| {
-            let base = Base { health: health.clone(), metrics, identity };
+            let base = Base { health: health.clone(), metrics, identity, guard };
             tokio::spawn(crate::http::serve(listener, api, base, max_http_connections, shutdown.clone()))
         });
         let stop = async {

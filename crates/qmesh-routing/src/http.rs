@@ -71,7 +71,12 @@ impl Drop for Abandon {
     }
 }
 
-async fn query(State(router): State<Arc<Router>>, Query(params): Query<Params>, body: Bytes) -> Response {
+async fn query(
+    State(router): State<Arc<Router>>,
+    user: Option<axum::Extension<qmesh_process::AuthUser>>,
+    Query(params): Query<Params>,
+    body: Bytes,
+) -> Response {
     let body = match QueryRequest::parse(&body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -89,6 +94,11 @@ async fn query(State(router): State<Arc<Router>>, Query(params): Query<Params>, 
         return error(Failure::Limit(format!("service name longer than {MAX_NAME_BYTES} bytes")));
     }
     let services: Vec<ServiceName> = names.into_iter().map(ServiceName::new).collect();
+    // the user HTTP Basic authenticated (none without -u)
+    let user = user.map(|axum::Extension(u)| u.0).unwrap_or_default();
+    if let Err(f) = router.may_query(&user, &services) {
+        return error(f);
+    }
     let uq = UserQuery {
         services,
         all_instances: body.all_instances,

@@ -100,6 +100,10 @@ pub enum Failure {
     /// The request itself is malformed (wrong shape or types).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The permissions file grants the user no `query` on a service the
+    /// request names (`qmesh_process::permissions`).
+    #[error("access: {0}")]
+    Access(String),
     /// The gateway is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -124,6 +128,7 @@ impl Failure {
             Failure::BadRequest(_) => "bad request",
             Failure::ShuttingDown => "shutting down",
             Failure::Internal(_) => "internal",
+            Failure::Access(_) => "access",
         }
     }
 
@@ -136,7 +141,9 @@ impl Failure {
             | Failure::NoInstance(s)
             | Failure::ServiceDisconnected(s) => Some(s.text()),
             Failure::ServiceError { service, text } => Some(format!("{service}: {text}")),
-            Failure::Limit(d) | Failure::BadRequest(d) | Failure::Internal(d) => Some(d.clone()),
+            Failure::Limit(d) | Failure::BadRequest(d) | Failure::Internal(d) | Failure::Access(d) => {
+                Some(d.clone())
+            }
         }
     }
 
@@ -154,6 +161,7 @@ impl Failure {
             Failure::BadRequest(_) => ErrorKind::BadRequest,
             Failure::ShuttingDown => ErrorKind::ShuttingDown,
             Failure::Internal(_) => ErrorKind::Internal,
+            Failure::Access(_) => ErrorKind::Access,
         }
     }
 
@@ -249,6 +257,7 @@ mod tests {
             Failure::BadRequest("x".into()),
             Failure::ShuttingDown,
             Failure::Internal("x".into()),
+            Failure::Access("x".into()),
         ];
         for f in all {
             assert_eq!(f.word(), f.kind().word(), "{f:?}");

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use qmesh_codec::{K, Message};
 use qmesh_ipc::{ConnId, Handler, Peer, Responder};
 use qmesh_log::{Position, Reader, Start};
-use qmesh_process::{ErrorKind, WireError};
+use qmesh_process::{Action, ErrorKind, WireError};
 use qmesh_rt::{From, Request, RequestError, SubOptions};
 use tracing::{debug, warn};
 
@@ -24,6 +24,8 @@ pub struct Node {
     pub(crate) metrics: NodeMetrics,
     /// The origin of messages whose publisher names none and has no user name.
     pub(crate) host: String,
+    /// `--permissions`: who may publish or subscribe to which stream.
+    pub(crate) permissions: Option<qmesh_process::Permissions>,
 }
 
 impl Node {
@@ -89,6 +91,17 @@ impl Node {
             Some(r) => Reply::Sync(r),
             None => Reply::Async(peer.id()),
         };
+        if let Some(p) = &self.permissions {
+            let wanted = match &req {
+                Request::Pub { stream, .. } => Some((Action::Publish, stream.as_str())),
+                Request::Upd { .. } => Some((Action::Publish, self.default_stream.as_str())),
+                Request::Sub { stream, .. } => Some((Action::Subscribe, stream.as_str())),
+                _ => None,
+            };
+            if let Some((action, stream)) = wanted {
+                p.check(peer.user(), action, [stream])?;
+            }
+        }
         match req {
             Request::Pub { stream, payload, header } => {
                 let s = self.stream(&stream)?.clone();

@@ -195,6 +195,7 @@ pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
         subs: Mutex::new(HashMap::new()),
         metrics: node_metrics,
         host: host_name(),
+        permissions: shell.permissions(),
     });
     Ok(Bound { config, node, shell })
 }

@@ -38,6 +38,10 @@ pub struct Common {
     /// Log filter (`info`, `qmesh_routing=debug`, …); defaults to `RUST_LOG`, then `info`.
     #[arg(long, global = true, env = "QMESH_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Client credentials (`host:port:user:password` lines, `*` for any host or port): used by every
+    /// connection this process opens to an address that carries no user (instances, lb, discovery, q, rt).
+    #[arg(long, global = true, env = "QMESH_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +81,14 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(&cli.common);
+    if let Some(path) = &cli.common.credentials {
+        // installed before any connection is opened; every one looks it up
+        let loaded = qmesh_ipc::Credentials::load(path).and_then(qmesh_ipc::credentials::install);
+        if let Err(e) = loaded {
+            eprintln!("qmesh: --credentials: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // a panic (a bug) ends the process with a log line rather than leaving
     // it serving from half-updated state; see qmesh_process::fail_fast
     qmesh_process::fail_fast::install();

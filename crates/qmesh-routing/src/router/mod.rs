@@ -206,6 +206,9 @@ pub struct Router {
     /// Where plain queries (anything not `userQuery` nor the protocol) go;
     /// `None`: they are refused with `bad request`.
     default_service: Option<ServiceName>,
+    /// The process's permissions file, if any: checked for every service a
+    /// client request names (set once after bind).
+    pub(crate) permissions: std::sync::OnceLock<qmesh_process::Permissions>,
 }
 
 impl std::fmt::Debug for Router {
@@ -634,7 +637,15 @@ impl Router {
             m.request(mode);
         }
         match parsed {
-            Ok(uq) => self.submit(ClientId(peer.id().0), reply, uq),
+            Ok(uq) => match self.may_query(peer.user(), &uq.services) {
+                Ok(()) => self.submit(ClientId(peer.id().0), reply, uq),
+                Err(f) => {
+                    if let Some(m) = &self.metrics {
+                        m.error(f.word());
+                    }
+                    send_reply(reply, Err(f));
+                }
+            },
             Err(text) => {
                 let f = Failure::from_parse_error(text);
                 if let Some(m) = &self.metrics {
@@ -643,6 +654,15 @@ impl Router {
                 send_reply(reply, Err(f));
             }
         }
+    }
+
+    /// Whether `user` may query every one of `services` (the permissions
+    /// file; everyone may without one).
+    pub(crate) fn may_query(&self, user: &str, services: &[ServiceName]) -> Result<(), Failure> {
+        let Some(p) = self.permissions.get() else { return Ok(()) };
+        let names: Vec<String> = services.iter().map(ServiceName::text).collect();
+        p.check(user, qmesh_process::Action::Query, names.iter().map(String::as_str))
+            .map_err(|e| Failure::Access(e.detail.unwrap_or_default()))
     }
 
     /// Submits a client request to the gateway core.
@@ -981,6 +1001,7 @@ pub(crate) fn new_router(
         next_http: AtomicU64::new(0),
         statics,
         default_service,
+        permissions: std::sync::OnceLock::new(),
     })
 }
 

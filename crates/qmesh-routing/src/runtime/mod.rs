@@ -124,6 +124,9 @@ pub async fn bind_gateway(opts: GatewayOptions) -> Result<Routing, RoutingError>
         Some(gm),
         PlainSetup { statics, default_service: opts.default_service },
     );
+    if let Some(p) = shell.permissions() {
+        let _ = router.permissions.set(p);
+    }
 
     register_gw_metrics(shell.metrics(), &router);
     if lb_role {

@@ -13,7 +13,7 @@ use qmesh_discovery_client::Beacon;
 use qmesh_ipc::Address;
 use qmesh_process::Shutdown;
 
-use super::flags::parse_duration;
+use super::flags::{AccessFlags, parse_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,9 +29,11 @@ pub struct Args {
     /// Directory of the store that keeps the last-known registry across restarts (none: nothing kept).
     #[arg(long, env = "QMESH_DATA")]
     pub data: Option<PathBuf>,
-    /// Password file for the IPC port (`user:password` lines, as q's -u).
+    /// Password file (`user:password` lines, as q's -u): heartbeats and lookups over IPC, and every HTTP route (Basic).
     #[arg(short = 'u', long, env = "QMESH_USERS")]
     pub users: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: AccessFlags,
     /// Silence after which a process is `warning` (the blog's 30 s).
     #[arg(long, env = "QMESH_WARN_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub warn_after: Duration,
@@ -94,6 +96,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
         data: args.data,
         config,
         users: args.users,
+        access: args.access.access(),
         ..Options::default()
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;

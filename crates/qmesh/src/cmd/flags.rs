@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use qmesh_ipc::ServerConfig;
-use qmesh_process::ShellOptions;
 use qmesh_process::http::DEFAULT_MAX_HTTP_CONNECTIONS;
+use qmesh_process::{Access, ShellOptions};
 
 /// The flags of every server kind: where it listens, who may connect, what
 /// it advertises. Each kind adds `--name` and `--max-message-bytes` (their
@@ -32,6 +32,34 @@ pub struct ServerFlags {
     /// Most HTTP connections open at once; more are closed at accept.
     #[arg(long, env = "QMESH_MAX_HTTP_CONNECTIONS", default_value_t = DEFAULT_MAX_HTTP_CONNECTIONS)]
     pub max_http_connections: usize,
+    #[command(flatten)]
+    pub access: AccessFlags,
+}
+
+/// What `-u` leaves open on the HTTP port: every server kind's flags beside
+/// `-u` (see `qmesh_process::access`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessFlags {
+    /// With -u: answer GET /healthz without credentials (liveness probes).
+    #[arg(long, env = "QMESH_OPEN_HEALTH")]
+    pub open_health: bool,
+    /// With -u: answer GET /metrics without credentials (a Prometheus scrape without basic_auth).
+    #[arg(long, env = "QMESH_OPEN_METRICS")]
+    pub open_metrics: bool,
+    /// Permissions file (`USER ACTION NAMES` lines: query services, publish/subscribe streams, heartbeat); reloaded when it changes.
+    #[arg(long, env = "QMESH_PERMISSIONS", value_name = "FILE")]
+    pub permissions: Option<PathBuf>,
+}
+
+impl AccessFlags {
+    /// The process shell's [`Access`].
+    pub fn access(&self) -> Access {
+        Access {
+            open_health: self.open_health,
+            open_metrics: self.open_metrics,
+            permissions: self.permissions.clone(),
+        }
+    }
 }
 
 impl ServerFlags {
@@ -45,6 +73,7 @@ impl ServerFlags {
             max_http_connections: self.max_http_connections,
             users: self.users.clone(),
             advertise_host: self.advertise.clone(),
+            access: self.access.access(),
             ..ShellOptions::new(kind, name)
         }
     }
