@@ -449,6 +449,7 @@ impl Writer {
                         Reply::Async(conn) => {
                             debug!(%conn, stream = %self.name, error = %e, "duplicate dropped")
                         }
+                        Reply::Shipped => {}
                     }
                     return;
                 }

@@ -47,7 +47,7 @@ fn publisher(path: &Path, port: u16, id: &str, to: usize) -> Child {
     Command::new(bin())
         .args(["rt", "publish", "--stream", "s", "--cluster", &format!("127.0.0.1:{port}")])
         .args(["--path", path.to_str().unwrap(), "--publisher-id", id, "--to", &to.to_string()])
-        .args(["--batch", "200", "--segment-bytes", "1MiB"])
+        .args(["--batch", "200", "--segment-bytes", "1MiB", "--rate", &rate().to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -57,6 +57,12 @@ fn publisher(path: &Path, port: u16, id: &str, to: usize) -> Child {
 /// Messages the test publishes (`QMESH_RT_SHIP_MESSAGES`; the figure is 1,000,000).
 fn messages() -> usize {
     std::env::var("QMESH_RT_SHIP_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000)
+}
+
+/// Messages per second per publisher: the publishers run for a few seconds, so the node is killed while they
+/// publish.
+fn rate() -> usize {
+    (messages() / 8).max(1000)
 }
 
 /// The node's latest position (waits through restarts).
@@ -99,9 +105,10 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     assert!(err.contains("locked by another running publisher"), "{err}");
 
     // kill the node whenever its log has grown again, and publisher A once, then restart them
-    // bytes of merged log so far: rolls of 4 MiB plus the offset (records are ~100 bytes)
+    // bytes of merged log so far: rolls of 4 MiB plus the offset
     let bytes = |l: i64| (l & ((1 << 30) - 1)) + ((l >> 30) & 0x3fff) * (4 << 20);
-    let step_bytes = (total as i64 * 100) / (KILLS as i64 + 1);
+    // records are over 60 bytes: this many bytes are reached well before the publishers finish
+    let step_bytes = (total as i64 * 50) / (KILLS as i64 + 1);
     let mut last = 0i64;
     for k in 0..KILLS {
         let deadline = Instant::now() + Duration::from_secs(120);

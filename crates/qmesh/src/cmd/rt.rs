@@ -69,6 +69,9 @@ pub struct PublishArgs {
     /// The local log's roll point.
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     pub segment_bytes: u64,
+    /// Messages per second at most (0: as fast as the local log takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -215,7 +218,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "publishing {} from {first} to {}", p.key(), args.to)?;
     out.flush()?;
     let mut id = first;
+    let started = std::time::Instant::now();
     while id <= args.to {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64((id - first) as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let end = (id + args.batch.max(1) as i64 - 1).min(args.to);
         let msgs: Vec<(Vec<u8>, Header)> = (id..=end)
             .map(|i| {
