@@ -152,7 +152,7 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     while seen < 2 * per {
         let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
             .await
-            .expect("in time")
+            .unwrap_or_else(|_| panic!("no message after {seen} of {}: {next_id:?}", 2 * per))
             .unwrap()
             .unwrap();
         let Delivery::Message { value, pos, .. } = d else { panic!("unexpected event {d:?}") };
@@ -179,4 +179,83 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     drop(n);
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(logs);
+}
+
+/// A `Subscriber` copies the node's log into its own directory and reads from there: it restarts from its position
+/// while the node is down (served by the copy), then catches up once the node is back; every message exactly once,
+/// in one order; the copy is the node's log byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_restarts_from_its_position_while_the_node_is_down() {
+    use qmesh_rt::subscriber::{Subscriber as Sub, SubscriberConfig};
+    let dir = tmpdir("sub-node");
+    let logs = tmpdir("sub-pubs");
+    let copy = tmpdir("sub-copy");
+    let mut n = node(&dir, 0);
+    let port = n.port("ipc");
+    let total = 20_000usize;
+    let out = publisher(&logs, port, "P", total).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let cfg = || {
+        let mut c = SubscriberConfig::new("s");
+        c.dir = copy.join("s");
+        c.cluster = vec![format!("127.0.0.1:{port}")];
+        c
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(i64, u64)>();
+    let t = tx.clone();
+    let sub = Sub::start(cfg(), From::Start, move |m| {
+        let K::List(_, items) = m.decode().unwrap() else { panic!() };
+        let K::Atom(Atom::Long(id)) = items[1] else { panic!() };
+        let _ = t.send((id, m.pos));
+    })
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < total / 2 {
+        got.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    sub.unsub();
+    drop(sub);
+    while let Ok(x) = rx.try_recv() {
+        got.push(x);
+    }
+    let pos = got.last().unwrap().1;
+    // the node goes away; the subscriber restarts from its position and the copy serves the rest
+    n.kill();
+    let t = tx.clone();
+    let sub = Sub::start(cfg(), From::Position(pos as i64), move |m| {
+        let K::List(_, items) = m.decode().unwrap() else { panic!() };
+        let K::Atom(Atom::Long(id)) = items[1] else { panic!() };
+        let _ = t.send((id, m.pos));
+    })
+    .await
+    .unwrap();
+    let copied = sub.copy_latest_position();
+    while got.last().unwrap().1 < copied {
+        got.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    // the node returns with more messages; the subscriber catches up
+    n = node(&dir, port);
+    let out = publisher(&logs, port, "P", total + 1000).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    while got.len() < total + 1000 {
+        got.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    let ids: Vec<i64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(ids, (1..=(total + 1000) as i64).collect::<Vec<_>>(), "every message once, in order");
+    drop(sub);
+    // the copy is the node's log, byte for byte
+    for e in std::fs::read_dir(dir.join("s")).unwrap() {
+        let name = e.unwrap().file_name();
+        if name.to_string_lossy().starts_with("log.") {
+            let a = std::fs::read(dir.join("s").join(&name)).unwrap();
+            let b = std::fs::read(copy.join("s").join(&name)).unwrap();
+            assert!(a == b, "{name:?} differs");
+        }
+    }
+    drop(n);
+    for d in [dir, logs, copy] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
