@@ -29,8 +29,17 @@
 //! - `len` is the whole record's length in bytes, prefix included; `!len` is its bitwise complement, so a damaged
 //!   length is told apart from a torn (short) write: a record whose `len` and `!len` agree but whose bytes run past
 //!   the end of the file was torn; one whose `len` and `!len` disagree is corrupt.
-//! - `kind` is 1 (a message). `flags` bit 0 says a dedup key is present (it may be empty); other bits are 0.
+//! - `kind` is 1 (a message). `flags` bit 0 says a dedup key is present (it may be empty); bit 1 says a source
+//!   block follows the symbols; other bits are 0.
 //! - `on` (origin) and `dedup` are symbols, raw bytes as q holds them, at most [`MAX_SYMBOL_LEN`] bytes each.
+//! - the optional **source block** (flag bit 1) says where a shipped record came from: `src_len u8`, the source
+//!   key (at most [`MAX_SYMBOL_LEN`] bytes: a publisher's directory name `$publisher_id.$hostname.$stream`) and
+//!   `src_pos u64`, the record's position in that publisher's local log ([`Source`]). The node keeps it so that
+//!   what it acknowledged to a publisher can be rebuilt from the merged log alone after a crash.
+//!
+//! ```text
+//!  … on │ dedup │ src_len u8 │ source key │ src_pos u64 │ payload
+//! ```
 //! - `ts` is a kdb+ timestamp (nanoseconds since 2000.01.01; `0Np` = `i64::MIN`), `id` the message id, `to`
 //!   reserved (RT: "reserved for future use").
 //! - `payload` is the kdb+ message body exactly as the publisher's serializer wrote it; the log never looks inside.
@@ -74,6 +83,27 @@ pub const RECORD_PREFIX_LEN: usize = 12;
 const KIND_MESSAGE: u8 = 1;
 /// `flags` bit: a dedup key is present.
 const FLAG_DEDUP: u8 = 1;
+/// `flags` bit: a source block follows the symbols.
+const FLAG_SOURCE: u8 = 2;
+/// Bytes of a source block besides its key: `src_len` (1) and `src_pos` (8).
+const SOURCE_FIXED_LEN: usize = 9;
+
+/// Where a shipped record came from (the record's source block): the publisher's key and the record's position in
+/// the publisher's local log. Written by [`Log::append_with_source`](crate::Log::append_with_source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Source<'a> {
+    /// The publisher's key (its local log directory's name), at most [`MAX_SYMBOL_LEN`] bytes.
+    pub key: &'a [u8],
+    /// The record's position in the publisher's local log (a [`Position`](crate::Position)'s raw value).
+    pub pos: u64,
+}
+
+impl Source<'_> {
+    /// Bytes the source block takes in a record.
+    pub fn block_len(&self) -> usize {
+        SOURCE_FIXED_LEN + self.key.len()
+    }
+}
 
 /// Largest payload, in bytes: 1073741783, rt.qpk's limit ("the upper limit is 1073741783 bytes"), so that a
 /// message fits a segment whose offsets have 30 bits. A larger message is refused before anything is written.
@@ -214,6 +244,8 @@ pub struct RecordView<'a> {
     pub payload: &'a [u8],
     /// The whole record, byte for byte (what [`Log::append_raw`](crate::Log::append_raw) takes).
     pub raw: &'a [u8],
+    /// The source block of a shipped record.
+    pub source: Option<Source<'a>>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -250,7 +282,7 @@ pub fn decode_record(buf: &[u8]) -> Result<RecordView<'_>, DecodeError> {
         return Err(DecodeError::Corrupt(Corruption::Checksum));
     }
     let flags = raw[REC_FLAGS];
-    if raw[REC_KIND] != KIND_MESSAGE || flags & !FLAG_DEDUP != 0 {
+    if raw[REC_KIND] != KIND_MESSAGE || flags & !(FLAG_DEDUP | FLAG_SOURCE) != 0 {
         return Err(DecodeError::Corrupt(Corruption::Fields));
     }
     let on_len = raw[REC_ON_LEN] as usize;
@@ -258,28 +290,45 @@ pub fn decode_record(buf: &[u8]) -> Result<RecordView<'_>, DecodeError> {
     if flags & FLAG_DEDUP == 0 && dedup_len != 0 {
         return Err(DecodeError::Corrupt(Corruption::Fields));
     }
-    let payload_at = RECORD_FIXED_LEN + on_len + dedup_len;
-    if payload_at > len {
+    let syms_end = RECORD_FIXED_LEN + on_len + dedup_len;
+    if syms_end > len {
         return Err(DecodeError::Corrupt(Corruption::Fields));
     }
+    let (source, payload_at) = if flags & FLAG_SOURCE != 0 {
+        let klen = *raw.get(syms_end).ok_or(DecodeError::Corrupt(Corruption::Fields))? as usize;
+        let end = syms_end + SOURCE_FIXED_LEN + klen;
+        if end > len {
+            return Err(DecodeError::Corrupt(Corruption::Fields));
+        }
+        let key = &raw[syms_end + 1..syms_end + 1 + klen];
+        (Some(Source { key, pos: i64_at(raw, syms_end + 1 + klen) as u64 }), end)
+    } else {
+        (None, syms_end)
+    };
     let on = &raw[RECORD_FIXED_LEN..RECORD_FIXED_LEN + on_len];
-    let dedup = (flags & FLAG_DEDUP != 0).then(|| &raw[RECORD_FIXED_LEN + on_len..payload_at]);
+    let dedup = (flags & FLAG_DEDUP != 0).then(|| &raw[RECORD_FIXED_LEN + on_len..syms_end]);
     let header =
         RecordHeader { on, ts: i64_at(raw, REC_TS), id: i64_at(raw, REC_ID), to: i64_at(raw, REC_TO), dedup };
-    Ok(RecordView { header, payload: &raw[payload_at..], raw })
+    Ok(RecordView { header, payload: &raw[payload_at..], raw, source })
 }
 
 /// The bytes of a record's fixed part and symbols (everything before the payload) with the checksum filled in:
 /// write these, then the payload. The caller has checked the limits ([`MAX_SYMBOL_LEN`], [`MAX_PAYLOAD`]).
-pub(crate) fn encode_record_head(header: &RecordHeader<'_>, payload: &[u8], out: &mut Vec<u8>) {
-    let len = header.record_len(payload.len()) as u32;
+pub(crate) fn encode_record_head(
+    header: &RecordHeader<'_>,
+    source: Option<Source<'_>>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let len = (header.record_len(payload.len()) + source.map_or(0, |s| s.block_len())) as u32;
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_FIXED_LEN]);
     let b = &mut out[start..];
     b[REC_LEN..REC_LEN + 4].copy_from_slice(&len.to_le_bytes());
     b[REC_NOT_LEN..REC_NOT_LEN + 4].copy_from_slice(&(!len).to_le_bytes());
     b[REC_KIND] = KIND_MESSAGE;
-    b[REC_FLAGS] = if header.dedup.is_some() { FLAG_DEDUP } else { 0 };
+    b[REC_FLAGS] =
+        if header.dedup.is_some() { FLAG_DEDUP } else { 0 } | if source.is_some() { FLAG_SOURCE } else { 0 };
     b[REC_ON_LEN] = header.on.len() as u8;
     b[REC_DEDUP_LEN] = header.dedup.map_or(0, <[u8]>::len) as u8;
     b[REC_TS..REC_TS + 8].copy_from_slice(&header.ts.to_le_bytes());
@@ -289,6 +338,11 @@ pub(crate) fn encode_record_head(header: &RecordHeader<'_>, payload: &[u8], out:
     if let Some(d) = header.dedup {
         out.extend_from_slice(d);
     }
+    if let Some(s) = source {
+        out.push(s.key.len() as u8);
+        out.extend_from_slice(s.key);
+        out.extend_from_slice(&s.pos.to_le_bytes());
+    }
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + REC_LEN..]), payload);
     out[start + REC_CRC..start + REC_CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -296,8 +350,17 @@ pub(crate) fn encode_record_head(header: &RecordHeader<'_>, payload: &[u8], out:
 /// A whole record as one buffer (header, symbols, payload). Tests and tools use it; the log writes the head and
 /// payload without copying the payload.
 pub fn encode_record(header: &RecordHeader<'_>, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(header.record_len(payload.len()));
-    encode_record_head(header, payload, &mut out);
+    encode_record_with_source(header, None, payload)
+}
+
+/// A whole record with an optional [`Source`] block, as one buffer.
+pub fn encode_record_with_source(
+    header: &RecordHeader<'_>,
+    source: Option<Source<'_>>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.record_len(payload.len()) + source.map_or(0, |s| s.block_len()));
+    encode_record_head(header, source, payload, &mut out);
     out.extend_from_slice(payload);
     out
 }
@@ -320,16 +383,43 @@ mod tests {
     }
 
     #[test]
+    fn source_block_round_trip() {
+        let h = RecordHeader { on: b"pub1", ts: 42, id: -7, to: 0, dedup: Some(b"trade") };
+        let src = Source { key: b"a.host.trades", pos: 17_592_186_044_416 };
+        let rec = encode_record_with_source(&h, Some(src), b"payload");
+        let v = decode_record(&rec).expect("whole record");
+        assert_eq!((v.header, v.source, v.payload), (h, Some(src), &b"payload"[..]));
+        assert_eq!(rec.len(), h.record_len(7) + src.block_len());
+        let plain = decode_record(&encode_record(&h, b"p")).expect("record");
+        assert_eq!(plain.source, None);
+    }
+
+    #[test]
     fn torn_and_corrupt_are_told_apart() {
-        let rec = encode_record(&RecordHeader { on: b"x", ..Default::default() }, &[1, 2, 3]);
-        for cut in 0..rec.len() {
-            assert!(matches!(decode_record(&rec[..cut]), Err(DecodeError::Incomplete { .. })), "cut {cut}");
-        }
-        for i in 0..rec.len() {
-            for bit in 0..8 {
-                let mut bad = rec.clone();
-                bad[i] ^= 1 << bit;
-                assert!(matches!(decode_record(&bad), Err(DecodeError::Corrupt(_))), "byte {i} bit {bit}");
+        let src = Source { key: b"k", pos: 5 };
+        for rec in [
+            encode_record(&RecordHeader { on: b"x", ..Default::default() }, &[1, 2, 3]),
+            encode_record_with_source(
+                &RecordHeader { on: b"x", ..Default::default() },
+                Some(src),
+                &[1, 2, 3],
+            ),
+        ] {
+            for cut in 0..rec.len() {
+                assert!(
+                    matches!(decode_record(&rec[..cut]), Err(DecodeError::Incomplete { .. })),
+                    "cut {cut}"
+                );
+            }
+            for i in 0..rec.len() {
+                for bit in 0..8 {
+                    let mut bad = rec.clone();
+                    bad[i] ^= 1 << bit;
+                    assert!(
+                        matches!(decode_record(&bad), Err(DecodeError::Corrupt(_))),
+                        "byte {i} bit {bit}"
+                    );
+                }
             }
         }
     }

@@ -46,7 +46,7 @@ mod storage;
 
 pub use archive::{ArchivePolicy, ArchiveReport};
 pub use error::{Error, Result};
-pub use format::{MAX_PAYLOAD, MAX_SYMBOL_LEN, NULL_TIMESTAMP, RecordHeader};
+pub use format::{MAX_PAYLOAD, MAX_SYMBOL_LEN, NULL_TIMESTAMP, RecordHeader, Source};
 pub use log::{
     Cut, DEFAULT_SEGMENT_SIZE, Durability, Log, LogHandle, LogOptions, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
     RecoveryReport, Sealed, SegmentInfo, WRITE_BUFFER,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::format::{
     DecodeError, MAX_PAYLOAD, MAX_SYMBOL_LEN, NULL_TIMESTAMP, RecordHeader, SEGMENT_HEADER_LEN,
-    SegmentHeader, decode_record, encode_record_head,
+    SegmentHeader, Source, decode_record, encode_record_head,
 };
 use crate::position::{MAX_OFFSET, Position, SegmentId};
 use crate::reader::{Reader, Start, Window};
@@ -422,24 +422,38 @@ impl<S: Storage> Log<S> {
     /// [`Durability`]) durable only after the next [`Log::sync`] returns. Refuses, before writing anything, a
     /// payload over [`MAX_PAYLOAD`] ([`Error::PayloadTooLarge`]) or a symbol over [`MAX_SYMBOL_LEN`].
     pub fn append(&mut self, header: &RecordHeader<'_>, payload: &[u8]) -> Result<Position> {
+        self.append_with_source(header, None, payload)
+    }
+
+    /// As [`Log::append`], with a [`Source`] block saying where a shipped record came from (a publisher's key and
+    /// the record's position in its local log); readers see it as [`Entry::source`](crate::Entry::source). The
+    /// source key is limited to [`MAX_SYMBOL_LEN`] bytes like the symbols.
+    pub fn append_with_source(
+        &mut self,
+        header: &RecordHeader<'_>,
+        source: Option<Source<'_>>,
+        payload: &[u8],
+    ) -> Result<Position> {
         self.check()?;
         if payload.len() > MAX_PAYLOAD {
             return Err(Error::PayloadTooLarge { len: payload.len(), max: MAX_PAYLOAD });
         }
-        for (field, sym) in [("on", Some(header.on)), ("dedup", header.dedup)] {
+        for (field, sym) in
+            [("on", Some(header.on)), ("dedup", header.dedup), ("source", source.map(|s| s.key))]
+        {
             if let Some(s) = sym.filter(|s| s.len() > MAX_SYMBOL_LEN) {
                 return Err(Error::SymbolTooLong { field, len: s.len(), max: MAX_SYMBOL_LEN });
             }
         }
-        let len = header.record_len(payload.len()) as u64;
+        let len = (header.record_len(payload.len()) + source.map_or(0, |s| s.block_len())) as u64;
         let start = self.place(len)?;
         if len as usize > WRITE_BUFFER {
             self.write_out()?;
             let mut head = Vec::with_capacity(len as usize - payload.len());
-            encode_record_head(header, payload, &mut head);
+            encode_record_head(header, source, payload, &mut head);
             self.write_direct(&[&head, payload])?;
         } else {
-            encode_record_head(header, payload, &mut self.pending);
+            encode_record_head(header, source, payload, &mut self.pending);
             self.pending.extend_from_slice(payload);
         }
         self.appended(len, header.ts)?;
@@ -599,6 +613,40 @@ impl<S: Storage> Log<S> {
         self.check()?;
         let next = self.active.next_session().ok_or(Error::PositionSpaceExhausted(self.active))?;
         self.roll_to(next)?;
+        Ok(next.start())
+    }
+
+    /// Continues writing in segment `next`, which must come after the active one: a replica mirroring its
+    /// source's segment boundaries (a subscriber's local copy of the node's log) calls this when the next shipped
+    /// record starts in another segment, so every record lands at its source position. The active segment is
+    /// sealed as at a roll (readers cross into `next` with `skip-forward` or `reset` as they would in the source),
+    /// except in a log that holds no record at all, whose empty segment is removed so the copy starts at `next`.
+    pub fn continue_at(&mut self, next: SegmentId) -> Result<Position> {
+        self.check()?;
+        if next <= self.active {
+            return Err(Error::Options(format!(
+                "continue at {next}: not after the active segment {}",
+                self.active
+            )));
+        }
+        let fresh = self.end == 0 && self.handle.shared.index().segments.len() == 1;
+        if !fresh {
+            self.roll_to(next)?;
+            return Ok(next.start());
+        }
+        create_segment(&self.handle.shared.storage, next)?;
+        let old = self.active;
+        {
+            let mut idx = self.handle.shared.index();
+            idx.segments.remove(&old);
+            idx.segments.insert(next, SegMeta { visible: 0, rolled: false, max_ts: MaxTs::Empty });
+            idx.latest = next.start();
+        }
+        self.active = next;
+        (self.written, self.synced, self.fsynced, self.end) = (0, 0, 0, 0);
+        (self.active_max_ts, self.synced_max_ts) = (MaxTs::Empty, MaxTs::Empty);
+        self.pending.clear();
+        self.handle.shared.storage.remove(old).map_err(io("remove", old))?;
         Ok(next.start())
     }
 

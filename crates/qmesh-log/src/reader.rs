@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::{
     DecodeError, RECORD_FIXED_LEN, RECORD_PREFIX_LEN, RecordHeader, RecordView, SEGMENT_HEADER_LEN,
-    SegmentHeader, decode_record, record_len,
+    SegmentHeader, Source, decode_record, record_len,
 };
 use crate::log::Shared;
 use crate::position::{MAX_OFFSET, Position, SegmentId};
@@ -42,6 +42,8 @@ pub struct Entry {
     to: i64,
     on_len: usize,
     dedup_len: Option<usize>,
+    /// The source block's key length and position.
+    source: Option<(usize, u64)>,
 }
 
 impl Entry {
@@ -55,6 +57,7 @@ impl Entry {
             to: v.header.to,
             on_len: v.header.on.len(),
             dedup_len: v.header.dedup.map(<[u8]>::len),
+            source: v.source.map(|s| (s.key.len(), s.pos)),
         }
     }
 
@@ -73,7 +76,15 @@ impl Entry {
     /// The payload: the kdb+ message body as published. Its first bytes are enough to decide a filter on the
     /// leading symbols of `` (`upd;`table;data) `` without decoding the rest.
     pub fn payload(&self) -> &[u8] {
-        &self.raw[RECORD_FIXED_LEN + self.on_len + self.dedup_len.unwrap_or(0)..]
+        let src = self.source.map_or(0, |(k, _)| k + 9);
+        &self.raw[RECORD_FIXED_LEN + self.on_len + self.dedup_len.unwrap_or(0) + src..]
+    }
+
+    /// Where a shipped record came from: the publisher's key and the record's position in its local log.
+    pub fn source(&self) -> Option<Source<'_>> {
+        let (klen, pos) = self.source?;
+        let at = RECORD_FIXED_LEN + self.on_len + self.dedup_len.unwrap_or(0) + 1;
+        Some(Source { key: &self.raw[at..at + klen], pos })
     }
 
     /// The whole record, byte for byte: ship it and [`Log::append_raw`](crate::Log::append_raw) it elsewhere.

@@ -7,11 +7,12 @@ use qmesh_codec::{K, Message};
 use qmesh_ipc::{ConnId, Handler, Peer, Responder};
 use qmesh_log::{Position, Reader, Start};
 use qmesh_process::{Action, ErrorKind, WireError};
+use qmesh_rt::ship::ShipRequest;
 use qmesh_rt::{From, Request, RequestError, SubOptions};
 use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;
-use crate::stream::{Append, Reply, Stream};
+use crate::stream::{Append, Reply, ShipBatch, Stream};
 use crate::subscription::{self, SubCtl};
 
 /// What every connection shares: the streams, the subscriptions, the metrics.
@@ -58,10 +59,21 @@ impl Node {
 
     /// Handles one request; `responder` is `None` for an async message.
     async fn handle(&self, peer: &Peer, msg: &Message, mut responder: Option<Responder>) {
+        if let Some(req) = ShipRequest::parse(msg) {
+            let result = match req {
+                Err(e) => Err(Self::request_error(e)),
+                Ok(req) => self.ship(peer, req, &mut responder).await,
+            };
+            return self.answer(peer, result, responder);
+        }
         let result = match Request::parse(msg) {
             Err(e) => Err(Self::request_error(e)),
             Ok(req) => self.dispatch(peer, req, &mut responder).await,
         };
+        self.answer(peer, result, responder);
+    }
+
+    fn answer(&self, peer: &Peer, result: Result<Option<K>, WireError>, responder: Option<Responder>) {
         match (result, responder) {
             (Ok(Some(k)), Some(r)) => {
                 let _ = r.reply(k);
@@ -162,6 +174,51 @@ impl Node {
             Request::Prune { stream, pos } => {
                 let s = self.stream(&stream)?.clone();
                 Ok(Some(K::long(s.prune(pos as u64).await? as i64)))
+            }
+        }
+    }
+
+    /// Log shipping ([`qmesh_rt::ship`]): a publisher's handshake and batches, a subscriber's copy request.
+    async fn ship(
+        &self,
+        peer: &Peer,
+        req: ShipRequest,
+        responder: &mut Option<Responder>,
+    ) -> Result<Option<K>, WireError> {
+        match req {
+            ShipRequest::Hello { stream, key } => {
+                let s = self.stream(&stream)?;
+                let mark = s.ship_mark(&key);
+                debug!(conn = %peer.id(), stream, key, ?mark, "publisher ships its log");
+                Ok(Some(K::long(mark.map_or(qmesh_codec::nulls::LONG_NULL, |m| m as i64))))
+            }
+            ShipRequest::Recs { stream, key, batch } => {
+                let s = self.stream(&stream)?.clone();
+                s.ship(ShipBatch { key, batch, peer: peer.clone() }).await;
+                Ok(None)
+            }
+            ShipRequest::Pull { stream, from } => {
+                let s = self.stream(&stream)?.clone();
+                let pos = match from {
+                    From::Start => s.first(),
+                    From::Latest => s.latest(),
+                    From::Position(p) if p as u64 > s.latest() => {
+                        return Err(WireError::with_detail(
+                            ErrorKind::BadRequest,
+                            format!("position {p} is ahead of the stream's latest position {}", s.latest()),
+                        ));
+                    }
+                    From::Position(p) => p as u64,
+                };
+                // whole segments: the copy's records land at the node's positions
+                let start = Position::from_u64(pos).segment().start();
+                let reader = s.reader(Start::At(start))?;
+                if let Some(r) = responder.take() {
+                    let _ = r.reply(K::long(start.as_u64() as i64));
+                }
+                debug!(conn = %peer.id(), stream = s.name(), %start, "subscriber copies the log");
+                tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader));
+                Ok(None)
             }
         }
     }

@@ -51,6 +51,7 @@
 pub mod handler;
 pub mod http;
 pub mod metrics;
+pub mod shipping;
 pub mod stats;
 pub mod stream;
 pub mod subscription;

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use qmesh_codec::K;
-use qmesh_ipc::{ConnId, Responder};
+use qmesh_ipc::{ConnId, Peer, Responder};
 use qmesh_log::{
-    ArchivePolicy, ArchiveReport, Item, Log, LogHandle, LogOptions, Position, Reader, RecordHeader, Start,
+    ArchivePolicy, ArchiveReport, Item, Log, LogHandle, LogOptions, Position, Reader, RecordHeader, Source,
+    Start,
 };
 use qmesh_process::{ErrorKind, Shutdown, WireError};
 use qmesh_rt::{Verdict, Watermarks};
@@ -67,7 +68,23 @@ pub enum Reply {
     Sync(Responder),
     /// An async one: errors are logged and counted.
     Async(ConnId),
+    /// A shipped record: its batch is acknowledged as a whole ([`Stream::ship`]).
+    Shipped,
 }
+
+/// A batch of a publisher's local records (`.rt.ship.recs`).
+#[derive(Debug)]
+pub struct ShipBatch {
+    /// The publisher's key (its local log directory's name).
+    pub key: String,
+    /// The records behind their local positions ([`qmesh_rt::ship::records`]).
+    pub batch: Bytes,
+    /// Who gets the acknowledgement.
+    pub peer: Peer,
+}
+
+/// The prefix that keeps shipping marks apart from dedup keys in the watermarks file.
+const SHIP_PREFIX: char = '\u{1}';
 
 /// One message to append.
 #[derive(Debug)]
@@ -84,6 +101,7 @@ pub struct Append {
 
 enum Cmd {
     Append(Append),
+    Ship(ShipBatch),
     Prune(u64, oneshot::Sender<Result<usize, WireError>>),
     Archive(ArchivePolicy, oneshot::Sender<Result<usize, WireError>>),
     Reset(oneshot::Sender<Result<(u64, u64), WireError>>),
@@ -95,6 +113,8 @@ enum Cmd {
 struct Book {
     publishers: Publishers,
     marks: Watermarks,
+    /// The last local position held per shipping publisher (committed).
+    ship: Watermarks,
     duplicates: u64,
 }
 
@@ -133,15 +153,17 @@ impl Stream {
             debug!(stream = %name, ?report, "log opened");
         }
         let handle = log.handle();
-        let marks = recover_watermarks(&opts.dir, &handle)?;
+        let (marks, ship) = recover_watermarks(&opts.dir, &handle)?;
         info!(stream = %name, first = %handle.first_position(), latest = %handle.latest_position(), dedup_keys = marks.len(), "stream open");
         let (tx, rx) = mpsc::channel(APPEND_QUEUE);
         let (tip_tx, tip) = watch::channel(handle.latest_position().as_u64());
-        let book = Arc::new(Mutex::new(Book { marks: marks.clone(), ..Book::default() }));
+        let book = Arc::new(Mutex::new(Book { marks: marks.clone(), ship: ship.clone(), ..Book::default() }));
         let w = Writer {
             name: name.clone(),
             log,
             marks,
+            ship,
+            acks: Vec::new(),
             book: book.clone(),
             tip: tip_tx,
             metrics,
@@ -162,6 +184,18 @@ impl Stream {
         if let Err(mpsc::error::SendError(Cmd::Append(a))) = self.tx.send(Cmd::Append(a)).await {
             refuse(a.reply, &WireError::new(ErrorKind::ShuttingDown), &self.name);
         }
+    }
+
+    /// Queues a shipped batch; it is acknowledged on the publisher's connection once durable.
+    pub async fn ship(&self, b: ShipBatch) {
+        if self.tx.send(Cmd::Ship(b)).await.is_err() {
+            debug!(stream = %self.name, "shipped batch dropped: the stream is closing");
+        }
+    }
+
+    /// The last local position of publisher `key` that the merged log holds (`.rt.ship.hello`'s answer).
+    pub fn ship_mark(&self, key: &str) -> Option<u64> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner()).ship.get(key)
     }
 
     /// The oldest unarchived position (`::`).
@@ -253,11 +287,15 @@ impl Stream {
 
 /// Loads the watermarks file and raises it from the records after its
 /// position (all records when there is no file); a `reset` forgets them.
-fn recover_watermarks(dir: &std::path::Path, handle: &LogHandle) -> Result<Watermarks, StreamError> {
-    let (mut marks, from) = match watermarks::load(dir)? {
+fn recover_watermarks(
+    dir: &std::path::Path,
+    handle: &LogHandle,
+) -> Result<(Watermarks, Watermarks), StreamError> {
+    let (stored, from) = match watermarks::load(dir)? {
         Some((m, p)) => (m, Some(p)),
         None => (Watermarks::new(), None),
     };
+    let (mut marks, mut ship) = split_marks(&stored);
     let first = handle.first_position().as_u64();
     let latest = handle.latest_position().as_u64();
     let start = match from {
@@ -272,12 +310,42 @@ fn recover_watermarks(dir: &std::path::Path, handle: &LogHandle) -> Result<Water
                 if let Some(key) = h.dedup {
                     marks.observe(&String::from_utf8_lossy(key), h.id);
                 }
+                if let Some(src) = e.source() {
+                    observe_ship(&mut ship, &String::from_utf8_lossy(src.key), src.pos);
+                }
             }
             Item::Event(ev) if ev.name() == "reset" => marks.clear(),
             Item::Event(_) => {}
         }
     }
-    Ok(marks)
+    Ok((marks, ship))
+}
+
+/// Raises publisher `key`'s mark to local position `pos`, kept as a non-negative id: a local session below 2^19
+/// (one new session per publisher start), which no publisher reaches in practice.
+fn observe_ship(ship: &mut Watermarks, key: &str, pos: u64) {
+    ship.observe(key, i64::try_from(pos).unwrap_or(i64::MAX));
+}
+
+/// The dedup watermarks and the shipping marks as one set for the watermarks file.
+fn join_marks(marks: &Watermarks, ship: &Watermarks) -> Watermarks {
+    let mut all = marks.clone();
+    for (k, w) in ship.iter() {
+        all.observe(&format!("{SHIP_PREFIX}{k}"), i64::try_from(w).unwrap_or(i64::MAX));
+    }
+    all
+}
+
+fn split_marks(all: &Watermarks) -> (Watermarks, Watermarks) {
+    let (mut marks, mut ship) = (Watermarks::new(), Watermarks::new());
+    for (k, w) in all.iter() {
+        let w = i64::try_from(w).unwrap_or(i64::MAX);
+        match k.strip_prefix(SHIP_PREFIX) {
+            Some(k) => ship.observe(k, w),
+            None => marks.observe(k, w),
+        }
+    }
+    (marks, ship)
 }
 
 fn refuse(reply: Reply, e: &WireError, stream: &str) {
@@ -286,6 +354,7 @@ fn refuse(reply: Reply, e: &WireError, stream: &str) {
             let _ = r.error(e.to_q_text());
         }
         Reply::Async(conn) => warn!(%conn, stream, error = %e, "async publish refused"),
+        Reply::Shipped => warn!(stream, error = %e, "shipped record refused"),
     }
 }
 
@@ -294,6 +363,10 @@ struct Writer {
     log: Log,
     /// Watermarks including appends not yet synced.
     marks: Watermarks,
+    /// Shipping marks including appends not yet synced.
+    ship: Watermarks,
+    /// Shipped batches of this group, acknowledged after its sync.
+    acks: Vec<(Peer, String)>,
     book: Arc<Mutex<Book>>,
     tip: watch::Sender<u64>,
     metrics: NodeMetrics,
@@ -323,6 +396,7 @@ impl Writer {
             for cmd in cmds.drain(..) {
                 match cmd {
                     Cmd::Append(a) => self.append(a, &labels),
+                    Cmd::Ship(b) => self.ship(b, &labels),
                     Cmd::Prune(pos, tx) => {
                         self.commit(&labels);
                         let _ = tx.send(self.prune(pos));
@@ -338,7 +412,8 @@ impl Writer {
                     Cmd::Close(tx) => {
                         self.commit(&labels);
                         let latest = self.log.latest_position().as_u64();
-                        if let Err(e) = watermarks::store(&self.dir, &self.marks, latest) {
+                        let all = join_marks(&self.marks, &self.ship);
+                        if let Err(e) = watermarks::store(&self.dir, &all, latest) {
                             warn!(stream = %self.name, error = %e, "cannot store the dedup watermarks");
                         }
                         if let Err(e) = self.log.sync() {
@@ -375,6 +450,7 @@ impl Writer {
                         Reply::Async(conn) => {
                             debug!(%conn, stream = %self.name, error = %e, "duplicate dropped")
                         }
+                        Reply::Shipped => {}
                     }
                     return;
                 }
@@ -415,6 +491,7 @@ impl Writer {
     /// Syncs the group and answers it.
     fn commit(&mut self, labels: &Vec<(String, String)>) {
         if self.pending.is_empty() {
+            self.send_acks();
             return;
         }
         let started = Instant::now();
@@ -433,6 +510,9 @@ impl Writer {
                     if b.marks != self.marks {
                         b.marks = self.marks.clone();
                     }
+                    if b.ship != self.ship {
+                        b.ship = self.ship.clone();
+                    }
                 }
                 self.metrics.appended.get_or_create(labels).inc_by(self.pending.len() as u64);
                 self.metrics.latest_position.get_or_create(labels).set(latest.as_u64() as i64);
@@ -442,11 +522,18 @@ impl Writer {
                     }
                 }
                 self.tip.send_replace(latest.as_u64());
+                self.send_acks();
             }
             Err(e) => {
                 // every append since the last sync is void: so are their watermarks
-                let committed = self.book().marks.clone();
+                let (committed, ship) = {
+                    let b = self.book();
+                    (b.marks.clone(), b.ship.clone())
+                };
                 self.marks = committed;
+                self.ship = ship;
+                // no acknowledgement: the publishers resend from their last one
+                self.acks.clear();
                 let err = internal(format!("log: {e}"));
                 warn!(stream = %self.name, error = %e, lost = self.pending.len(), "sync failed; the group is refused");
                 for (reply, ..) in self.pending.drain(..) {
@@ -457,14 +544,80 @@ impl Writer {
         }
     }
 
+    /// Appends a publisher's shipped records: each record's header and payload as the publisher stored them, with
+    /// a source block (key, local position); records at or below the key's mark are already held and skipped.
+    fn ship(&mut self, b: ShipBatch, labels: &Vec<(String, String)>) {
+        let now = Instant::now();
+        for r in qmesh_rt::ship::records(&b.batch) {
+            let (lpos, raw) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(stream = %self.name, key = %b.key, error = %e, "malformed shipped batch; the rest is dropped");
+                    self.metrics.error(ErrorKind::BadRequest.word());
+                    break;
+                }
+            };
+            if self.ship.get(&b.key).is_some_and(|m| lpos <= m) {
+                continue; // held already: a resend after a reconnect
+            }
+            let v = match qmesh_log::format::decode_record(raw) {
+                Ok(v) if v.raw.len() == raw.len() => v,
+                Ok(_) | Err(_) => {
+                    warn!(stream = %self.name, key = %b.key, lpos, "corrupt shipped record; the rest of the batch is dropped");
+                    self.metrics.error(ErrorKind::BadRequest.word());
+                    break;
+                }
+            };
+            let h = v.header;
+            if let Some(dk) = h.dedup {
+                let dk = String::from_utf8_lossy(dk);
+                if let Verdict::Duplicate { .. } = self.marks.admit(&dk, h.id) {
+                    self.metrics.duplicates.get_or_create(labels).inc();
+                    let on = String::from_utf8_lossy(h.on).into_owned();
+                    let mut bk = self.book();
+                    bk.duplicates += 1;
+                    bk.publishers.duplicate(&on, h.id, now);
+                    drop(bk);
+                    observe_ship(&mut self.ship, &b.key, lpos);
+                    continue;
+                }
+            }
+            let src = Source { key: b.key.as_bytes(), pos: lpos };
+            match self.log.append_with_source(&h, Some(src), v.payload) {
+                Ok(pos) => {
+                    observe_ship(&mut self.ship, &b.key, lpos);
+                    self.metrics.appended_bytes.get_or_create(labels).inc_by(v.payload.len() as u64);
+                    let id = (h.id != i64::MIN).then_some(h.id);
+                    self.pending.push((Reply::Shipped, pos, String::from_utf8_lossy(h.on).into_owned(), id));
+                }
+                Err(e) => {
+                    warn!(stream = %self.name, key = %b.key, error = %e, "shipped record refused; the rest of the batch is dropped");
+                    self.metrics.error(ErrorKind::Internal.word());
+                    break;
+                }
+            }
+        }
+        self.acks.push((b.peer, b.key));
+    }
+
+    /// Tells each publisher of the group the last local position now held.
+    fn send_acks(&mut self) {
+        for (peer, key) in self.acks.drain(..) {
+            if let Some(m) = self.ship.get(&key) {
+                let _ = peer.send_async(&qmesh_rt::ship::ack_k(&self.name, &key, m));
+            }
+        }
+    }
+
     /// Stores the watermarks if they changed since the file was written:
     /// before segments go, so that removing records never lowers a
     /// watermark recovered on the next open.
     fn store_marks(&mut self) -> Result<(), WireError> {
-        if self.stored.as_ref() != Some(&self.marks) {
+        let all = join_marks(&self.marks, &self.ship);
+        if self.stored.as_ref() != Some(&all) {
             let latest = self.log.latest_position().as_u64();
-            watermarks::store(&self.dir, &self.marks, latest).map_err(internal)?;
-            self.stored = Some(self.marks.clone());
+            watermarks::store(&self.dir, &all, latest).map_err(internal)?;
+            self.stored = Some(all);
         }
         Ok(())
     }
@@ -494,8 +647,9 @@ impl Writer {
         let to = self.log.new_session().map_err(|e| internal(format!("log: {e}")))?.as_u64();
         self.marks.clear();
         self.book().marks.clear();
-        watermarks::store(&self.dir, &self.marks, to).map_err(internal)?;
-        self.stored = Some(self.marks.clone());
+        let all = join_marks(&self.marks, &self.ship);
+        watermarks::store(&self.dir, &all, to).map_err(internal)?;
+        self.stored = Some(all);
         self.tip.send_replace(self.log.latest_position().as_u64());
         info!(stream = %self.name, from, to, "stream reset: new session");
         Ok((from, to))

@@ -61,6 +61,9 @@
 //! * [`push`]: the frames pushed to subscribers.
 //! * [`event`]: `badtail`, `badmsg`, `reset`, `skip-forward`.
 //! * [`limits`]: every limit, with its reason.
+//! * [`ship`]: log shipping — a publisher's local log to the node, the node's merged log to a subscriber's copy.
+//! * [`publisher`]: [`publisher::Publisher`], rt.qpk's `.rt.pub` with a local log shipped in the background.
+//! * [`subscriber`]: [`subscriber::Subscriber`], rt.qpk's `.rt.sub` reading a local copy of the merged log.
 //! * [`client`]: a subscriber over IPC (what `qmesh rt tail` uses); the one
 //!   module here that does I/O.
 
@@ -70,8 +73,11 @@ pub mod event;
 pub mod filter;
 pub mod header;
 pub mod limits;
+pub mod publisher;
 pub mod push;
 pub mod request;
+pub mod ship;
+pub mod subscriber;
 
 pub use dedup::{Verdict, Watermarks};
 pub use event::Event;

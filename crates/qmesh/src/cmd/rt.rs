@@ -37,6 +37,41 @@ pub enum Command {
     Tail(TailArgs),
     /// Hard-reset a stream through the node's HTTP API (new session; subscribers get a `reset` event).
     Reset(ResetArgs),
+    /// Publish numbered test messages `(`name;id)` through a `Publisher` (local log shipped to the node); for
+    /// process tests and benchmarks.
+    #[command(hide = true)]
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The stream.
+    #[arg(long)]
+    pub stream: String,
+    /// A node to ship to (repeatable).
+    #[arg(long = "cluster", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// The parent directory of publisher logs (default `$RT_LOG_PATH`).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// The publisher id (part of the directory name, the message's first item).
+    #[arg(long)]
+    pub publisher_id: String,
+    /// The last message id to publish; ids run from one after the last id in the local log (or 1).
+    #[arg(long)]
+    pub to: i64,
+    /// Messages per local write (one fsync each).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// The local log's durability: always, interval or never.
+    #[arg(long, default_value = "always", value_parser = parse_durability)]
+    pub durability: Durability,
+    /// The local log's roll point.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub segment_bytes: u64,
+    /// Messages per second at most (0: as fast as the local log takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +136,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     match args.command {
         Some(Command::Tail(t)) => tail(t).await,
         Some(Command::Reset(r)) => reset(r).await,
+        Some(Command::Publish(p)) => publish(p).await,
         None => serve(args.serve).await,
     }
 }
@@ -173,5 +209,47 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
 async fn reset(args: ResetArgs) -> anyhow::Result<ExitCode> {
     let answer = qmesh_rt_node::http::request_reset(&args.http, &args.stream).await?;
     writeln!(std::io::stdout().lock(), "{answer}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    use qmesh_codec::{K, RawObject};
+    use qmesh_rt::publisher::{Header, Publisher, PublisherConfig};
+    let mut cfg = PublisherConfig::new(&args.stream);
+    if let Some(p) = args.path {
+        cfg.path = p;
+    }
+    cfg.publisher_id = Some(args.publisher_id.clone());
+    cfg.cluster = args.cluster;
+    cfg.durability = args.durability;
+    cfg.segment_size = args.segment_bytes;
+    let p = Publisher::start(cfg).await?;
+    let first = p.last_id().map_or(1, |d| d as i64 + 1);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "publishing {} from {first} to {}", p.key(), args.to)?;
+    out.flush()?;
+    let mut id = first;
+    let started = std::time::Instant::now();
+    while id <= args.to {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64((id - first) as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let end = (id + args.batch.max(1) as i64 - 1).min(args.to);
+        let msgs: Vec<(Vec<u8>, Header)> = (id..=end)
+            .map(|i| {
+                let k = K::list(vec![K::sym(&args.publisher_id), K::long(i)]);
+                (RawObject::encode(&k).bytes().to_vec(), Header { id: Some(i), ..Header::default() })
+            })
+            .collect();
+        p.publish_batch(msgs.iter().map(|(b, h)| (b.as_slice(), h)))?;
+        id = end + 1;
+    }
+    writeln!(out, "published {}", args.to)?;
+    out.flush()?;
+    p.flush().await?;
+    writeln!(out, "acked {}", args.to)?;
+    out.flush()?;
+    p.close().await;
     Ok(ExitCode::SUCCESS)
 }

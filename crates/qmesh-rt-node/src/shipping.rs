@@ -1,0 +1,74 @@
+//! Shipping the merged log to a subscriber's local copy (`.rt.ship.pull`): one task per copying connection reads
+//! the log from the start of a segment and pushes its records, byte for byte and behind their positions, in
+//! batches of at most [`qmesh_rt::ship::BATCH_BYTES`]. Like a subscription it reads only what is synced, and holds
+//! at most [`SUB_QUEUE_BYTES`](crate::subscription::SUB_QUEUE_BYTES) queued on the connection before it waits for
+//! the socket. Every batch carries the node's first unarchived position; when the archiver moves it and nothing
+//! else is new, an empty batch tells the copy within [`FIRST_CHECK`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qmesh_codec::MsgType;
+use qmesh_ipc::Peer;
+use qmesh_log::{Item, Reader};
+use qmesh_rt::ship::{self, Batch};
+use tracing::{debug, warn};
+
+use crate::stream::Stream;
+use crate::subscription::SUB_QUEUE_BYTES;
+
+/// How often an idle copying connection checks whether the node's first unarchived position moved.
+pub const FIRST_CHECK: Duration = Duration::from_secs(1);
+
+/// Feeds `peer`'s copy from `reader` until the connection closes.
+pub async fn ship_out(stream: Arc<Stream>, peer: Peer, mut reader: Reader) {
+    let mut tip = stream.tip();
+    let mut batch = Batch::new();
+    let mut sent_first = u64::MAX;
+    loop {
+        if peer.is_closed() {
+            break;
+        }
+        tip.borrow_and_update();
+        let mut progressed = false;
+        while batch.len() < ship::BATCH_BYTES {
+            match reader.next() {
+                Ok(Some(Item::Entry(e))) => {
+                    batch.push(e.position.as_u64(), e.raw());
+                    progressed = true;
+                }
+                // the copy sees the jump in the next record's position and mirrors it
+                Ok(Some(Item::Event(ev))) => {
+                    debug!(stream = stream.name(), conn = %peer.id(), event = ev.name(), "copy crosses an event");
+                    progressed = true;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(stream = stream.name(), conn = %peer.id(), error = %e, "reading the stream failed; copy ended");
+                    return;
+                }
+            }
+        }
+        let first = stream.first();
+        if !batch.is_empty() || first != sent_first {
+            let obj = ship::raw_object(stream.name(), first, &batch.take());
+            if peer.send_raw(MsgType::Async, obj).is_err() {
+                break;
+            }
+            sent_first = first;
+        }
+        if peer.queued_bytes() > SUB_QUEUE_BYTES {
+            if peer.flush().await.is_err() {
+                break;
+            }
+            continue;
+        }
+        if !progressed {
+            tokio::select! {
+                r = tip.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(FIRST_CHECK) => {}
+            }
+        }
+    }
+    debug!(stream = stream.name(), conn = %peer.id(), "copy ended");
+}

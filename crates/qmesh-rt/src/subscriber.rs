@@ -1,0 +1,569 @@
+//! A subscriber with a local copy (rt.qpk's `.rt.sub`): a background task copies the node's merged log into the
+//! subscriber's own directory, byte for byte and at the node's positions ([`crate::ship`]), and a delivery thread
+//! reads the copy with the [`qmesh_log`] reader and calls back with each message and its position. Because
+//! messages are read from the local copy, a subscriber restarts from its position while the node is down, and a
+//! paused subscriber's copy keeps growing.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), qmesh_rt::subscriber::SubscriberError> {
+//! use qmesh_rt::From;
+//! use qmesh_rt::subscriber::{Subscriber, SubscriberConfig};
+//! let mut cfg = SubscriberConfig::new("trades");               // copy in $RT_LOG_PATH/trades
+//! cfg.cluster = vec![":rt-trades-0:5001".into()];
+//! let sub = Subscriber::start(cfg, From::Start, |m| {
+//!     let _value = m.decode();                                   // the message as published
+//!     let _restart_from = m.pos;                                 // the position after it
+//! }).await?;
+//! sub.pause();                                                   // the copy keeps growing
+//! sub.resume();
+//! sub.unsub();
+//! # Ok(()) }
+//! ```
+//!
+//! # Waking
+//!
+//! The delivery thread sleeps until something may be readable: the copy's directory is watched for file-system
+//! events (inotify through `rustix`, never polling; the `notify` crate would have changed the features of shared
+//! dependencies and rebuilt the whole workspace), and the copying task wakes it once more after each batch is synced (the moment the reader's index publishes the new records, which the file-system event of the
+//! write itself can precede). Controls (`pause`, `resume`, `unsub`) wake it too.
+//!
+//! # Garbage collection
+//!
+//! By default the copy follows the node's archiver: segments the node archived are removed from the copy too.
+//! `REPLICATOR_EXCHANGE_ARCHIVED=0` and `REPLICATOR_TRUNCATE_ARCHIVED=0` opt out; the subscriber then prunes its
+//! copy with [`Subscriber::prune`]. A lead subscriber (`REPLICATOR_EXCHANGE_ARCHIVED=1`) also sends its prune to
+//! the node (`.rt.prune`), which then truncates every subscriber that follows it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use qmesh_codec::{Atom, K};
+use qmesh_ipc::{Address, ClientOptions, Connection, Incoming};
+use qmesh_log::{Durability, Item, Log, LogHandle, LogOptions, MAX_SEGMENT_SIZE, Position, Reader, Start};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::event::Event;
+use crate::publisher::{RECONNECT_MAX, RECONNECT_MIN};
+use crate::request::From;
+use crate::ship::{ShipPush, ShipRequest, records};
+
+/// How a subscriber runs.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// The RT stream name.
+    pub stream: String,
+    /// The directory of the local copy (default `$RT_LOG_PATH/$stream`, rt.qpk's `--target-dir`).
+    pub dir: PathBuf,
+    /// The nodes to copy from, tried in turn.
+    pub cluster: Vec<String>,
+    /// Follow the node's archiver, and as a lead send [`Subscriber::prune`] to the node
+    /// (`REPLICATOR_EXCHANGE_ARCHIVED`, default on).
+    pub exchange_archived: bool,
+    /// Remove copies of segments the node archived (`REPLICATOR_TRUNCATE_ARCHIVED`, default on).
+    pub truncate_archived: bool,
+    /// How the copy is made durable (default: fsync each copied batch).
+    pub durability: Durability,
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v.trim() != "0")
+}
+
+impl SubscriberConfig {
+    /// Defaults for `stream`: the copy in `$RT_LOG_PATH/$stream`, GC flags from the environment.
+    pub fn new(stream: impl Into<String>) -> SubscriberConfig {
+        let stream = stream.into();
+        let path = std::env::var_os("RT_LOG_PATH").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        SubscriberConfig {
+            dir: path.join(&stream),
+            stream,
+            cluster: Vec::new(),
+            exchange_archived: env_flag("REPLICATOR_EXCHANGE_ARCHIVED"),
+            truncate_archived: env_flag("REPLICATOR_TRUNCATE_ARCHIVED"),
+            durability: Durability::Always,
+        }
+    }
+
+    /// Whether the copy follows the node's archiver (neither flag set to 0).
+    pub fn follows_archiver(&self) -> bool {
+        self.exchange_archived && self.truncate_archived
+    }
+}
+
+/// A message delivered to the callback.
+#[derive(Debug, Clone, Copy)]
+pub struct Msg<'a> {
+    /// The message as its publisher serialized it (one kdb+ object).
+    pub payload: &'a [u8],
+    /// The position after it: subscribe from here to get the next message (rt.qpk's `pos`).
+    pub pos: u64,
+    /// The message's own position.
+    pub at: u64,
+}
+
+impl Msg<'_> {
+    /// The message as a q value.
+    pub fn decode(&self) -> Result<K, qmesh_codec::DecodeError> {
+        qmesh_codec::RawObject::new(bytes::Bytes::copy_from_slice(self.payload), true).decode()
+    }
+}
+
+/// Errors of a [`Subscriber`].
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriberError {
+    /// The local copy failed.
+    #[error("local copy: {0}")]
+    Log(#[from] qmesh_log::Error),
+    /// The position asked for is not in the copy and no node is reachable to fetch it.
+    #[error("position {0} is not in the local copy")]
+    Position(u64),
+    /// The node could not be asked.
+    #[error("{0}")]
+    Ipc(#[from] qmesh_ipc::IpcError),
+    /// A bad node address.
+    #[error("address: {0}")]
+    Address(#[from] qmesh_ipc::AddressError),
+    /// The node's answer was not what the protocol says.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// Watching the copy's directory failed.
+    #[error("watching the local copy: {0}")]
+    Watch(#[from] std::io::Error),
+}
+
+enum Wake {
+    Data,
+    Ctl,
+}
+
+struct Shared {
+    stream: String,
+    paused: AtomicBool,
+    stopped: AtomicBool,
+    pos: AtomicU64,
+    wake: Mutex<mpsc::Sender<Wake>>,
+    writer: Mutex<Log>,
+    handle: LogHandle,
+    cfg: SubscriberConfig,
+    stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn wake(&self, w: Wake) {
+        let _ = self.wake.lock().unwrap_or_else(|p| p.into_inner()).send(w);
+    }
+}
+
+/// A running subscription: the copying task and the delivery thread. See the [module docs](self).
+pub struct Subscriber {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    watch: Option<(Arc<rustix::fd::OwnedFd>, i32)>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("stream", &self.shared.stream).finish()
+    }
+}
+
+/// rt.qpk's default `.rt.on_event`: says what happened, with the two positions.
+pub fn log_event(stream: &str, event: Event, p1: u64, p2: u64) {
+    let what = match event {
+        Event::BadTail => "Bad tail",
+        Event::BadMsg => "Bad message",
+        Event::Reset => "Reset",
+        Event::SkipForward => "Skip forward",
+    };
+    warn!(
+        stream,
+        event = event.name(),
+        p1,
+        p2,
+        "{what} event in {stream}, rolling position from {p1} to {p2}"
+    );
+}
+
+/// Asks a node for a stream's latest position (`.rt.get_latest_position`).
+pub async fn latest_position(addr: &str, stream: &str) -> Result<u64, SubscriberError> {
+    let c = Connection::connect(&Address::parse(addr)?, ClientOptions::default()).await?;
+    let m = c.call(&K::list(vec![K::sym(".rt.get_latest_position"), K::sym(stream)])).await?;
+    match m.decode().map_err(|e| SubscriberError::Unexpected(e.to_string()))? {
+        K::Atom(Atom::Long(j)) if j >= 0 => Ok(j as u64),
+        other => Err(SubscriberError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+impl Subscriber {
+    /// Subscribes from `from` with `on_msg` and the default event handler ([`log_event`]).
+    pub async fn start(
+        cfg: SubscriberConfig,
+        from: From,
+        on_msg: impl FnMut(&Msg<'_>) + Send + 'static,
+    ) -> Result<Subscriber, SubscriberError> {
+        let stream = cfg.stream.clone();
+        Subscriber::start_with(cfg, from, on_msg, move |e, p1, p2| log_event(&stream, e, p1, p2)).await
+    }
+
+    /// Subscribes from `from`: `From::Start` (`::`, the oldest message the copy or the node holds),
+    /// `From::Latest` (only messages after the node's latest position), or a position handed out earlier (which
+    /// the local copy serves while the node is down). `on_event` gets `badtail`, `badmsg`, `reset` and
+    /// `skip-forward` with their two positions.
+    pub async fn start_with(
+        cfg: SubscriberConfig,
+        from: From,
+        on_msg: impl FnMut(&Msg<'_>) + Send + 'static,
+        on_event: impl FnMut(Event, u64, u64) + Send + 'static,
+    ) -> Result<Subscriber, SubscriberError> {
+        let opts = LogOptions { segment_size: MAX_SEGMENT_SIZE, durability: cfg.durability };
+        let dir = cfg.dir.clone();
+        let (log, _report) = tokio::task::spawn_blocking(move || Log::open(dir, opts))
+            .await
+            .map_err(|e| SubscriberError::Unexpected(e.to_string()))??;
+        let handle = log.handle();
+        let fresh = handle.total_bytes() <= qmesh_log::format::SEGMENT_HEADER_LEN as u64
+            && handle.segments().len() <= 1
+            && handle.latest_position().as_u64() == 0;
+        // where delivery starts, and where copying starts when the copy is fresh
+        let start = match from {
+            From::Position(p) => Some(p as u64),
+            From::Start if !fresh => Some(handle.first_position().as_u64()),
+            From::Latest if !fresh && cfg.cluster.is_empty() => Some(handle.latest_position().as_u64()),
+            _ => None,
+        };
+        let (tx, rx) = mpsc::channel();
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            stream: cfg.stream.clone(),
+            paused: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            pos: AtomicU64::new(start.unwrap_or(0)),
+            wake: Mutex::new(tx),
+            writer: Mutex::new(log),
+            handle,
+            cfg: cfg.clone(),
+            stop,
+        });
+        // what delivery waits for before it reads: a position the copy must reach
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<u64>();
+        match start {
+            Some(p) => {
+                let _ = first_tx.send(p);
+                if !cfg.cluster.is_empty() {
+                    // a fresh copy of a known position starts with that position's whole segment
+                    let seed = fresh.then(|| {
+                        (From::Position(Position::from_u64(p).segment().start().as_u64() as i64), None)
+                    });
+                    tokio::spawn(copy_loop(shared.clone(), seed));
+                }
+            }
+            None if cfg.cluster.is_empty() => {
+                let _ = first_tx.send(shared.handle.latest_position().as_u64());
+            }
+            None => {
+                tokio::spawn(copy_loop(shared.clone(), Some((from, Some(first_tx)))));
+            }
+        }
+        let watch = watch_dir(&shared, &cfg.dir)?;
+        let d = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("rt-sub-{}", cfg.stream))
+            .spawn(move || deliver(d, rx, first_rx, on_msg, on_event))
+            .map_err(|e| SubscriberError::Unexpected(e.to_string()))?;
+        Ok(Subscriber { shared, thread: Some(thread), watch: Some(watch) })
+    }
+
+    /// The position after the last message or event delivered: restart from here.
+    pub fn position(&self) -> u64 {
+        self.shared.pos.load(Ordering::Acquire)
+    }
+
+    /// The local copy's latest position (what is readable locally).
+    pub fn copy_latest_position(&self) -> u64 {
+        self.shared.handle.latest_position().as_u64()
+    }
+
+    /// The local copy (tests and tools).
+    pub fn local_copy(&self) -> &LogHandle {
+        &self.shared.handle
+    }
+
+    /// Stops delivery; the copy keeps growing (`.rt.pause`).
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::Release);
+        self.shared.wake(Wake::Ctl);
+    }
+
+    /// Resumes delivery where it stopped (`.rt.resume`).
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::Release);
+        self.shared.wake(Wake::Ctl);
+    }
+
+    /// Ends the subscription (`.rt.unsub`): no callback runs after this returns (unless called from one), and the
+    /// copying stops.
+    pub fn unsub(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.stop.send_replace(true);
+        self.shared.wake(Wake::Ctl);
+        if let Some((fd, wd)) = &self.watch {
+            // the watch's removal wakes the watching thread (`IN_IGNORED`), which then sees `stopped`
+            let _ = rustix::fs::inotify::remove_watch(fd.as_ref(), *wd);
+        }
+    }
+
+    /// Removes the copy's rolled segments whose messages are all before `pos` (`.rt.prune`), on a background
+    /// thread; a lead subscriber (`exchange_archived`) also asks the node to prune, which truncates every
+    /// subscriber following the node's archiver.
+    pub fn prune(&self, pos: u64) {
+        let s = self.shared.clone();
+        std::thread::spawn(move || {
+            let r = s.writer.lock().unwrap_or_else(|p| p.into_inner()).prune(Position::from_u64(pos));
+            match r {
+                Ok(r) => debug!(stream = %s.stream, removed = r.removed.len(), "copy pruned"),
+                Err(e) => warn!(stream = %s.stream, error = %e, "cannot prune the local copy"),
+            }
+        });
+        if self.shared.cfg.exchange_archived && !self.shared.cfg.cluster.is_empty() {
+            let (addr, stream) = (self.shared.cfg.cluster[0].clone(), self.shared.stream.clone());
+            tokio::spawn(async move {
+                let r: Result<(), SubscriberError> = async {
+                    let c = Connection::connect(&Address::parse(&addr)?, ClientOptions::default()).await?;
+                    c.call(&K::list(vec![K::sym(".rt.prune"), K::sym(&stream), K::long(pos as i64)])).await?;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = r {
+                    warn!(stream, error = %e, "lead subscriber's prune not sent to the node");
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.unsub();
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Watches `dir` for file-system events on a thread of its own, waking delivery on each.
+fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<(Arc<rustix::fd::OwnedFd>, i32)> {
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
+    let flags = WatchFlags::MODIFY
+        | WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MOVED_TO
+        | WatchFlags::CLOSE_WRITE;
+    let wd = inotify::add_watch(fd.as_ref(), dir, flags)?;
+    let (f, w) = (fd.clone(), s.clone());
+    std::thread::Builder::new().name(format!("rt-watch-{}", s.stream)).spawn(move || {
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut reader = inotify::Reader::new(f.as_ref(), &mut buf);
+        loop {
+            if w.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            match reader.next() {
+                Ok(_) => w.wake(Wake::Data),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    debug!(stream = %w.stream, error = %e, "watch ended");
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok((fd, wd))
+}
+
+fn deliver(
+    s: Arc<Shared>,
+    rx: mpsc::Receiver<Wake>,
+    first: tokio::sync::oneshot::Receiver<u64>,
+    mut on_msg: impl FnMut(&Msg<'_>),
+    mut on_event: impl FnMut(Event, u64, u64),
+) {
+    let Ok(start) = first.blocking_recv() else { return };
+    s.pos.store(start, Ordering::Release);
+    let mut reader: Option<Reader> = None;
+    loop {
+        if s.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if s.paused.load(Ordering::Acquire) {
+            if rx.recv().is_err() {
+                return;
+            }
+            continue;
+        }
+        if reader.is_none() {
+            // the copy must reach the start position first
+            if s.handle.latest_position().as_u64() >= start
+                && s.handle.segments().iter().any(|g| g.end.as_u64() >= start)
+            {
+                match s.handle.reader(Start::At(Position::from_u64(start))) {
+                    Ok(r) => reader = Some(r),
+                    Err(e) => {
+                        warn!(stream = %s.stream, error = %e, "cannot read the local copy");
+                        return;
+                    }
+                }
+            } else {
+                if rx.recv().is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let Some(r) = reader.as_mut() else { continue };
+        match r.next() {
+            Ok(Some(Item::Entry(e))) => {
+                let next = e.next.as_u64();
+                let payload = e.payload();
+                if matches!(qmesh_codec::object_extent(payload, true), Ok(n) if n == payload.len()) {
+                    on_msg(&Msg { payload, pos: next, at: e.position.as_u64() });
+                } else {
+                    on_event(Event::BadMsg, e.position.as_u64(), next);
+                }
+                s.pos.store(next, Ordering::Release);
+            }
+            Ok(Some(Item::Event(ev))) => {
+                let (p1, p2) = ev.positions();
+                let event = match ev.name() {
+                    "badtail" => Event::BadTail,
+                    "reset" => Event::Reset,
+                    _ => Event::SkipForward,
+                };
+                on_event(event, p1.as_u64(), p2.as_u64());
+                s.pos.store(ev.next().as_u64(), Ordering::Release);
+            }
+            Ok(None) => {
+                if rx.recv().is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(stream = %s.stream, error = %e, "reading the local copy failed; subscription ended");
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps the copy growing: connects, asks for the log from where the copy ends, appends what arrives.
+async fn copy_loop(s: Arc<Shared>, mut first: Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>) {
+    let mut stop = s.stop.subscribe();
+    let mut failures = 0u32;
+    let mut i = 0usize;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let addr = s.cfg.cluster[i % s.cfg.cluster.len()].clone();
+        i += 1;
+        match copy_once(&s, &addr, &mut first, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(50) {
+                    warn!(stream = %s.stream, %addr, error = %e, "cannot copy from the node; the local copy serves what it has");
+                }
+            }
+        }
+        let delay = RECONNECT_MIN.saturating_mul(1 << failures.min(6)).min(RECONNECT_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn copy_once(
+    s: &Arc<Shared>,
+    addr: &str,
+    first: &mut Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), SubscriberError> {
+    let conn = Connection::connect(&Address::parse(addr)?, ClientOptions::default()).await?;
+    let (sender, mut receiver) = conn.split();
+    let from = match first {
+        Some((f, _)) => *f,
+        None => From::Position(s.handle.latest_position().as_u64() as i64),
+    };
+    let ans = sender.call(&ShipRequest::Pull { stream: s.stream.clone(), from }.to_k()).await?;
+    let start = match ans.decode().map_err(|e| SubscriberError::Unexpected(e.to_string()))? {
+        K::Atom(Atom::Long(j)) if j >= 0 => j as u64,
+        other => return Err(SubscriberError::Unexpected(format!("{other:?}"))),
+    };
+    if let Some((f, tx)) = first.take() {
+        // a fresh copy starts at the node's segment
+        let seg = Position::from_u64(start).segment();
+        {
+            let mut w = s.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if seg > w.active_segment() {
+                w.continue_at(seg)?;
+            }
+        }
+        let deliver_from = match (f, &tx) {
+            (From::Latest, Some(_)) => latest_position(addr, &s.stream).await.unwrap_or(start),
+            _ => start,
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(deliver_from.max(start));
+        }
+    }
+    info!(stream = %s.stream, %addr, start, "copying the node's log");
+    loop {
+        let msg = tokio::select! {
+            m = receiver.recv() => m,
+            _ = stop.changed() => return Ok(()),
+        };
+        let msg = match msg {
+            None => return Err(SubscriberError::Unexpected("the node closed the connection".into())),
+            Some(Incoming::Sync(_, r)) => {
+                let _ = r.error("bad request: a subscriber answers no requests");
+                continue;
+            }
+            Some(Incoming::Async(m)) => m,
+        };
+        let Some(Ok(ShipPush::Raw { first: node_first, batch, .. })) = ShipPush::parse(&msg) else {
+            return Err(SubscriberError::Unexpected("not a copy batch".into()));
+        };
+        {
+            let mut w = s.writer.lock().unwrap_or_else(|p| p.into_inner());
+            for r in records(&batch) {
+                let (pos, raw) = r.map_err(|e| SubscriberError::Unexpected(e.to_string()))?;
+                let p = Position::from_u64(pos);
+                if p.segment() > w.active_segment() {
+                    w.continue_at(p.segment())?;
+                }
+                let end = w.end_position();
+                if p < end {
+                    continue; // held already
+                }
+                if p > end && p.segment() == end.segment() {
+                    return Err(SubscriberError::Unexpected(format!("gap in the copy: {end} then {p}")));
+                }
+                w.append_raw(raw)?;
+            }
+            w.sync()?;
+            if s.cfg.follows_archiver() && node_first > w.first_position().as_u64() {
+                let r = w.prune(Position::from_u64(node_first))?;
+                if !r.removed.is_empty() {
+                    debug!(stream = %s.stream, removed = r.removed.len(), "copy follows the node's archiver");
+                }
+            }
+        }
+        s.wake(Wake::Data);
+    }
+}

@@ -1,0 +1,261 @@
+//! Log shipping as real processes: `Publisher`s (`qmesh rt publish`, a hidden subcommand) write local logs that
+//! are shipped to a `qmesh rt` node, while the node and a publisher are killed with SIGKILL and restarted.
+//! Nothing acknowledged is lost or duplicated. Waiting is for states, never for a time.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qmesh_codec::{Atom, K};
+use qmesh_rt::From;
+use qmesh_rt::client::{Delivery, Subscriber};
+use qmesh_testkit::Process;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_qmesh")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qmesh-rt-ship-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn node(dir: &Path, port: u16) -> Process {
+    let port = port.to_string();
+    let args = [
+        "rt",
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "--http",
+        "0",
+        "--data",
+        dir.to_str().unwrap(),
+        "--stream",
+        "s",
+        "--segment-bytes",
+        "4MiB",
+    ];
+    Process::qmesh(bin(), &args, &["ipc", "http"])
+}
+
+fn publisher(path: &Path, port: u16, id: &str, to: usize) -> Child {
+    Command::new(bin())
+        .args(["rt", "publish", "--stream", "s", "--cluster", &format!("127.0.0.1:{port}")])
+        .args(["--path", path.to_str().unwrap(), "--publisher-id", id, "--to", &to.to_string()])
+        .args(["--batch", "200", "--segment-bytes", "1MiB", "--rate", &rate().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Messages the test publishes (`QMESH_RT_SHIP_MESSAGES`; the figure is 1,000,000).
+fn messages() -> usize {
+    std::env::var("QMESH_RT_SHIP_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000)
+}
+
+/// Messages per second per publisher: the publishers run for a few seconds, so the node is killed while they
+/// publish.
+fn rate() -> usize {
+    (messages() / 8).max(1000)
+}
+
+/// The node's latest position (waits through restarts).
+async fn latest(port: u16) -> Option<i64> {
+    let addr = qmesh_ipc::Address::parse(&format!("127.0.0.1:{port}")).ok()?;
+    let c = qmesh_ipc::Connection::connect(&addr, qmesh_ipc::ClientOptions::default()).await.ok()?;
+    let m = c.call(&K::list(vec![K::sym(".rt.get_latest_position"), K::sym("s")])).await.ok()?;
+    match m.decode().ok()? {
+        K::Atom(Atom::Long(j)) => Some(j),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_publishers_ship_through_node_and_publisher_crashes() {
+    const KILLS: usize = 3;
+    let total = messages();
+    let per = total / 2;
+    let dir = tmpdir("node");
+    let logs = tmpdir("pubs");
+    let mut n = node(&dir, 0);
+    let port = n.port("ipc");
+
+    let mut a = publisher(&logs, port, "A", per);
+    let b = publisher(&logs, port, "B", per);
+
+    // the same publisher id on the same host cannot run twice: the directory is locked
+    let wait_for = |dir: PathBuf| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dir.join("LOCK").exists() {
+            assert!(Instant::now() < deadline, "publisher did not create {}", dir.display());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let host = qmesh_process::host_name();
+    wait_for(logs.join(format!("A.{host}.s"))).await;
+    let twin = publisher(&logs, port, "A", per).wait_with_output().unwrap();
+    assert!(!twin.status.success(), "a second publisher A started");
+    let err = String::from_utf8_lossy(&twin.stderr);
+    assert!(err.contains("locked by another running publisher"), "{err}");
+
+    // kill the node whenever its log has grown again, and publisher A once, then restart them
+    // bytes of merged log so far: rolls of 4 MiB plus the offset
+    let bytes = |l: i64| (l & ((1 << 30) - 1)) + ((l >> 30) & 0x3fff) * (4 << 20);
+    // records are over 60 bytes: this many bytes are reached well before the publishers finish
+    let step_bytes = (total as i64 * 50) / (KILLS as i64 + 1);
+    let mut last = 0i64;
+    for k in 0..KILLS {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(l) = latest(port).await
+                && bytes(l) >= last + step_bytes
+            {
+                last = bytes(l);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the node's log stopped growing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        n.kill();
+        if k == 1 {
+            // a publisher crash too: the restarted one resumes from its local log and the node's mark
+            let _ = a.kill();
+            let _ = a.wait();
+            a = publisher(&logs, port, "A", per);
+        }
+        // the publishers keep writing their local logs while the node is down
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n = node(&dir, port);
+    }
+    for (name, child) in [("A", a), ("B", b)] {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+        assert!(
+            out.status.success(),
+            "publisher {name} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("acked {per}")));
+    }
+
+    // every message exactly once, each publisher's in its own order
+    let mut sub = Subscriber::connect(&format!("127.0.0.1:{port}"), "s", From::Start).await.unwrap();
+    let mut next_id = std::collections::HashMap::new();
+    let mut seen = 0usize;
+    let mut after = 0i64;
+    while seen < 2 * per {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message after {seen} of {}: {next_id:?}", 2 * per))
+            .unwrap()
+            .unwrap();
+        let Delivery::Message { value, pos, .. } = d else { panic!("unexpected event {d:?}") };
+        after = pos;
+        let K::List(_, items) = value else { panic!("{value:?}") };
+        let (K::Atom(Atom::Symbol(key)), K::Atom(Atom::Long(id))) = (&items[0], &items[1]) else { panic!() };
+        let want = next_id.entry(key.to_vec()).or_insert(1i64);
+        assert_eq!(*id, *want, "publisher {} out of order or repeated", String::from_utf8_lossy(key));
+        *want += 1;
+        seen += 1;
+    }
+    // and nothing else: the last message ends the log
+    assert_eq!(latest(port).await, Some(after), "the node holds more than the published messages");
+    // the publishers' acknowledged local segments were truncated (1 MiB segments, ~6 MB each)
+    for id in ["A", "B"] {
+        let d = logs.join(format!("{id}.{host}.s"));
+        let segs = std::fs::read_dir(&d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("log."))
+            .count();
+        assert!(segs <= 3, "{} holds {segs} segments", d.display());
+    }
+    eprintln!("ship test: {total} messages, {KILLS} node kills, 1 publisher kill");
+    drop(n);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(logs);
+}
+
+/// A `Subscriber` copies the node's log into its own directory and reads from there: it restarts from its position
+/// while the node is down (served by the copy), then catches up once the node is back; every message exactly once,
+/// in one order; the copy is the node's log byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_restarts_from_its_position_while_the_node_is_down() {
+    use qmesh_rt::subscriber::{Subscriber as Sub, SubscriberConfig};
+    let dir = tmpdir("sub-node");
+    let logs = tmpdir("sub-pubs");
+    let copy = tmpdir("sub-copy");
+    let mut n = node(&dir, 0);
+    let port = n.port("ipc");
+    let total = 20_000usize;
+    let out = publisher(&logs, port, "P", total).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let cfg = || {
+        let mut c = SubscriberConfig::new("s");
+        c.dir = copy.join("s");
+        c.cluster = vec![format!("127.0.0.1:{port}")];
+        c
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(i64, u64)>();
+    let t = tx.clone();
+    let sub = Sub::start(cfg(), From::Start, move |m| {
+        let K::List(_, items) = m.decode().unwrap() else { panic!() };
+        let K::Atom(Atom::Long(id)) = items[1] else { panic!() };
+        let _ = t.send((id, m.pos));
+    })
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < total / 2 {
+        got.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    sub.unsub();
+    drop(sub);
+    while let Ok(x) = rx.try_recv() {
+        got.push(x);
+    }
+    let pos = got.last().unwrap().1;
+    // the node goes away; the subscriber restarts from its position and the copy serves the rest
+    n.kill();
+    let t = tx.clone();
+    let sub = Sub::start(cfg(), From::Position(pos as i64), move |m| {
+        let K::List(_, items) = m.decode().unwrap() else { panic!() };
+        let K::Atom(Atom::Long(id)) = items[1] else { panic!() };
+        let _ = t.send((id, m.pos));
+    })
+    .await
+    .unwrap();
+    let copied = sub.copy_latest_position();
+    while got.last().unwrap().1 < copied {
+        got.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    // the node returns with more messages; the subscriber catches up
+    n = node(&dir, port);
+    let out = publisher(&logs, port, "P", total + 1000).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    while got.len() < total + 1000 {
+        got.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    let ids: Vec<i64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(ids, (1..=(total + 1000) as i64).collect::<Vec<_>>(), "every message once, in order");
+    drop(sub);
+    // the copy is the node's log, byte for byte
+    for e in std::fs::read_dir(dir.join("s")).unwrap() {
+        let name = e.unwrap().file_name();
+        if name.to_string_lossy().starts_with("log.") {
+            let a = std::fs::read(dir.join("s").join(&name)).unwrap();
+            let b = std::fs::read(copy.join("s").join(&name)).unwrap();
+            assert!(a == b, "{name:?} differs");
+        }
+    }
+    drop(n);
+    for d in [dir, logs, copy] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
