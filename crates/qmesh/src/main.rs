@@ -62,6 +62,8 @@ enum Command {
     Rt(cmd::rt::Args),
     /// Discovery registry: processes heartbeat (kdb+ IPC, the blog's .master.storeHb); lookups, live dashboard, /sd.
     Discovery(cmd::discovery::Args),
+    /// Publish realistic trades and quotes (the demo's `trade`/`quote` tables) to a stream at a given rate.
+    Feed(cmd::feed::Args),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
             Command::Gateway(args) => cmd::gateway::run(args, &cli.common).await,
             Command::Rt(args) => cmd::rt::run(args, &cli.common).await,
             Command::Discovery(args) => cmd::discovery::run(args, &cli.common).await,
+            Command::Feed(args) => cmd::feed::run(args, &cli.common).await,
         }
     });
     match result {
