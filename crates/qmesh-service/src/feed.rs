@@ -48,7 +48,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-use qmesh_codec::{Atom, Attr, K, Symbols, Table, Vector};
+use qmesh_codec::{Atom, Attr, K, Message, Symbols, Table, Vector};
 use qmesh_ipc::client::Backoff;
 use qmesh_ipc::{Address, ClientOptions, Connection, IpcError, Sender};
 use qmesh_process::Shutdown;
@@ -203,6 +203,9 @@ impl Generator {
     }
 }
 
+/// One sync request in flight.
+type Call<'a> = Pin<Box<dyn Future<Output = Result<Message, IpcError>> + Send + 'a>>;
+
 /// Publishes `msgs` to `stream`, in order, and returns the position after
 /// the last once all are durable: the one place the feed touches the
 /// transport (the node's sync `.rt.pub` today).
@@ -211,13 +214,12 @@ impl Generator {
 /// is polled once, in order, which queues its request on the connection,
 /// so the node receives them in `msgs` order and answers in that order.
 pub async fn publish(sender: &Sender, stream: &str, msgs: &[K]) -> Result<i64, FeedError> {
-    let mut calls: Vec<Pin<Box<dyn Future<Output = Result<qmesh_codec::Message, IpcError>> + Send + '_>>> =
-        Vec::with_capacity(msgs.len());
-    let mut done: Vec<Option<Result<qmesh_codec::Message, IpcError>>> = Vec::with_capacity(msgs.len());
+    let mut calls: Vec<Call<'_>> = Vec::with_capacity(msgs.len());
+    let mut done: Vec<Option<Result<Message, IpcError>>> = Vec::with_capacity(msgs.len());
     let mut cx = Context::from_waker(Waker::noop());
     for m in msgs {
         let req = K::list(vec![K::sym(".rt.pub"), K::sym(stream), m.clone()]);
-        let mut call: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move { sender.call(&req).await });
+        let mut call: Call<'_> = Box::pin(async move { sender.call(&req).await });
         // the first poll encodes and queues the request, in order
         match call.as_mut().poll(&mut cx) {
             Poll::Ready(r) => done.push(Some(r)),
@@ -386,7 +388,7 @@ mod tests {
             let [_, K::Atom(Atom::Symbol(t)), data] = <[K; 3]>::try_from(items).expect("3 items") else {
                 panic!("upd shape")
             };
-            let t = String::from_utf8(t).expect("utf8");
+            let t = String::from_utf8(t.to_vec()).expect("utf8");
             // appends to the demo's tables: same columns, same types
             assert_eq!(demo.upd(&t, data).expect("fits the demo table"), 3);
             if t == "trade" { trades += 1 } else { quotes += 1 }

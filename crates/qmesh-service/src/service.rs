@@ -450,14 +450,15 @@ impl Bound {
         });
         let mut api = crate::http::router(Arc::clone(&engine));
         let stream_stop = CancellationToken::new();
-        let stream_task = stream.map(|(sc, pos, restored)| {
+        let mut stream_task = None;
+        if let Some((sc, pos, restored)) = stream {
             let status = StreamStatus::new(&sc.node, &sc.stream, pos, restored);
             status.register(shell.metrics());
-            api = std::mem::take(&mut api).merge(crate::stream::router(Arc::clone(&status)));
+            api = api.merge(crate::stream::router(Arc::clone(&status)));
             let applier = Applier::new(Arc::clone(engine.store()), status, pos);
             let source = IpcSource::new(sc.node.clone(), sc.stream.clone());
-            tokio::spawn(crate::stream::run(source, applier, sc, stream_stop.clone()))
-        });
+            stream_task = Some(tokio::spawn(crate::stream::run(source, applier, sc, stream_stop.clone())));
+        }
         shell.health().set_ready(true);
         info!(%name, ipc = ?shell.ipc_addr(), tables = ?engine.store().names(), "service ready");
         // at shutdown the load balancer link goes first, so no new query is

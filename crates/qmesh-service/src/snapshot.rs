@@ -49,10 +49,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::store::COMPACT_ROWS;
 
 /// The snapshot's file name inside the data directory.
 pub const FILE_NAME: &str = "snapshot.qmsnap";
@@ -123,6 +126,36 @@ fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// Runs of small batches (a stream brings a few rows a message) joined into
+/// batches of up to [`COMPACT_ROWS`] rows, so the file does not carry
+/// per-batch overhead for every message and loads as few large batches.
+fn coalesce(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, SnapshotError> {
+    let mut out = Vec::new();
+    let mut run: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0;
+    let flush = |run: &mut Vec<RecordBatch>, out: &mut Vec<RecordBatch>| -> Result<(), SnapshotError> {
+        match run.len() {
+            0 => {}
+            1 => out.extend(run.drain(..)),
+            _ => {
+                out.push(concat_batches(schema, run.iter()).map_err(|e| SnapshotError::Arrow(e.to_string()))?);
+                run.clear();
+            }
+        }
+        Ok(())
+    };
+    for b in batches {
+        if rows + b.num_rows() > COMPACT_ROWS {
+            flush(&mut run, &mut out)?;
+            rows = 0;
+        }
+        rows += b.num_rows();
+        run.push(b.clone());
+    }
+    flush(&mut run, &mut out)?;
+    Ok(out)
+}
+
 /// The file's bytes.
 pub fn encode(snap: &Snapshot) -> Result<Vec<u8>, SnapshotError> {
     let mut body = Vec::new();
@@ -135,8 +168,8 @@ pub fn encode(snap: &Snapshot) -> Result<Vec<u8>, SnapshotError> {
         body.extend_from_slice(&0u64.to_le_bytes());
         let start = body.len();
         let mut w = StreamWriter::try_new(&mut body, &t.schema).map_err(|e| SnapshotError::Arrow(e.to_string()))?;
-        for b in &t.batches {
-            w.write(b).map_err(|e| SnapshotError::Arrow(e.to_string()))?;
+        for b in coalesce(&t.schema, &t.batches)? {
+            w.write(&b).map_err(|e| SnapshotError::Arrow(e.to_string()))?;
         }
         w.finish().map_err(|e| SnapshotError::Arrow(e.to_string()))?;
         drop(w);

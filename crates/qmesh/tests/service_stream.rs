@@ -40,6 +40,11 @@ fn get(addr: SocketAddr, path: &str) -> Value {
 }
 
 fn service(node: &Process, dir: Option<&Path>, name: &str) -> Process {
+    service_every(node, dir, name, "100ms")
+}
+
+/// A stream-fed service writing a snapshot every `interval`.
+fn service_every(node: &Process, dir: Option<&Path>, name: &str, interval: &str) -> Process {
     let rt = format!("127.0.0.1:{}", node.port("ipc"));
     let mut args = vec![
         "service",
@@ -56,7 +61,7 @@ fn service(node: &Process, dir: Option<&Path>, name: &str) -> Process {
         "--stream",
         "trades",
         "--snapshot-interval",
-        "100ms",
+        interval,
     ];
     let d;
     if let Some(dir) = dir {
@@ -199,8 +204,10 @@ async fn a_killed_service_comes_back_from_its_snapshot_without_gap_or_duplicate(
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// SIGTERM writes a last snapshot: a clean restart resubscribes from the
-/// very end, applying nothing again.
+/// The node killed and restarted under a subscribed service: it
+/// resubscribes from its position and misses nothing. SIGTERM writes a last
+/// snapshot: a clean restart resubscribes from the very end, applying
+/// nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_snapshots_the_end_and_the_node_going_away_is_survived() {
     let root = tmpdir("term");
@@ -216,7 +223,8 @@ async fn a_clean_stop_snapshots_the_end_and_the_node_going_away_is_survived() {
     let port = node.port("ipc").to_string();
     let rt = format!("127.0.0.1:{port}");
     let dir = root.join("svc");
-    let mut svc = service(&node, Some(&dir), "TERM");
+    // no periodic snapshot within the test: only the one written at shutdown
+    let mut svc = service_every(&node, Some(&dir), "TERM", "1h");
     let feed = |n: &str| {
         Process::qmesh(bin(), &["feed", "--rt", &rt, "--stream", "trades", "--rate", "5000", "--count", n], &[])
     };
