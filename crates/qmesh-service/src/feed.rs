@@ -60,9 +60,11 @@ use crate::mapping::KDB_EPOCH_DAYS;
 /// How often the achieved rate is logged.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 
-/// Most messages in one batch: bounds the requests in flight on one
-/// connection and the memory a batch holds.
-pub const MAX_BATCH: usize = 10_000;
+/// Most messages in one batch: bounds the sync requests in flight on one
+/// connection (a qmesh server disconnects a client with more than
+/// `qmesh_ipc`'s `DEFAULT_MAX_PENDING`, 4096, unanswered) and the memory a
+/// batch holds.
+pub const MAX_BATCH: usize = 1024;
 
 /// Most rows in one message.
 pub const MAX_ROWS: usize = 100_000;
@@ -122,7 +124,10 @@ impl FeedSpec {
             return Err(FeedError::Spec("no symbols".into()));
         }
         if self.rows == 0 || self.rows > MAX_ROWS {
-            return Err(FeedError::Spec(format!("rows per message must be 1..={MAX_ROWS}, got {}", self.rows)));
+            return Err(FeedError::Spec(format!(
+                "rows per message must be 1..={MAX_ROWS}, got {}",
+                self.rows
+            )));
         }
         Ok(())
     }
@@ -206,8 +211,8 @@ impl Generator {
 /// One sync request in flight.
 type Call<'a> = Pin<Box<dyn Future<Output = Result<Message, IpcError>> + Send + 'a>>;
 
-/// Publishes `msgs` to `stream`, in order, and returns the position after
-/// the last once all are durable: the one place the feed touches the
+/// Publishes `msgs` to `stream`, in order, and returns the position the
+/// node answered for the last (where it stored it) once all are durable: the one place the feed touches the
 /// transport (the node's sync `.rt.pub` today).
 ///
 /// All requests are written before the first answer is awaited: each call
@@ -266,7 +271,8 @@ pub struct FeedConfig {
 pub struct FeedReport {
     /// Messages the node acknowledged.
     pub sent: u64,
-    /// The position after the last acknowledged message (0: none).
+    /// The position the node answered for the last acknowledged message
+    /// (0: none).
     pub position: i64,
     pub elapsed: Duration,
 }
@@ -305,7 +311,10 @@ async fn connect(addr: &Address, stop: &Shutdown) -> Option<Sender> {
 pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedError> {
     let addr = Address::parse(&config.node)?;
     if !(config.rate > 0.0 && config.rate.is_finite()) {
-        return Err(FeedError::Spec(format!("rate must be a positive number of messages a second, got {}", config.rate)));
+        return Err(FeedError::Spec(format!(
+            "rate must be a positive number of messages a second, got {}",
+            config.rate
+        )));
     }
     if config.batch == 0 || config.batch > MAX_BATCH {
         return Err(FeedError::Spec(format!("batch must be 1..={MAX_BATCH}, got {}", config.batch)));
@@ -366,7 +375,12 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
         }
     }
     report.elapsed = started.elapsed();
-    info!(sent = report.sent, rate = format!("{:.0}", report.rate()), position = report.position, "feed done");
+    info!(
+        sent = report.sent,
+        rate = format!("{:.0}", report.rate()),
+        position = report.position,
+        "feed done"
+    );
     Ok(report)
 }
 
@@ -415,7 +429,8 @@ mod tests {
             let K::List(_, items) = g.next_message(0, 0) else { panic!() };
             if items[1] == K::sym("quote") {
                 let K::Table(t) = &items[2] else { panic!() };
-                let (K::Vector(_, Vector::Float(bid)), K::Vector(_, Vector::Float(ask))) = (&t.columns[3], &t.columns[4])
+                let (K::Vector(_, Vector::Float(bid)), K::Vector(_, Vector::Float(ask))) =
+                    (&t.columns[3], &t.columns[4])
                 else {
                     panic!()
                 };

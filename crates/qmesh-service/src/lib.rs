@@ -117,11 +117,11 @@
 
 pub mod demo;
 pub mod engine;
+pub mod feed;
 pub mod http;
 pub mod load;
 pub mod mapping;
 pub mod protocol;
-pub mod feed;
 pub mod service;
 pub mod snapshot;
 pub mod store;

@@ -138,7 +138,9 @@ fn coalesce(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<RecordBat
             0 => {}
             1 => out.extend(run.drain(..)),
             _ => {
-                out.push(concat_batches(schema, run.iter()).map_err(|e| SnapshotError::Arrow(e.to_string()))?);
+                out.push(
+                    concat_batches(schema, run.iter()).map_err(|e| SnapshotError::Arrow(e.to_string()))?,
+                );
                 run.clear();
             }
         }
@@ -167,7 +169,8 @@ pub fn encode(snap: &Snapshot) -> Result<Vec<u8>, SnapshotError> {
         let len_at = body.len();
         body.extend_from_slice(&0u64.to_le_bytes());
         let start = body.len();
-        let mut w = StreamWriter::try_new(&mut body, &t.schema).map_err(|e| SnapshotError::Arrow(e.to_string()))?;
+        let mut w =
+            StreamWriter::try_new(&mut body, &t.schema).map_err(|e| SnapshotError::Arrow(e.to_string()))?;
         for b in coalesce(&t.schema, &t.batches)? {
             w.write(&b).map_err(|e| SnapshotError::Arrow(e.to_string()))?;
         }
@@ -254,8 +257,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         let len = u64::from_le_bytes(c.array()?);
         let len = usize::try_from(len).map_err(|_| format!("table `{name}`: length {len}"))?;
         let ipc = c.take(len)?;
-        let reader =
-            StreamReader::try_new(ipc, None).map_err(|e| format!("table `{name}`: arrow: {e}"))?;
+        let reader = StreamReader::try_new(ipc, None).map_err(|e| format!("table `{name}`: arrow: {e}"))?;
         let schema = reader.schema();
         let batches = reader
             .collect::<Result<Vec<RecordBatch>, _>>()
@@ -425,7 +427,10 @@ mod tests {
         let err = read(&dir, "trades").unwrap_err();
         assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.contains(FILE_NAME) && text.contains("checksum") && text.contains("remove it"), "{text}");
+        assert!(
+            text.contains(FILE_NAME) && text.contains("checksum") && text.contains("remove it"),
+            "{text}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -31,6 +31,32 @@
 //! `--load`/`--demo` cannot be combined with `--rt`, so a snapshot's
 //! tables are exactly the messages before its position.
 //!
+//! # The node going away
+//!
+//! When the subscription ends (the node stopped, crashed or closed the
+//! connection), the service keeps serving its tables, writes a snapshot if
+//! anything was applied since the last, and resubscribes from the position
+//! after the last message it applied, waiting [`RETRY_INITIAL`] doubling up
+//! to [`RETRY_MAX`] between attempts. `qmesh_service_stream_connected` is 0
+//! meanwhile.
+//!
+//! # What it shows
+//!
+//! `GET /api/stream` on the service's HTTP port:
+//!
+//! ```json
+//! {"node":"127.0.0.1:5010","stream":"trades","connected":true,"position":17592186049016,
+//!  "restored_position":17592186045000,"applied":1200,"rejected":0,"events":{},
+//!  "snapshot":{"position":17592186049016,"age_seconds":0.4,"written_unix_ms":1795000000000,"bytes":81234}}
+//! ```
+//!
+//! `restored_position` is the snapshot's position at start (`null`: none
+//! was loaded); `applied` and `rejected` count this run's messages. The
+//! metrics: `qmesh_service_stream_messages_total`, `…_rejected_total`,
+//! `…_rows_total`, `…_events_total{event}`, `…_position`, `…_connected`,
+//! `…_snapshots_total`, `…_snapshot_position` and
+//! `…_snapshot_age_seconds` (-1 before the first snapshot).
+//!
 //! # Messages and events
 //!
 //! | delivery | what the service does |
@@ -298,7 +324,10 @@ impl StreamStatus {
     pub fn to_json(&self) -> serde_json::Value {
         let s = self.lock().clone();
         let age = s.snapshot_at.map(|(i, _)| i.elapsed().as_secs_f64());
-        let at = s.snapshot_at.and_then(|(_, t)| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+        let at = s
+            .snapshot_at
+            .and_then(|(_, t)| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
         serde_json::json!({
             "node": self.node,
             "stream": self.stream,
@@ -446,8 +475,7 @@ impl Applier {
                     ),
                     "badtail" => error!(
                         p1,
-                        p2,
-                        "stream badtail: a corrupt record at the node; the rest of its segment is lost"
+                        p2, "stream badtail: a corrupt record at the node; the rest of its segment is lost"
                     ),
                     other => warn!(event = other, p1, p2, "stream event"),
                 }
@@ -519,13 +547,18 @@ fn start_write(dir: &Option<PathBuf>, snap: Snapshot) -> Option<Writing> {
     }))
 }
 
-fn finish_write(status: &StreamStatus, done: Result<(i64, Result<u64, SnapshotError>), tokio::task::JoinError>) {
+fn finish_write(
+    status: &StreamStatus,
+    done: Result<(i64, Result<u64, SnapshotError>), tokio::task::JoinError>,
+) {
     match done {
         Ok((pos, Ok(bytes))) => {
             debug!(position = pos, bytes, "snapshot written");
             status.snapshot_written(pos, bytes);
         }
-        Ok((pos, Err(e))) => error!(position = pos, error = %e, "snapshot not written; the previous one stays"),
+        Ok((pos, Err(e))) => {
+            error!(position = pos, error = %e, "snapshot not written; the previous one stays")
+        }
         Err(e) => error!(error = %e, "snapshot task failed; the previous snapshot stays"),
     }
 }
@@ -535,7 +568,12 @@ fn finish_write(status: &StreamStatus, done: Result<(i64, Result<u64, SnapshotEr
 /// from the last applied position whenever the source goes away, writes a
 /// snapshot every `config.snapshot_interval` when something was applied,
 /// and a last one on stop.
-pub async fn run<S: Source>(mut source: S, mut applier: Applier, config: StreamConfig, stop: CancellationToken) {
+pub async fn run<S: Source>(
+    mut source: S,
+    mut applier: Applier,
+    config: StreamConfig,
+    stop: CancellationToken,
+) {
     let status = Arc::clone(&applier.status);
     let backoff = Backoff { initial: RETRY_INITIAL, max: RETRY_MAX, factor: 2.0, max_attempts: None };
     let mut failures = 0u32;
@@ -546,6 +584,16 @@ pub async fn run<S: Source>(mut source: S, mut applier: Applier, config: StreamC
     let mut age_tick = tokio::time::interval(AGE_TICK);
     loop {
         if !subscribed {
+            // while the node is away, keep what was applied: a snapshot now
+            if writing.is_none() && applier.dirty() {
+                writing = start_write(&config.data, applier.capture());
+            }
+            if let Some(w) = writing.as_mut().filter(|w| w.is_finished()) {
+                let done = w.await;
+                writing = None;
+                finish_write(&status, done);
+            }
+            status.refresh_age();
             let wait = backoff.delay(failures);
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -558,7 +606,13 @@ pub async fn run<S: Source>(mut source: S, mut applier: Applier, config: StreamC
             };
             match r {
                 Ok(start) => {
-                    info!(node = config.node, stream = config.stream, ?from, start, "subscribed to the stream");
+                    info!(
+                        node = config.node,
+                        stream = config.stream,
+                        ?from,
+                        start,
+                        "subscribed to the stream"
+                    );
                     failures = 0;
                     subscribed = true;
                     status.set_connected(true);
@@ -653,7 +707,11 @@ mod tests {
         assert_eq!(a.apply(junk), Applied::Rejected);
         let wrong = Delivery::Message {
             stream: "s".into(),
-            value: K::list(vec![K::sym("upd"), K::sym("t"), K::list(vec![K::from(Vector::Float(vec![1.0]))])]),
+            value: K::list(vec![
+                K::sym("upd"),
+                K::sym("t"),
+                K::list(vec![K::from(Vector::Float(vec![1.0]))]),
+            ]),
             pos: 400,
         };
         assert_eq!(a.apply(wrong), Applied::Rejected);
@@ -674,7 +732,8 @@ mod tests {
     fn snapshot_then_rest_equals_the_whole_stream() {
         let dir = std::env::temp_dir().join(format!("qmesh-stream-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let all: Vec<Delivery> = (1..=50).map(|i| msg(if i % 3 == 0 { "q" } else { "t" }, i, i * 10)).collect();
+        let all: Vec<Delivery> =
+            (1..=50).map(|i| msg(if i % 3 == 0 { "q" } else { "t" }, i, i * 10)).collect();
         let whole = Arc::new(Store::default());
         let mut w = Applier::new(Arc::clone(&whole), StreamStatus::new("n", "s", 0, false), NO_POSITION);
         for d in all.clone() {

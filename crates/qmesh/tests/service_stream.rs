@@ -151,14 +151,14 @@ async fn a_killed_service_comes_back_from_its_snapshot_without_gap_or_duplicate(
     let restored_pos = restored["restored_position"].as_i64().expect("restored from a snapshot");
     assert!(restored_pos > 0, "{restored}");
 
-    // the feed finishes and says where the stream ends
+    // the feed finishes; A, which never died, says where the stream ends
     let line = feed.next_line(WAIT).expect("the feed's report line");
-    let end: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(line.starts_with(&format!("feed published {MESSAGES} messages")), "{line}");
+    let sa = wait_for(&a, "A at the end of the stream", |s| s["applied"].as_u64() == Some(MESSAGES));
+    let end = sa["position"].as_i64().unwrap();
     assert!(end > killed_at, "B was killed mid-stream ({killed_at} < {end})");
 
     let at_end = |s: &Value| s["position"].as_i64() == Some(end);
-    wait_for(&a, "A at the end of the stream", at_end);
     let sb = wait_for(&b, "B at the end of the stream", at_end);
     // the restarted B applied only what came after its snapshot
     let applied_after = sb["applied"].as_u64().unwrap();
@@ -213,25 +213,41 @@ async fn a_clean_stop_snapshots_the_end_and_the_node_going_away_is_survived() {
     let root = tmpdir("term");
     let node_dir = root.join("node");
     let node_args = |port: &str| -> Vec<String> {
-        ["rt", "--bind", "127.0.0.1", "-p", port, "--http", "0", "--data", node_dir.to_str().unwrap(), "--stream", "trades"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "rt",
+            "--bind",
+            "127.0.0.1",
+            "-p",
+            port,
+            "--http",
+            "0",
+            "--data",
+            node_dir.to_str().unwrap(),
+            "--stream",
+            "trades",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let args = node_args("0");
-    let mut node = Process::qmesh(bin(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &["ipc", "http"]);
+    let mut node =
+        Process::qmesh(bin(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &["ipc", "http"]);
     let port = node.port("ipc").to_string();
     let rt = format!("127.0.0.1:{port}");
     let dir = root.join("svc");
     // no periodic snapshot within the test: only the one written at shutdown
     let mut svc = service_every(&node, Some(&dir), "TERM", "1h");
     let feed = |n: &str| {
-        Process::qmesh(bin(), &["feed", "--rt", &rt, "--stream", "trades", "--rate", "5000", "--count", n], &[])
+        Process::qmesh(
+            bin(),
+            &["feed", "--rt", &rt, "--stream", "trades", "--rate", "5000", "--count", n],
+            &[],
+        )
     };
     let f = feed("500");
-    let line = f.next_line(WAIT).unwrap();
-    let end: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    wait_for(&svc, "the end of the first batch", |s| s["position"].as_i64() == Some(end));
+    assert!(f.next_line(WAIT).unwrap().starts_with("feed published 500"));
+    wait_for(&svc, "the end of the first batch", |s| s["applied"].as_u64() == Some(500));
 
     // the node goes away and comes back on the same port: the service resubscribes
     node.kill();
@@ -240,9 +256,9 @@ async fn a_clean_stop_snapshots_the_end_and_the_node_going_away_is_survived() {
     let _node = Process::qmesh(bin(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &["ipc", "http"]);
     wait_for(&svc, "the service to resubscribe", |s| s["connected"] == true);
     let f = feed("300");
-    let line = f.next_line(WAIT).unwrap();
-    let end: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    wait_for(&svc, "the end of the second batch", |s| s["position"].as_i64() == Some(end));
+    assert!(f.next_line(WAIT).unwrap().starts_with("feed published 300"));
+    let s = wait_for(&svc, "the end of the second batch", |s| s["applied"].as_u64() == Some(800));
+    let end = s["position"].as_i64().unwrap();
     let n = rows(&query(&svc, "select * from quote").await) + rows(&query(&svc, "select * from trade").await);
     assert_eq!(n, 800, "every message once across the node's restart");
 
