@@ -15,6 +15,10 @@
 //!   `egQuote`; [`load`]: tables from Parquet or CSV files.
 //! * [`service`]: the process: kdb+ IPC (sync SQL strings, `upd`,
 //!   `queryService`), registration with the load balancer, `POST /query`.
+//! * [`stream`]: the tables fed from an RT stream (`--rt`, `--stream`),
+//!   with the position kept beside a [`snapshot`] of the tables.
+//! * [`feed`]: `qmesh feed`, a publisher of realistic trades and quotes in
+//!   the demo's table shapes.
 //!
 //! # Running
 //!
@@ -113,12 +117,15 @@
 
 pub mod demo;
 pub mod engine;
+pub mod feed;
 pub mod http;
 pub mod load;
 pub mod mapping;
 pub mod protocol;
 pub mod service;
+pub mod snapshot;
 pub mod store;
+pub mod stream;
 
 pub use engine::{Engine, Limits, QueryError, QueryOutput};
 pub use mapping::{KdbType, MapError};

@@ -40,6 +40,7 @@ use crate::engine::{Engine, Limits, QueryError};
 use crate::load::{self, LoadSpec};
 use crate::protocol::{self, Request};
 use crate::store::{Ingest, Store};
+use crate::stream::{Applier, IpcSource, StreamConfig, StreamStatus};
 use qmesh_whitepaper::{Address as WpAddress, ServiceName, ToLb};
 
 /// Longest wait between attempts to reach the load balancer; the
@@ -69,6 +70,10 @@ pub struct Config {
     pub demo: Option<DemoSpec>,
     /// Files to load at start.
     pub load: Vec<LoadSpec>,
+    /// Feed the tables from a stream (`--rt`, `--stream`, `--data`); see
+    /// [`crate::stream`]. Then the stream is the tables' only writer: no
+    /// `demo`, no `load`, and IPC `upd` is refused.
+    pub stream: Option<StreamConfig>,
 }
 
 impl Config {
@@ -82,6 +87,7 @@ impl Config {
             query_threads: 0,
             demo: None,
             load: Vec::new(),
+            stream: None,
         }
     }
 }
@@ -103,6 +109,10 @@ pub enum ServiceError {
     NoTcp,
     #[error("bad name {0:?}: a service name is letters, digits and `_`")]
     Name(String),
+    #[error("{0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("a stream-fed service takes its tables from the stream only: no --demo, no --load")]
+    StreamAndData,
 }
 
 /// The service's metrics.
@@ -251,6 +261,8 @@ struct ServiceHandler {
     lb: LbSlot,
     metrics: ServiceMetrics,
     in_progress: InProgress,
+    /// The stream feeding the tables, if any: then `upd` is refused.
+    fed_from: Option<String>,
 }
 
 impl ServiceHandler {
@@ -267,6 +279,12 @@ impl ServiceHandler {
     }
 
     fn upd(&self, table: &str, data: K) -> Result<usize, String> {
+        if let Some(stream) = &self.fed_from {
+            self.metrics.upd_rejected.inc();
+            return Err(format!(
+                "bad request: upd `{table}`: this service is fed from stream `{stream}`; publish there"
+            ));
+        }
         match self.engine.store().upd(table, data) {
             Ok(n) => {
                 self.metrics.ingested_rows.inc_by(n as u64);
@@ -396,6 +414,9 @@ pub struct Bound {
     ipc_addr: SocketAddr,
     lb: Option<Address>,
     engine: Arc<Engine>,
+    /// The stream feeding the tables, with the position the tables hold
+    /// (from the snapshot) and whether a snapshot was loaded.
+    stream: Option<(StreamConfig, i64, bool)>,
 }
 
 fn check_name(name: &str) -> Result<(), ServiceError> {
@@ -415,16 +436,25 @@ pub async fn bind(config: Config) -> Result<Bound, ServiceError> {
     let store = Arc::new(Store::new(config.max_store_bytes));
     let engine = Arc::new(Engine::new(Arc::clone(&store), config.limits, config.query_threads)?);
     // Generating and loading are CPU and disk work: off the async threads.
-    let (demo_spec, loads) = (config.demo, config.load.clone());
+    if config.stream.is_some() && (config.demo.is_some() || !config.load.is_empty()) {
+        return Err(ServiceError::StreamAndData);
+    }
+    let (demo_spec, loads, stream) = (config.demo, config.load.clone(), config.stream.clone());
     let st = Arc::clone(&store);
-    tokio::task::spawn_blocking(move || -> Result<(), ServiceError> {
+    let stream = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
         if let Some(spec) = demo_spec {
             demo::generate(st.as_ref(), spec).map_err(ServiceError::Demo)?;
         }
         for spec in &loads {
             load::load(st.as_ref(), spec)?;
         }
-        Ok(())
+        match stream {
+            Some(sc) => {
+                let (pos, restored) = crate::stream::restore(&sc, st.as_ref())?;
+                Ok(Some((sc, pos, restored)))
+            }
+            None => Ok(None),
+        }
     })
     .await
     .map_err(|e| ServiceError::Task(e.to_string()))??;
@@ -433,7 +463,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServiceError> {
     }
     let shell = Shell::bind(config.shell).await?;
     let ipc_addr = shell.ipc_addr().ok_or(ServiceError::NoTcp)?;
-    Ok(Bound { shell, ipc_addr, lb: config.lb, engine })
+    Ok(Bound { shell, ipc_addr, lb: config.lb, engine, stream })
 }
 
 impl Bound {
@@ -475,7 +505,7 @@ impl Bound {
     /// Serves until `shutdown` triggers, then stops accepting, lets
     /// connections finish what they owe and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServiceError> {
-        let Bound { shell, lb: lb_addr, engine, .. } = self;
+        let Bound { shell, lb: lb_addr, engine, stream, .. } = self;
         let name = shell.identity().name.clone();
         let smetrics = ServiceMetrics::new(shell.metrics());
         smetrics.store_bytes.set(engine.store().bytes() as i64);
@@ -487,6 +517,7 @@ impl Bound {
             lb: lb.clone(),
             metrics: smetrics.clone(),
             in_progress: in_progress.clone(),
+            fed_from: stream.as_ref().map(|(sc, _, _)| sc.stream.clone()),
         };
         let advertised = shell.identity().advertised.clone().unwrap_or_default();
         let lb_stop = CancellationToken::new();
@@ -495,14 +526,31 @@ impl Bound {
                 LbSession { addr, name: name.clone(), advertised, slot: lb, metrics: smetrics, in_progress };
             tokio::spawn(lb_session(hooks, lb_stop.clone()))
         });
-        let api = crate::http::router(Arc::clone(&engine));
+        let mut api = crate::http::router(Arc::clone(&engine));
+        let stream_stop = CancellationToken::new();
+        let mut stream_task = None;
+        if let Some((sc, pos, restored)) = stream {
+            let status = StreamStatus::new(&sc.node, &sc.stream, pos, restored);
+            status.register(shell.metrics());
+            api = api.merge(crate::stream::router(Arc::clone(&status)));
+            let applier = Applier::new(Arc::clone(engine.store()), status, pos);
+            let source = IpcSource::new(sc.node.clone(), sc.stream.clone());
+            stream_task = Some(tokio::spawn(crate::stream::run(source, applier, sc, stream_stop.clone())));
+        }
         shell.health().set_ready(true);
         info!(%name, ipc = ?shell.ipc_addr(), tables = ?engine.store().names(), "service ready");
         // at shutdown the load balancer link goes first, so no new query is
         // allocated to an instance on its way out
-        let drain = async { lb_stop.cancel() };
+        let drain = async {
+            lb_stop.cancel();
+            stream_stop.cancel();
+        };
         let served = shell.run(handler, api, shutdown, drain).await;
         if let Some(t) = lb_task {
+            let _ = t.await;
+        }
+        // the stream's last snapshot is written before the process ends
+        if let Some(t) = stream_task {
             let _ = t.await;
         }
         served.map_err(ServiceError::from)

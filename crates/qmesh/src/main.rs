@@ -72,6 +72,8 @@ enum Command {
     Up(cmd::up::Args),
     /// The estate's processes and their state, as discovery sees them (exit 0 only when every one is active, else 3).
     Status(cmd::up::StatusArgs),
+    /// Publish realistic trades and quotes (the demo's `trade`/`quote` tables) to a stream at a given rate.
+    Feed(cmd::feed::Args),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
             Command::Discovery(args) => cmd::discovery::run(args, &cli.common).await,
             Command::Up(args) => cmd::up::run(args, &cli.common).await,
             Command::Status(args) => cmd::up::status(args, &cli.common).await,
+            Command::Feed(args) => cmd::feed::run(args, &cli.common).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! One module per subcommand: its flags and the call into its library.
 
 pub mod discovery;
+pub mod feed;
 pub mod flags;
 pub mod gateway;
 pub mod lb;

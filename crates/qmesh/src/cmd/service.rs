@@ -1,5 +1,8 @@
-//! `qmesh service --name NAME [--lb HOST:PORT] [-p PORT]`: the query service.
+//! `qmesh service --name NAME [--lb HOST:PORT] [-p PORT]`: the query service;
+//! with `--rt HOST:PORT --stream NAME [--data DIR]` its tables are fed from
+//! a stream and kept in a snapshot (see `qmesh_service::stream`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,6 +11,7 @@ use qmesh_ipc::Address;
 use qmesh_process::Shutdown;
 use qmesh_service::demo::{DEFAULT_SEED, DemoSpec};
 use qmesh_service::load::LoadSpec;
+use qmesh_service::stream::StreamConfig;
 use qmesh_service::{Config, Limits};
 
 use super::flags::{ServerFlags, parse_bytes, parse_bytes_usize, parse_duration};
@@ -59,6 +63,18 @@ pub struct Args {
     /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_DISCOVERY")]
     pub discovery: Option<String>,
+    /// Feed the tables from this stream node (`host:port`, `:host:port:user:password`); needs --stream.
+    #[arg(long, env = "QMESH_RT", requires = "stream", conflicts_with_all = ["load", "demo"])]
+    pub rt: Option<String>,
+    /// The stream to apply (`upd;table;data` messages) from the --rt node.
+    #[arg(long, env = "QMESH_STREAM", requires = "rt")]
+    pub stream: Option<String>,
+    /// Directory of the stream-fed tables' snapshot and position (none: every start replays the stream from its start).
+    #[arg(long, env = "QMESH_DATA", requires = "rt")]
+    pub data: Option<PathBuf>,
+    /// Time between snapshots of the stream-fed tables (written only when something changed; also at shutdown).
+    #[arg(long, env = "QMESH_SNAPSHOT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
 }
 
 pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode> {
@@ -79,6 +95,13 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
         query_threads: args.query_threads,
         demo,
         load,
+        stream: match (args.rt, args.stream) {
+            (Some(node), Some(stream)) => Some(StreamConfig {
+                snapshot_interval: args.snapshot_interval,
+                ..StreamConfig::new(node, stream, args.data)
+            }),
+            _ => None,
+        },
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;
     let bound = qmesh_service::bind(config).await?;
