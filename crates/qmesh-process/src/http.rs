@@ -408,8 +408,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let base =
-            Base { health: Health::new(), metrics: Metrics::new(), identity: Identity::new("t", "test") };
+        let base = Base {
+            health: Health::new(),
+            metrics: Metrics::new(),
+            identity: Identity::new("t", "test"),
+            guard: None,
+        };
         let timeout = std::time::Duration::from_millis(200);
         let server = tokio::spawn(serve_app(listener, base_routes(base), 1, timeout, shutdown.clone()));
         // the only slot, taken by a client that stops halfway through its head

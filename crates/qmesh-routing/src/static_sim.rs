@@ -92,6 +92,9 @@ impl Estate {
                             self.gw.remove_resource(now, &address, &mut gw_out)
                         }
                         LbAction::DropInstance { address, .. } => self.dropped.push(address),
+                        // probes follow a gateway's death or serviceLost; the one embedded gateway here never
+                        // dies and reports no loss for static instances (their link's answer frees them)
+                        LbAction::Probe { peer, .. } => panic!("static instance {peer:?} probed"),
                     }
                 }
             } else if !gw_out.is_empty() {

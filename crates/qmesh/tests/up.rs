@@ -5,11 +5,10 @@
 //! a SIGKILL of the supervisor itself, after each of which no process may
 //! be left behind.
 //!
-//! The estate of the issue (a stream node, the demo feed, services fed from
-//! the stream) needs `qmesh feed` and `qmesh service --rt`: until both
-//! exist, `the_default_estate_flows_from_feed_to_query` says it is skipped
-//! (the lead makes it mandatory once they land); the supervision is proven
-//! meanwhile on an estate whose services hold demo tables (`--demo`).
+//! `the_default_estate_flows_from_feed_to_query` runs the issue's estate (a
+//! stream node, the demo feed, services fed from the stream); the other
+//! supervision tests use an estate whose services hold demo tables
+//! (`--demo`), which starts faster.
 //!
 //! `the_dashboard_shows_the_estate_and_a_restart` drives the dashboard in
 //! headless Chromium (`tests/js/up_dashboard.cjs`, playwright-core; needs
@@ -487,28 +486,9 @@ fn print_config_writes_the_default_and_reads_back() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("nope: no such process"));
 }
 
-/// Whether the flags the default estate needs exist in this build.
-fn feed_and_stream_services_exist() -> bool {
-    let feed = Command::new(BIN).args(["feed", "--help"]).output().is_ok_and(|o| o.status.success());
-    let service = Command::new(BIN)
-        .args(["service", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--rt"));
-    feed && service
-}
-
-/// The issue's end-to-end proof on the embedded default estate. Needs
-/// `qmesh feed` and `qmesh service --rt` (branch `feed`); skipped with a
-/// notice until they exist.
+/// The issue's end-to-end proof on the embedded default estate.
 #[test]
 fn the_default_estate_flows_from_feed_to_query() {
-    if !feed_and_stream_services_exist() {
-        eprintln!(
-            "NOTICE: SKIPPED the_default_estate_flows_from_feed_to_query: this build has no `qmesh feed` or no \
-             `qmesh service --rt` (make it mandatory once they land)"
-        );
-        return;
-    }
     let base = free_base();
     let dir = TempDir::new("default");
     // the embedded default, with a restart delay long enough to see the

@@ -12,8 +12,8 @@ mod options;
 
 pub use crate::router::{HTTP_CLIENT_BASE, Payload, Router};
 pub use options::{
-    DEFAULT_RECONNECT, DEFAULT_SHUTDOWN_GRACE, GatewayOptions, InstancesError, LbFinder, LbLocation, LbOptions,
-    RoutingError, StaticInstance, parse_instances,
+    DEFAULT_RECONNECT, DEFAULT_SHUTDOWN_GRACE, GatewayOptions, InstancesError, LbFinder, LbLocation,
+    LbOptions, RoutingError, StaticInstance, parse_instances,
 };
 
 use std::net::SocketAddr;
