@@ -295,7 +295,7 @@ pub async fn lookup(addr: &Address, kind: &str) -> Result<Vec<Found>, LookupErro
         let (sender, _receiver) = conn.split();
         let answer = sender.call(&call).await;
         sender.close();
-        Ok::<_, qmesh_ipc::IpcError>(answer?)
+        answer
     };
     let answer = tokio::time::timeout(LOOKUP_TIMEOUT, ask).await.map_err(|_| LookupError::Timeout)??;
     let value = answer.decode().map_err(|_| LookupError::Shape("undecodable answer"))?;
@@ -310,7 +310,7 @@ fn parse_lookup(k: &K) -> Result<Vec<Found>, LookupError> {
         return Err(LookupError::Shape("not a keyed table"));
     };
     let column = |t: &qmesh_codec::Table, name: &str| -> Option<K> {
-        t.names.iter().position(|n| n.as_ref() == name.as_bytes()).map(|i| t.columns[i].clone())
+        t.names.iter().position(|n| n == name.as_bytes()).map(|i| t.columns[i].clone())
     };
     let syms = |c: Option<K>| -> Result<Vec<String>, LookupError> {
         match c {

@@ -55,16 +55,6 @@ pub enum Error {
         /// The log's latest position.
         latest: Position,
     },
-    /// A reader was asked to start at a position inside a segment where no whole record starts: the position was
-    /// not handed out by this log (every position it hands out is a record boundary), or the record there is
-    /// damaged. Reading from there would only ever yield `badtail`.
-    #[error(
-        "no whole record starts at position {pos}: use a position the log handed out (`::`, `latest`, or one after a message)"
-    )]
-    NotARecordStart {
-        /// The position asked for.
-        pos: Position,
-    },
     /// An earlier storage failure left the log in a state it could not repair; reopen it.
     #[error("log unusable after an earlier failure: {0}")]
     Poisoned(String),

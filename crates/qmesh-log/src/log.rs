@@ -177,8 +177,7 @@ impl<S: Storage> Clone for LogHandle<S> {
 
 impl<S: Storage> LogHandle<S> {
     /// A reader from `start`. [`Start::At`] a position after [`LogHandle::latest_position`] fails with
-    /// [`Error::PositionAhead`], one inside a record [`Error::NotARecordStart`]; a position in an archived segment is
-    /// accepted and the reader's first item is a
+    /// [`Error::PositionAhead`]; a position in an archived segment is accepted and the reader's first item is a
     /// `skip-forward` event.
     pub fn reader(&self, start: Start) -> Result<Reader<S>> {
         let idx = self.shared.index();
@@ -188,24 +187,7 @@ impl<S: Storage> LogHandle<S> {
             Start::At(p) if p > idx.latest => {
                 return Err(Error::PositionAhead { pos: p, latest: idx.latest });
             }
-            Start::At(p) => {
-                // A position inside a visible record area must be a record boundary: decode the record there
-                // (length and checksum) before handing out a reader that would otherwise only see `badtail`.
-                let seg = p.segment();
-                if let Some(meta) = idx.segments.get(&seg).copied() {
-                    let off = p.offset();
-                    if off > 0 && off < meta.visible {
-                        drop(idx);
-                        let mut window = Window::default();
-                        return match window.record(&self.shared.storage, seg, off, meta.visible) {
-                            Ok(Ok(_)) => Ok(Reader::new(self.shared.clone(), p)),
-                            Ok(Err(_)) => Err(Error::NotARecordStart { pos: p }),
-                            Err(e) => Err(Error::Io { op: "read", segment: seg, source: e }),
-                        };
-                    }
-                }
-                p
-            }
+            Start::At(p) => p,
         };
         drop(idx);
         Ok(Reader::new(self.shared.clone(), pos))

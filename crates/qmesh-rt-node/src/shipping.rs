@@ -1,7 +1,7 @@
 //! Shipping the merged log to a subscriber's local copy (`.rt.ship.pull`): one task per copying connection reads
 //! the log from the start of a segment and pushes its records, byte for byte and behind their positions, in
 //! batches of at most [`qmesh_rt::ship::BATCH_BYTES`]. Like a subscription it reads only what is synced, and holds
-//! at most [`SUB_QUEUE_BYTES`](crate::subscription::SUB_QUEUE_BYTES) queued on the connection before it waits for
+//! at most [`crate::subscription::SUB_QUEUE_BYTES`] queued on the connection before it waits for
 //! the socket. Every batch carries the node's first unarchived position; when the archiver moves it and nothing
 //! else is new, an empty batch tells the copy within [`FIRST_CHECK`].
 

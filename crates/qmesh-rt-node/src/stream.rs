@@ -208,11 +208,10 @@ impl Stream {
         self.handle.latest_position().as_u64()
     }
 
-    /// A reader from `start`; a position ahead of the latest, or not at the start of a record, is refused
-    /// (`bad request`).
+    /// A reader from `start`; a position ahead of the latest is refused.
     pub fn reader(&self, start: Start) -> Result<Reader, WireError> {
         self.handle.reader(start).map_err(|e| match e {
-            qmesh_log::Error::PositionAhead { .. } | qmesh_log::Error::NotARecordStart { .. } => {
+            qmesh_log::Error::PositionAhead { .. } => {
                 WireError::with_detail(ErrorKind::BadRequest, e.to_string())
             }
             other => internal(other),

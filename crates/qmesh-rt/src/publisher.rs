@@ -221,10 +221,10 @@ fn open_local(cfg: &PublisherConfig) -> Result<(Log, Option<u64>), PublisherErro
     let mut last_id = None;
     let mut r = log.reader(Start::Oldest)?;
     while let Some(item) = r.next()? {
-        if let Item::Entry(e) = item {
-            if let Some(d) = distance(e.header().id) {
-                last_id = Some(d);
-            }
+        if let Item::Entry(e) = item
+            && let Some(d) = distance(e.header().id)
+        {
+            last_id = Some(d);
         }
     }
     let start = log.new_session()?;

@@ -29,7 +29,7 @@
 //!
 //! # Writing
 //!
-//! [`write`] is atomic: the bytes go to `snapshot.qmsnap.tmp`, which is
+//! [`write()`] is atomic: the bytes go to `snapshot.qmsnap.tmp`, which is
 //! fsynced, renamed over `snapshot.qmsnap`, and the directory is fsynced.
 //! A crash at any point leaves either the old snapshot or the new one whole.
 //!
@@ -136,7 +136,7 @@ fn coalesce(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<RecordBat
     let flush = |run: &mut Vec<RecordBatch>, out: &mut Vec<RecordBatch>| -> Result<(), SnapshotError> {
         match run.len() {
             0 => {}
-            1 => out.extend(run.drain(..)),
+            1 => out.append(run),
             _ => {
                 out.push(
                     concat_batches(schema, run.iter()).map_err(|e| SnapshotError::Arrow(e.to_string()))?,

@@ -662,11 +662,11 @@ pub async fn run<S: Source>(
     if let Some(w) = writing.take() {
         finish_write(&status, w.await);
     }
-    if applier.dirty() {
-        if let Some(w) = start_write(&config.data, applier.capture()) {
-            finish_write(&status, w.await);
-            info!(position = applier.position(), "snapshot written at shutdown");
-        }
+    if applier.dirty()
+        && let Some(w) = start_write(&config.data, applier.capture())
+    {
+        finish_write(&status, w.await);
+        info!(position = applier.position(), "snapshot written at shutdown");
     }
 }
 
