@@ -123,6 +123,17 @@ impl Shell {
             ipc.failure_limiter = Some(limiter.clone());
             guard = Some(Arc::new(HttpGuard::new(file, limiter, &access)));
         }
+        let (max_ipc, max_http) = fit_to_fds(ipc.max_connections, max_http_connections, raise_fd_limit());
+        if (max_ipc, max_http) != (ipc.max_connections, max_http_connections) {
+            tracing::info!(
+                %kind, %name,
+                ipc = max_ipc, http = max_http,
+                asked_ipc = ipc.max_connections, asked_http = max_http_connections,
+                "connection caps lowered to fit the file-descriptor limit (ulimit -n)"
+            );
+        }
+        ipc.max_connections = max_ipc;
+        let max_http_connections = max_http;
         let server = Server::bind(ipc).await?;
         let http = match http {
             Some(addr) => {
@@ -313,5 +324,63 @@ mod tests {
         opts.users = Some(PathBuf::from("/nonexistent/qmesh-users.txt"));
         let e = Shell::bind(opts).await.unwrap_err();
         assert!(matches!(e, ShellError::Users { .. }), "{e}");
+    }
+}
+
+/// File descriptors kept for everything but accepted connections: the
+/// listeners, log and store files, outbound links (to a load balancer,
+/// instances, discovery), the stream's segment files. A cap on connections
+/// past `ulimit -n` minus this would let idle sockets take the descriptors
+/// those need and fail `accept` and `open` for everyone.
+pub const FD_RESERVE: usize = 128;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (what nats-server and
+/// redis do at start) and returns the soft limit now in force, or `None`
+/// when it cannot be read (treated as no limit).
+fn raise_fd_limit() -> Option<usize> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur).ok()
+}
+
+/// The IPC and HTTP connection caps that fit in `fd_limit` descriptors with
+/// [`FD_RESERVE`] kept back: unchanged when they fit; otherwise HTTP gets at
+/// most a quarter of what is left and IPC (q's handles, heartbeats) the rest.
+fn fit_to_fds(ipc: usize, http: usize, fd_limit: Option<usize>) -> (usize, usize) {
+    let Some(limit) = fd_limit else { return (ipc, http) };
+    let room = limit.saturating_sub(FD_RESERVE).max(2);
+    if ipc.saturating_add(http) <= room {
+        return (ipc, http);
+    }
+    let http = http.min((room / 4).max(1));
+    (ipc.min(room - http).max(1), http)
+}
+
+#[cfg(test)]
+mod fd_tests {
+    use super::fit_to_fds;
+
+    #[test]
+    fn connection_caps_fit_in_the_descriptor_limit() {
+        assert_eq!(fit_to_fds(1022, 1022, Some(1 << 20)), (1022, 1022));
+        assert_eq!(fit_to_fds(1022, 1022, None), (1022, 1022));
+        // discovery's 101,024 IPC connections under ulimit -n 20,000
+        let (ipc, http) = fit_to_fds(101_024, 1022, Some(20_000));
+        assert!(ipc + http <= 20_000 - super::FD_RESERVE, "{ipc} {http}");
+        assert_eq!(http, 1022);
+        let (ipc, http) = fit_to_fds(1022, 1022, Some(1024));
+        assert_eq!((ipc + http, http), (1024 - super::FD_RESERVE, (1024 - super::FD_RESERVE) / 4));
+        assert!(fit_to_fds(1022, 1022, Some(10)).0 >= 1);
     }
 }
