@@ -10,17 +10,14 @@
 //! ran four queries two at a time is each query's own start and end).
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use qmesh_codec::{Atom, K, Vector};
 use qmesh_ipc::{Address, ClientOptions, Connection, Incoming, IpcError};
 use qmesh_testkit::Process;
 use qmesh_testkit::plain_q::{plain_q_process, serve_if_requested};
 use serde_json::Value;
 
-const SETTLE: Duration = Duration::from_secs(40);
-const REPLY: Duration = Duration::from_secs(30);
+mod common;
+use common::{REPLY, SETTLE, status, wait_for};
 const POOL: &str = "mserve";
 
 /// Not a test: the entry point of the stand-in q processes (this binary,
@@ -43,37 +40,6 @@ fn mserve(instances: &[&Process]) -> Process {
     let mut args = vec!["mserve", "--bind", "127.0.0.1", "-p", "0", "--http", "0"];
     args.extend(addrs.iter().map(String::as_str));
     Process::qmesh(bin(), &args, &["ipc", "http"])
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    tokio::time::timeout(REPLY, s.read_to_string(&mut out)).await.ok()?.ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-async fn status(p: &Process) -> Value {
-    match http_get(p.addr("http"), "/api/services").await {
-        Some((200, body)) => serde_json::from_str(&body).unwrap_or(Value::Null),
-        _ => Value::Null,
-    }
-}
-
-async fn wait_for(p: &Process, what: &str, f: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        let s = status(p).await;
-        if f(&s) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}: {s}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn pool<'a>(s: &'a Value, side: &str, name: &str) -> Option<&'a Value> {

@@ -9,9 +9,7 @@
 //! which ends when the test creates its file, not when a clock runs out.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use qmesh_codec::{Atom, K};
 use qmesh_ipc::{Address, ClientOptions, Connection, Incoming, IpcError};
@@ -19,8 +17,8 @@ use qmesh_testkit::Process;
 use serde_json::Value;
 
 const EQ: &str = "EQUITY_MARKET_RDB";
-const SETTLE: Duration = Duration::from_secs(40);
-const REPLY: Duration = Duration::from_secs(30);
+mod common;
+use common::{REPLY, SETTLE, http_get, status, wait_for};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_qmesh")
@@ -53,37 +51,6 @@ fn service(lb_port: u16) -> Option<Process> {
         "0.2",
     ]);
     Some(Process::start(cmd, &["ipc"]))
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    tokio::time::timeout(REPLY, s.read_to_string(&mut out)).await.ok()?.ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-async fn status(p: &Process) -> Value {
-    match http_get(p.addr("http"), "/api/services").await {
-        Some((200, body)) => serde_json::from_str(&body).unwrap_or(Value::Null),
-        _ => Value::Null,
-    }
-}
-
-async fn wait_for(p: &Process, what: &str, f: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        let s = status(p).await;
-        if f(&s) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}: {s}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn entry<'a>(s: &'a Value, side: &str) -> Option<&'a Value> {
