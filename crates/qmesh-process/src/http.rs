@@ -41,10 +41,16 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// persistent failure does not spin.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Whether the process is ready to serve; `/healthz` answers 200 once it is.
+/// Whether the process is ready to serve, and what (if anything) keeps it
+/// from serving though it runs: `/healthz` answers 200 `ok` once it is ready
+/// and has no fault, 503 `starting` before it is ready, and 503 with one
+/// `fault <key>: <reason>` line per fault otherwise (conventions.md: "200
+/// when ready"). Clones share the state.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    /// Faults by key (e.g. `stream trades`), each with its reason.
+    faults: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Health {
@@ -52,12 +58,35 @@ impl Health {
         Health::default()
     }
 
+    /// Marks the process ready (or not, e.g. while shutting down).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Whether the process is ready (faults aside).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Records a fault under `key` (replacing that key's earlier reason):
+    /// the process runs but part of it cannot serve, and `/healthz` says so
+    /// with `reason` until [`Health::clear_fault`].
+    pub fn set_fault(&self, key: impl Into<String>, reason: impl Into<String>) {
+        self.faults_lock().insert(key.into(), reason.into());
+    }
+
+    /// Clears the fault under `key`, if any.
+    pub fn clear_fault(&self, key: &str) {
+        self.faults_lock().remove(key);
+    }
+
+    /// The faults, as `(key, reason)` in key order.
+    pub fn faults(&self) -> Vec<(String, String)> {
+        self.faults_lock().iter().map(|(k, r)| (k.clone(), r.clone())).collect()
+    }
+
+    fn faults_lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -278,12 +307,15 @@ fn base_routes(base: Base) -> Router {
         .route(
             "/healthz",
             get(move || {
-                let ready = health.is_ready();
+                let (ready, faults) = (health.is_ready(), health.faults());
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ok\n")
+                    if !ready {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string())
+                    } else if faults.is_empty() {
+                        (StatusCode::OK, "ok\n".to_string())
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                        let lines: String = faults.iter().map(|(k, r)| format!("fault {k}: {r}\n")).collect();
+                        (StatusCode::SERVICE_UNAVAILABLE, lines)
                     }
                 }
             }),
@@ -349,6 +381,12 @@ mod tests {
 
         assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
         health.set_ready(true);
+        assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        health.set_fault("stream trades", "position space exhausted");
+        let answer = http_get(addr, "/healthz").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.ends_with("fault stream trades: position space exhausted\n"), "{answer}");
+        health.clear_fault("stream trades");
         assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(http_get(addr, "/metrics").await.contains("# EOF"));
         let fail = http_get(addr, "/api/fail").await;

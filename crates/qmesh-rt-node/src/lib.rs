@@ -182,6 +182,7 @@ pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
             dir: config.data.join(name),
             segment_bytes: config.segment_bytes,
             durability: config.durability,
+            health: shell.health().clone(),
         };
         let (n, m) = (name.clone(), node_metrics.clone());
         let s = tokio::task::spawn_blocking(move || stream::Stream::open(n, opts, m))

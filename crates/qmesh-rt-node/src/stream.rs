@@ -48,6 +48,9 @@ pub struct StreamOptions {
     pub dir: PathBuf,
     pub segment_bytes: u64,
     pub durability: Durability,
+    /// The process's health: a stream that can take no more appends (its
+    /// position space used up) is a fault on `/healthz` until it is reset.
+    pub health: qmesh_process::Health,
 }
 
 /// Errors of a stream's log.
@@ -170,6 +173,7 @@ impl Stream {
             dir: opts.dir.clone(),
             stored: None,
             pending: Vec::new(),
+            health: opts.health.clone(),
         };
         std::thread::Builder::new().name(format!("rt-{name}")).spawn(move || w.run(rx))?;
         Ok(Stream { name, tx, handle, tip, book, dir: opts.dir })
@@ -374,6 +378,8 @@ struct Writer {
     stored: Option<Watermarks>,
     /// Appended, awaiting the group's sync: who to answer and the position.
     pending: Vec<(Reply, Position, String, Option<i64>)>,
+    /// Where a full position space is reported (a fault until reset).
+    health: qmesh_process::Health,
 }
 
 impl Writer {
@@ -479,6 +485,7 @@ impl Writer {
                     qmesh_log::Error::SymbolTooLong { .. } => {
                         WireError::with_detail(ErrorKind::BadRequest, e.to_string())
                     }
+                    qmesh_log::Error::PositionSpaceExhausted(_) => self.exhausted(&e),
                     _ => internal(format!("log: {e}")),
                 };
                 self.metrics.error(err.kind.word());
@@ -590,8 +597,12 @@ impl Writer {
                     self.pending.push((Reply::Shipped, pos, String::from_utf8_lossy(h.on).into_owned(), id));
                 }
                 Err(e) => {
-                    warn!(stream = %self.name, key = %b.key, error = %e, "shipped record refused; the rest of the batch is dropped");
-                    self.metrics.error(ErrorKind::Internal.word());
+                    let err = match &e {
+                        qmesh_log::Error::PositionSpaceExhausted(_) => self.exhausted(&e),
+                        _ => internal(format!("log: {e}")),
+                    };
+                    warn!(stream = %self.name, key = %b.key, error = %err, "shipped record refused; the rest of the batch is dropped");
+                    self.metrics.error(err.kind.word());
                     break;
                 }
             }
@@ -641,9 +652,24 @@ impl Writer {
         Ok(self.archived(&r, "policy"))
     }
 
+    /// The log's position space is used up (every roll of the session, 16,384 segments): nothing more can be
+    /// appended until a reset starts a new session. Reported once as an error in the log and as a `/healthz` fault
+    /// until then; each refused append gets the catalog's `limit` with what to do.
+    fn exhausted(&mut self, e: &qmesh_log::Error) -> WireError {
+        let key = format!("stream {}", self.name);
+        let reason =
+            format!("{e}: appends are refused until `qmesh rt reset {}` starts a new session", self.name);
+        if !self.health.faults().iter().any(|(k, _)| *k == key) {
+            tracing::error!(stream = %self.name, error = %e, "position space exhausted: appends refused until the stream is reset");
+        }
+        self.health.set_fault(key, reason.clone());
+        WireError::with_detail(ErrorKind::Limit, reason)
+    }
+
     fn reset(&mut self) -> Result<(u64, u64), WireError> {
         let from = self.log.latest_position().as_u64();
         let to = self.log.new_session().map_err(|e| internal(format!("log: {e}")))?.as_u64();
+        self.health.clear_fault(&format!("stream {}", self.name));
         self.marks.clear();
         self.book().marks.clear();
         let all = join_marks(&self.marks, &self.ship);

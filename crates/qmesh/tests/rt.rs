@@ -672,3 +672,36 @@ async fn crash_two_sync_publishers_node_killed_repeatedly() {
     drop(p);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stream whose position space is used up (every one of a session's
+/// 16,384 rolls taken: here one record per 64-byte segment) refuses appends
+/// with the catalog's `limit` and what to do, `/healthz` names the fault,
+/// and a reset (a new session) clears both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_position_space_is_a_health_fault_until_reset() {
+    let dir = tmpdir("exhausted");
+    let p = node(&dir, 0, &["--segment-bytes", "64", "--durability", "never"]);
+    let c = connect(&p).await;
+    let rolls = qmesh_log::MAX_ROLL as i64 + 1;
+    for x in 0..rolls - 1 {
+        c.send_async(&K::list(vec![K::sym(".rt.pub"), K::sym("s"), upd("trade", x)])).unwrap();
+    }
+    // the last roll's record, answered after every async one before it
+    let last = publish(&c, "s", upd("trade", rolls - 1)).await;
+    assert_eq!(last >> 30, rolls - 1, "the session's last roll: {last:#x}");
+    assert_eq!(http(p.addr("http"), "GET", "/healthz").await.0, 200);
+
+    let refused = call(&c, vec![K::sym(".rt.pub"), K::sym("s"), upd("trade", rolls)]).await.unwrap_err();
+    assert!(refused.starts_with("limit"), "{refused}");
+    assert!(refused.contains("qmesh rt reset s"), "says what to do: {refused}");
+    let (status, body) = http(p.addr("http"), "GET", "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("fault stream s: position space exhausted"), "{body}");
+
+    let (status, body) = http(p.addr("http"), "POST", "/api/streams/s/reset").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http(p.addr("http"), "GET", "/healthz").await.0, 200);
+    assert_eq!(publish(&c, "s", upd("trade", rolls)).await, 1 << 44, "session 1, roll 0, offset 0");
+    drop(p);
+    let _ = std::fs::remove_dir_all(dir);
+}
