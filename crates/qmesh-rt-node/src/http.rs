@@ -69,6 +69,8 @@ const MAX_ANSWER_BYTES: u64 = 1 << 20;
 /// Errors of [`request_reset`].
 #[derive(Debug, thiserror::Error)]
 pub enum ResetError {
+    #[error("bad node address {addr:?}: {source}")]
+    Address { addr: String, source: qmesh_ipc::AddressError },
     #[error("cannot reach {addr}: {source}")]
     Io { addr: String, source: std::io::Error },
     #[error("the node answered {status}: {body}")]
@@ -78,13 +80,37 @@ pub enum ResetError {
 }
 
 /// `POST /api/streams/{stream}/reset` to the node whose HTTP API is at
-/// `addr` (`host:port`): what `qmesh rt reset` does. Returns the JSON answer.
+/// `addr`: what `qmesh rt reset` does. Returns the JSON answer.
+///
+/// `addr` is written as q writes addresses, `[:]host:port[:user:password]`;
+/// without a user in it, the process's credentials file
+/// ([`qmesh_ipc::credentials::installed`], `--credentials`) is looked up
+/// for `host:port`. A user is sent as HTTP Basic (`Authorization: Basic
+/// base64(user:password)`), what a node started with `-u` requires.
 pub async fn request_reset(addr: &str, stream: &str) -> Result<Value, ResetError> {
+    use base64::Engine as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = |source| ResetError::Io { addr: addr.to_string(), source };
-    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    let mut target = qmesh_ipc::Address::parse(addr)
+        .map_err(|source| ResetError::Address { addr: addr.to_string(), source })?;
+    if let Some(c) = qmesh_ipc::credentials::installed() {
+        target = c.apply(&target);
+    }
+    let qmesh_ipc::Endpoint::Tcp { host, port } = &target.endpoint else {
+        let source = std::io::Error::other("the HTTP API is reached over TCP: give host:port");
+        return Err(ResetError::Io { addr: addr.to_string(), source });
+    };
+    let shown = format!("{host}:{port}");
+    let io = |source| ResetError::Io { addr: shown.clone(), source };
+    let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(io)?;
+    let auth = match &target.user {
+        Some(_) => format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(target.credentials())
+        ),
+        None => String::new(),
+    };
     let req = format!(
-        "POST /api/streams/{stream}/reset HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST /api/streams/{stream}/reset HTTP/1.1\r\nHost: {shown}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.map_err(io)?;
     let mut buf = Vec::new();

@@ -310,6 +310,26 @@ async fn every_door_asks_for_the_users_and_an_authenticated_estate_runs_end_to_e
         let ok = Address::parse(&format!(":127.0.0.1:{port}:alice:secret")).unwrap();
         assert!(Connection::connect(&ok, ClientOptions::default()).await.is_ok());
     }
+    // `qmesh rt reset` over the node's HTTP API: refused without a user,
+    // done with the address's own user or the credentials file's
+    let rt_http = rt.addr("http").to_string();
+    let reset = |pre: &[&str], addr: &str| {
+        let out = std::process::Command::new(bin())
+            .args(pre)
+            .args(["rt", "reset", addr, "trades"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = reset(&[], &rt_http);
+    assert!(!ok && out.contains("401"), "rt reset without a user: {out}");
+    let (ok, out) = reset(&[], &format!(":{rt_http}:alice:secret"));
+    assert!(ok && out.contains("\"to\""), "rt reset as alice: {out}");
+    let (ok, out) = reset(&["--credentials", c], &rt_http);
+    assert!(ok && out.contains("\"to\""), "rt reset with --credentials: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,7 +126,8 @@ pub struct TailArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ResetArgs {
-    /// The node's HTTP address (`host:port`).
+    /// The node's HTTP address: `host:port`, or q's `host:port:user:password` for a node started with `-u`
+    /// (without a user, the `--credentials` file is looked up for `host:port`).
     pub http: String,
     /// The stream.
     pub stream: String,
