@@ -139,6 +139,15 @@ function matches(p) {
   return true;
 }
 
+// A cell's text, cut with an ellipsis past a set width (names, hosts and
+// attributes may be up to the registry's limits, hundreds of characters);
+// the whole text stays in the tooltip and in the accessible name.
+function clipped(cls, text) {
+  const s = el("span", `clip ${cls || ""}`.trim(), text);
+  s.title = text;
+  return s;
+}
+
 function cells(p) {
   const tds = [];
   const st = el("td");
@@ -152,21 +161,24 @@ function cells(p) {
     st.append(s);
   }
   tds.push(st);
-  tds.push(el("td", "name mono", p.name));
-  const k = el("td"); if (p.kind) k.append(el("span", "kind", p.kind)); else k.append(el("span", "muted", "—")); tds.push(k);
-  tds.push(el("td", "mono", p.port ? `${p.host}:${p.port}` : (p.host || p.ip || "—")));
+  const nm = el("td", "name mono"); nm.append(clipped("wide", p.name)); tds.push(nm);
+  const k = el("td"); if (p.kind) k.append(clipped("kind", p.kind)); else k.append(el("span", "muted", "—")); tds.push(k);
+  const h = el("td", "mono"); h.append(clipped("", p.port ? `${p.host}:${p.port}` : (p.host || p.ip || "—"))); tds.push(h);
   tds.push(el("td", "num mono", p.pid ?? "—"));
-  tds.push(el("td", "mono muted", p.qVersion || "—"));
+  const qv = el("td", "mono muted"); qv.append(clipped("narrow", p.qVersion || "—")); tds.push(qv);
   const a = el("td", "num mono age"); a.dataset.role = "age"; tds.push(a);
   const c = el("td", "num mono"); c.dataset.role = "counter"; tds.push(c);
   const s = el("td"); const sw = el("span", "status");
   sw.append(el("span", `s ${p.status}`, p.status));
   if (p.note) sw.append(el("span", "note", p.note));
   s.append(sw); tds.push(s);
-  const at = el("td");
+  const at = el("td", "attrs");
   const entries = Object.entries(p.attrs || {});
   if (!entries.length) at.append(el("span", "muted", "—"));
-  for (const [key, val] of entries) { const ch = el("span", "chip"); ch.append(el("b", null, `${key}=`), document.createTextNode(val)); at.append(ch); }
+  for (const [key, val] of entries) {
+    const ch = el("span", "chip clip"); ch.title = `${key}=${val}`;
+    ch.append(el("b", null, `${key}=`), document.createTextNode(val)); at.append(ch);
+  }
   tds.push(at);
   return tds;
 }
@@ -279,7 +291,8 @@ function openChooser(open) {
       const lab = el("label");
       const box = document.createElement("input");
       box.type = "checkbox"; box.value = n; box.checked = !!view.chosen && view.chosen.has(n);
-      lab.append(box, document.createTextNode(n));
+      lab.title = n;
+      lab.append(box, el("span", "clip", n));
       list.append(lab);
     }
     filterChooser();

@@ -100,6 +100,19 @@ const ESTATE: &[Sim] = &[
         attrs: &[],
         version: "qmesh-0.1.0",
     },
+    // A name near what people write when they encode the whole estate in
+    // it: the table must stay in its box (tests/js/dashboard.cjs)
+    Sim {
+        name: LONG_NAME,
+        kind: "analytics",
+        host: "host-c.analytics.example-datacentre-with-a-long-domain.internal",
+        port: 5040,
+        http: None,
+        status: "ok",
+        note: "",
+        attrs: &[("desk", "systematic-equities-europe"), ("owner", "quant-platform-team"), ("tier", "2")],
+        version: "4v2024.05.31",
+    },
     Sim {
         name: "feed_fx",
         kind: "feed",
@@ -112,6 +125,10 @@ const ESTATE: &[Sim] = &[
         version: "4v2024.05.31",
     },
 ];
+
+/// The long name of the estate's analytics process (the dashboard script
+/// knows it too).
+const LONG_NAME: &str = "analytics_systematic_equities_europe_intraday_signal_backtest_replay_worker_with_a_very_long_name_01";
 
 fn payload(s: &Sim, counter: i64) -> K {
     let mut keys = vec![

@@ -49,6 +49,19 @@ async function expectNames(page, want, what) {
   await rowState(page, "gw_main", "active");
   await page.waitForSelector('#conn[data-state="live"]', { timeout: WAIT });
   ok("processes appear on a live table");
+
+  // A long name (and host, and attributes) is cut, not allowed to widen the
+  // table past its box; the whole text is in the tooltip.
+  const LONG = "analytics_systematic_equities_europe_intraday_signal_backtest_replay_worker_with_a_very_long_name_01";
+  await rowState(page, LONG, "active");
+  const box = await page.$eval(".table-wrap", (w) => [w.scrollWidth, w.clientWidth]);
+  if (box[0] > box[1] + 1) {
+    const cols = await page.$$eval("thead th", (ths) => ths.map((t) => `${t.textContent.trim()}=${Math.round(t.getBoundingClientRect().width)}`));
+    throw new Error(`long values widen the table past its box: ${box}; columns ${cols.join(" ")}`);
+  }
+  const tip = await page.$eval(`#rows tr[data-name="${LONG}"] td.name .clip`, (e) => [e.title, e.scrollWidth > e.clientWidth]);
+  if (tip[0] !== LONG || !tip[1]) throw new Error(`long name not cut with its tooltip: ${JSON.stringify(tip)}`);
+  ok("long names are cut, the whole name in the tooltip");
   const first = await visibleNames(page);
   if (first[0] !== "hdb_eq_2" && first[0] !== "tp_old" && first[0] !== "feed_fx") {
     // most severe first: an error/disconnected/warning row leads
