@@ -16,8 +16,8 @@
 //! | action | names are | checked by |
 //! |---|---|---|
 //! | `query` | services | the gateway, for `userQuery` over IPC and `POST /query` over HTTP: every service a request names |
-//! | `publish` | streams | the stream node, for `.rt.pub` / `.u.upd` |
-//! | `subscribe` | streams | the stream node, for `.rt.sub` |
+//! | `publish` | streams | the stream node, for `.rt.pub` / `.u.upd` and a `Publisher`'s shipped log (`.rt.ship.hello`, `.rt.ship.recs`) |
+//! | `subscribe` | streams | the stream node, for `.rt.sub`, `.rt.get_latest_position`, a lead subscriber's `.rt.prune` and a `Subscriber`'s copy (`.rt.ship.pull`) |
 //! | `heartbeat` | process names | discovery, for `.master.storeHb` |
 //!
 //! `*` as the user means every user; `*` among the names means every name.

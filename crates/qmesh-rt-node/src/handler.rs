@@ -108,7 +108,12 @@ impl Node {
                 Request::Pub { stream, .. } => Some((Action::Publish, stream.as_str())),
                 Request::Upd { .. } => Some((Action::Publish, self.default_stream.as_str())),
                 Request::Sub { stream, .. } => Some((Action::Subscribe, stream.as_str())),
-                _ => None,
+                // reading the stream's tip, and a lead subscriber's truncation, are a subscriber's
+                Request::LatestPosition(stream) | Request::Prune { stream, .. } => {
+                    Some((Action::Subscribe, stream.as_str()))
+                }
+                // a connection's own subscriptions
+                Request::Pause(_) | Request::Resume(_) | Request::Unsub(_) => None,
             };
             if let Some((action, stream)) = wanted {
                 p.check(peer.user(), action, [stream])?;
@@ -185,6 +190,14 @@ impl Node {
         req: ShipRequest,
         responder: &mut Option<Responder>,
     ) -> Result<Option<K>, WireError> {
+        if let Some(p) = &self.permissions {
+            // a publisher's shipped log is publishing; a subscriber's copy is subscribing
+            let (action, stream) = match &req {
+                ShipRequest::Hello { stream, .. } | ShipRequest::Recs { stream, .. } => (Action::Publish, stream),
+                ShipRequest::Pull { stream, .. } => (Action::Subscribe, stream),
+            };
+            p.check(peer.user(), action, [stream.as_str()])?;
+        }
         match req {
             ShipRequest::Hello { stream, key } => {
                 let s = self.stream(&stream)?;
