@@ -193,7 +193,9 @@ impl Node {
         if let Some(p) = &self.permissions {
             // a publisher's shipped log is publishing; a subscriber's copy is subscribing
             let (action, stream) = match &req {
-                ShipRequest::Hello { stream, .. } | ShipRequest::Recs { stream, .. } => (Action::Publish, stream),
+                ShipRequest::Hello { stream, .. } | ShipRequest::Recs { stream, .. } => {
+                    (Action::Publish, stream)
+                }
                 ShipRequest::Pull { stream, .. } => (Action::Subscribe, stream),
             };
             p.check(peer.user(), action, [stream.as_str()])?;

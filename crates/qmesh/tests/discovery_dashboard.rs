@@ -128,7 +128,8 @@ const ESTATE: &[Sim] = &[
 
 /// The long name of the estate's analytics process (the dashboard script
 /// knows it too).
-const LONG_NAME: &str = "analytics_systematic_equities_europe_intraday_signal_backtest_replay_worker_with_a_very_long_name_01";
+const LONG_NAME: &str =
+    "analytics_systematic_equities_europe_intraday_signal_backtest_replay_worker_with_a_very_long_name_01";
 
 fn payload(s: &Sim, counter: i64) -> K {
     let mut keys = vec![

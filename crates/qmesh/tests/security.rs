@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use qmesh_codec::K;
 use qmesh_ipc::{Address, ClientOptions, Connection, IpcError};
 use qmesh_testkit::Process;
 
@@ -451,4 +452,174 @@ async fn the_permissions_file_decides_who_queries_which_service_and_is_reloaded(
     })
     .await;
     assert_eq!(ipc_query(&gw, "bob", "pw").await, Ok(()));
+}
+
+/// Runs `qmesh --credentials C rt publish …` (a `Publisher` shipping its
+/// local log) and returns the child, its output piped.
+fn rt_publisher(credentials: &str, port: u16, path: &str, to: u32) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(["--credentials", credentials, "rt", "publish", "--stream", "trades"])
+        .args(["--cluster", &format!("127.0.0.1:{port}"), "--path", path, "--publisher-id", "p1"])
+        .args(["--to", &to.to_string(), "--batch", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Lines of `r` until one contains `want` (`Err` with what was read if the
+/// stream ends first).
+fn read_until(r: impl std::io::Read, want: &str) -> Result<(), String> {
+    use std::io::BufRead;
+    let mut seen = String::new();
+    for line in std::io::BufReader::new(r).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.contains(want) {
+            return Ok(());
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    Err(seen)
+}
+
+/// The stream node asks the permissions file for every way in: `.rt.pub`
+/// and a `Publisher`'s shipped log need `publish`; `.rt.sub` and
+/// `.rt.get_latest_position` need `subscribe`; a change of the file is in
+/// force without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_node_checks_publish_and_subscribe_on_every_path() {
+    let dir = Dir::new("rtperm");
+    let users = dir.file("users.txt", "feed:feedpw\nreader:readerpw\n");
+    let perms = dir.file("permissions", "feed publish trades\nreader subscribe trades\n");
+    let rt = server(&[
+        "rt",
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--http",
+        "0",
+        "-u",
+        &users,
+        "--permissions",
+        &perms,
+        "--data",
+        &dir.path("rt"),
+        "--stream",
+        "trades",
+    ]);
+    let port = rt.port("ipc");
+    let as_user = |user: &str, pw: &str| Address::parse(&format!(":127.0.0.1:{port}:{user}:{pw}")).unwrap();
+    let feed = Connection::connect(&as_user("feed", "feedpw"), ClientOptions::default()).await.unwrap();
+    let reader = std::sync::Arc::new(
+        Connection::connect(&as_user("reader", "readerpw"), ClientOptions::default()).await.unwrap(),
+    );
+    let publish = || vec![K::sym(".rt.pub"), K::sym("trades"), K::long(1)];
+    let latest = || vec![K::sym(".rt.get_latest_position"), K::sym("trades")];
+    let no_opts = K::dict(K::list(vec![]), K::list(vec![]));
+    let subscribe = || vec![K::sym(".rt.sub"), K::sym("trades"), K::sym("latest"), no_opts.clone()];
+
+    assert!(call(&feed, publish()).await.is_ok(), "feed may publish");
+    let e = call(&reader, publish()).await.unwrap_err();
+    assert!(e.starts_with("access") && e.contains("reader"), "{e}");
+    assert!(call(&reader, latest()).await.is_ok(), "reader may read the tip");
+    let e = call(&feed, latest()).await.unwrap_err();
+    assert!(e.starts_with("access"), "{e}");
+    let e = call(&feed, subscribe()).await.unwrap_err();
+    assert!(e.starts_with("access"), "{e}");
+
+    // a Publisher shipping its local log as reader: refused at its hello
+    let creds = dir.file("credentials", "*:*:reader:readerpw\n");
+    let pub_dir = dir.path("pub");
+    let mut p = rt_publisher(&creds, port, &pub_dir, 10);
+    let stderr = p.stderr.take().unwrap();
+    let refused = tokio::task::spawn_blocking(move || read_until(stderr, "access")).await.unwrap();
+    let _ = p.kill();
+    let _ = p.wait();
+    refused.expect("the publisher logs the node's access refusal");
+
+    // granted in the file: in force without a restart, and the same
+    // publisher (its local log kept the messages) ships them
+    std::fs::write(&perms, "feed publish trades\nreader subscribe trades\nreader publish trades\n").unwrap();
+    wait_until("the new grant", || {
+        let r = std::sync::Arc::clone(&reader);
+        async move {
+            match r.call(&K::list(vec![K::sym(".rt.pub"), K::sym("trades"), K::long(2)])).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    let mut p = rt_publisher(&creds, port, &pub_dir, 10);
+    let stdout = p.stdout.take().unwrap();
+    let acked = tokio::task::spawn_blocking(move || read_until(stdout, "acked 10")).await.unwrap();
+    let _ = p.wait();
+    acked.expect("the publisher's log acknowledged once granted");
+}
+
+/// A sync call: the decoded answer, or the remote q error's text.
+async fn call(c: &Connection, items: Vec<K>) -> Result<K, String> {
+    match c.call(&K::list(items)).await {
+        Ok(m) => Ok(m.decode().unwrap()),
+        Err(IpcError::Remote(e)) => Err(e),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The blog's heartbeat dictionary for process `name` (`.master.storeHb`).
+fn heartbeat(name: &str, counter: i64) -> Vec<K> {
+    use qmesh_codec::Atom;
+    let keys = K::syms(["process", "ip", "address", "pid", "qVersion", "counter", "lastHb"]);
+    let vals = K::list(vec![
+        K::sym(name),
+        K::sym("127.0.0.1"),
+        K::sym(":127.0.0.1:5010"),
+        K::Atom(Atom::Int(4242)),
+        K::sym("4v2024.05.31"),
+        K::long(counter),
+        K::Atom(Atom::Time(0)),
+    ]);
+    vec![K::sym(".master.storeHb"), K::dict(keys, vals)]
+}
+
+/// Discovery asks the permissions file who may heartbeat as which process
+/// name: a refused sync heartbeat is `'access` and changes no row; a grant
+/// added to the file is in force without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_checks_who_may_heartbeat_as_which_name() {
+    let dir = Dir::new("hbperm");
+    let users = dir.file("users.txt", "feed:feedpw\nalice:secret\n");
+    let perms = dir.file("permissions", "feed heartbeat feed1\n");
+    let disc = server(&[
+        "discovery",
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--http",
+        "0",
+        "-u",
+        &users,
+        "--permissions",
+        &perms,
+    ]);
+    let addr = Address::parse(&format!(":127.0.0.1:{}:feed:feedpw", disc.port("ipc"))).unwrap();
+    let feed = std::sync::Arc::new(Connection::connect(&addr, ClientOptions::default()).await.unwrap());
+    assert!(call(&feed, heartbeat("feed1", 1)).await.is_ok(), "feed may beat as feed1");
+    let e = call(&feed, heartbeat("rdb1", 1)).await.unwrap_err();
+    assert!(e.starts_with("access") && e.contains("rdb1"), "{e}");
+    let (st, _, body) = get(disc.addr("http"), "/api/processes", Some(ALICE)).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"feed1\"") && !body.contains("\"rdb1\""), "{body}");
+
+    std::fs::write(&perms, "feed heartbeat feed1\nfeed heartbeat rdb1\n").unwrap();
+    wait_until("the new grant", || {
+        let f = std::sync::Arc::clone(&feed);
+        async move { call(&f, heartbeat("rdb1", 2)).await.map(|_| ()) }
+    })
+    .await;
+    let (_, _, body) = get(disc.addr("http"), "/api/processes", Some(ALICE)).await;
+    assert!(body.contains("\"rdb1\""), "{body}");
 }
