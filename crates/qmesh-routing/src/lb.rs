@@ -560,6 +560,7 @@ impl LoadBalancer {
             self.deny(gw, req.seq, Failure::QueueFull(req.service), out);
             return;
         }
+        debug!(gateway = gw.0, seq = req.seq.0, service = %req.service, "queued");
         svc.queue.push_back(Queued { gw, seq: req.seq, target, deadline });
         self.stats.queued += 1;
         self.requests.insert((gw, req.seq), Where::Queued(req.service));
@@ -571,6 +572,7 @@ impl LoadBalancer {
     /// Ends only the lease `(gw, seq)`; anything else is a stale release and
     /// is ignored.
     pub fn gateway_release(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
+        debug!(gateway = gw.0, seq = seq.0, "release from the gateway");
         match self.requests.get(&(gw, seq)).cloned() {
             Some(Where::Queued(service)) => {
                 self.unqueue(&service, gw, seq);
@@ -591,6 +593,7 @@ impl LoadBalancer {
     /// this lease has answered. Ends the lease; the service's own
     /// `returnService` for it is expected as an echo.
     pub fn gateway_done(&mut self, gw: PeerId, seq: Seq, now: Instant, out: &mut Vec<LbAction>) {
+        debug!(gateway = gw.0, seq = seq.0, "serviceDone from the gateway");
         match self.requests.get(&(gw, seq)).cloned() {
             Some(Where::Leased(instance)) => {
                 if let Some(inst) = self.instances.get_mut(&instance) {
@@ -630,6 +633,7 @@ impl LoadBalancer {
 
     /// `returnService[name]` from a service instance: it finished a query.
     pub fn service_return(&mut self, peer: PeerId, now: Instant, out: &mut Vec<LbAction>) {
+        debug!(peer = peer.0, "returnService from the instance");
         let Some(inst) = self.instances.get_mut(&peer) else {
             warn!(
                 peer = peer.0,
@@ -736,6 +740,7 @@ impl LoadBalancer {
 
     /// Removes a queued request (its index entry and its timer).
     fn unqueue(&mut self, service: &ServiceName, gw: PeerId, seq: Seq) {
+        debug!(gateway = gw.0, seq = seq.0, %service, "request leaves the queue unserved");
         self.requests.remove(&(gw, seq));
         if let Some(svc) = self.services.get_mut(service)
             && let Some(pos) = svc.queue.iter().position(|q| q.gw == gw && q.seq == seq)
@@ -757,6 +762,7 @@ impl LoadBalancer {
         self.requests.insert((gw, seq), Where::Leased(instance));
         self.timers.insert((stuck_at, Timer::Lease { instance, lease: id }));
         self.stats.allocations += 1;
+        debug!(peer = instance.0, gateway = gw.0, seq = seq.0, lease = id.0, service_ends, "allocated");
         out.push(LbAction::Alloc { gw, seq, address });
     }
 
@@ -765,6 +771,15 @@ impl LoadBalancer {
         let Some(inst) = self.instances.get_mut(&instance) else { return };
         let Some(pos) = inst.lease_pos(gw, seq) else { return };
         let lease = inst.leases.remove(pos);
+        debug!(
+            peer = instance.0,
+            gateway = gw.0,
+            seq = seq.0,
+            lease = lease.id.0,
+            credit = inst.credit,
+            pending_echo = inst.pending_echo,
+            "lease ended"
+        );
         self.requests.remove(&(lease.gw, lease.seq));
         self.timers.remove(&(lease.stuck_at, Timer::Lease { instance, lease: lease.id }));
         self.make_available(instance, now, out);

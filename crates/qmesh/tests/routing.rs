@@ -120,6 +120,30 @@ fn signal(p: &Process, sig: &str) {
     assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} failed");
 }
 
+/// Waits until every thread of `p` is stopped (after `kill -STOP`). The
+/// stop is not done when `kill` returns: on a loaded machine (a VM whose
+/// other vCPU is descheduled) a thread of the target was seen running user
+/// code milliseconds later — long enough to take an allocation and
+/// dispatch a query.
+fn wait_stopped(p: &Process) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    let task_dir = format!("/proc/{}/task", p.pid());
+    loop {
+        let states: Vec<String> = std::fs::read_dir(&task_dir)
+            .map(|d| {
+                d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+                    .filter_map(|st| st.lines().find(|l| l.starts_with("State:")).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|s| s.contains("(stopped)")) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "process {} not stopped: {states:?}", p.pid());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The load balancer's gauges for the service: (instances, free, busy, queued).
 fn gauges(s: &Value) -> (u64, u64, u64, u64) {
     let e = entry(s, "load_balancer").cloned().unwrap_or_default();
@@ -283,6 +307,7 @@ async fn gateway_stopped_at_the_allocation_then_killed_loses_no_instance() {
     ca.send_async(&user_query("whoami")).unwrap();
     wait_for(&lb, "A's request queued", |s| gauges(s) == (1, 0, 1, 1)).await;
     signal(&ga, "STOP");
+    wait_stopped(&ga);
     hold.release();
     assert_eq!(next_async(&mut cb).await, K::long(0), "B's query ends");
     // B reported its query done: the instance went to A's queued request
