@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use qmesh_ipc::limiter::FailureLimiter;
+use qmesh_ipc::tls::{ServerTls, TlsFiles, TlsMode};
 use qmesh_ipc::{Handler, PasswordFile, Server, ServerConfig, ServerHandle};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -30,6 +31,13 @@ pub enum ShellError {
     /// The permissions file could not be read or parsed.
     #[error("--permissions: {0}")]
     Permissions(#[from] crate::permissions::PermissionsError),
+    /// TLS could not be set up (`--tls`, `--tls-cert`, `--tls-key`): a
+    /// missing or bad file, named.
+    #[error("tls: {0}")]
+    Tls(#[from] qmesh_ipc::TlsError),
+    /// SIGHUP (the TLS certificate reload) could not be listened for.
+    #[error("tls: cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
     /// The HTTP port could not be bound.
     #[error("http {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
@@ -37,7 +45,8 @@ pub enum ShellError {
 
 /// How a server process listens: what every server kind takes from its
 /// flags (`-p`, `--bind`, `--http`, `-u`, `--max-message-bytes`,
-/// `--max-http-connections`, `--advertise`, `--name`).
+/// `--max-http-connections`, `--advertise`, `--name`, `--tls`,
+/// `--tls-cert`, `--tls-key`).
 #[derive(Debug, Clone)]
 pub struct ShellOptions {
     /// The name it registers under (`--name`).
@@ -63,6 +72,10 @@ pub struct ShellOptions {
     /// `--open-metrics`) and the permissions file (`--permissions`); see
     /// [`crate::access`].
     pub access: Access,
+    /// TLS on both ports (`--tls off|on|only`, `--tls-cert`, `--tls-key`;
+    /// q's `-E`): loaded by [`Shell::bind`], reloaded on SIGHUP while the
+    /// shell lives; see [`qmesh_ipc::tls`].
+    pub tls: TlsFiles,
 }
 
 impl ShellOptions {
@@ -78,6 +91,7 @@ impl ShellOptions {
             users: None,
             advertise_host: None,
             access: Access::default(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -94,7 +108,26 @@ pub struct Shell {
     health: Health,
     guard: Option<Arc<HttpGuard>>,
     permissions: Option<Permissions>,
+    tls: Option<Arc<ServerTls>>,
+    /// The SIGHUP reload task of `tls`, ended with the shell.
+    _reload: Option<AbortOnDrop>,
 }
+
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// File descriptors one kdb+ IPC connection with TLS holds: its socket and
+/// the two ends of the socket pair its relay writes through
+/// ([`qmesh_ipc::tls::relay`]). Used to fit the IPC cap under `ulimit -n`
+/// when TLS is on.
+pub const FDS_PER_TLS_CONNECTION: usize = 3;
 
 impl Shell {
     /// Loads `-u`, binds the IPC port and then the HTTP port, and fills in
@@ -105,9 +138,32 @@ impl Shell {
     /// [`Access`] opens them), with one [`FailureLimiter`] slowing down
     /// repeated failures from an address on either door (see
     /// [`crate::access`]).
+    ///
+    /// With TLS ([`ShellOptions::tls`]), both ports take it in the same
+    /// mode, with one certificate reloaded on SIGHUP; a TLS-only process
+    /// advertises `:tcps://host:port`, so the processes that learn its
+    /// address (a gateway, from the load balancer) connect with TLS.
     pub async fn bind(opts: ShellOptions) -> Result<Shell, ShellError> {
-        let ShellOptions { name, kind, mut ipc, http, max_http_connections, users, advertise_host, access } =
-            opts;
+        let ShellOptions {
+            name,
+            kind,
+            mut ipc,
+            http,
+            max_http_connections,
+            users,
+            advertise_host,
+            access,
+            tls,
+        } = opts;
+        let tls = tls.load()?;
+        let reload = match &tls {
+            Some(t) => {
+                info!(%kind, %name, mode = %t.mode(), "TLS on the IPC and HTTP ports; SIGHUP reloads the certificate");
+                Some(AbortOnDrop(t.reload_on_sighup().map_err(ShellError::Signal)?))
+            }
+            None => None,
+        };
+        ipc.tls = tls.clone();
         let permissions = access.permissions.as_ref().map(Permissions::load).transpose()?;
         if permissions.is_some() && users.is_none() {
             warn!(%kind, %name, "--permissions without -u: user names are whatever clients say");
@@ -123,7 +179,15 @@ impl Shell {
             ipc.failure_limiter = Some(limiter.clone());
             guard = Some(Arc::new(HttpGuard::new(file, limiter, &access)));
         }
-        let (max_ipc, max_http) = fit_to_fds(ipc.max_connections, max_http_connections, raise_fd_limit());
+        // a TLS connection holds its relay's socket pair too
+        let per_ipc = if tls.is_some() { FDS_PER_TLS_CONNECTION } else { 1 };
+        let (ipc_fds, max_http) =
+            fit_to_fds(ipc.max_connections.saturating_mul(per_ipc), max_http_connections, raise_fd_limit());
+        let max_ipc = if ipc_fds == ipc.max_connections.saturating_mul(per_ipc) {
+            ipc.max_connections
+        } else {
+            (ipc_fds / per_ipc).max(1)
+        };
         if (max_ipc, max_http) != (ipc.max_connections, max_http_connections) {
             tracing::info!(
                 %kind, %name,
@@ -142,8 +206,13 @@ impl Shell {
             None => None,
         };
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-        let identity =
+        let mut identity =
             Identity::new(name, kind).bound(server.local_addr(), http_addr, advertise_host.as_deref());
+        if tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Only) {
+            // `:host:port` → `:tcps://host:port`: plain clients are refused here
+            identity.advertised =
+                identity.advertised.map(|a| format!(":tcps://{}", a.trim_start_matches(':')));
+        }
         Ok(Shell {
             identity,
             server,
@@ -153,6 +222,8 @@ impl Shell {
             health: Health::new(),
             guard,
             permissions,
+            tls,
+            _reload: reload,
         })
     }
 
@@ -229,13 +300,23 @@ impl Shell {
         shutdown: Shutdown,
         drain: impl Future<Output = ()> + Send,
     ) -> Result<(), ShellError> {
-        let Shell { identity, server, http, max_http_connections, metrics, health, guard, permissions: _ } =
-            self;
+        let Shell {
+            identity,
+            server,
+            http,
+            max_http_connections,
+            metrics,
+            health,
+            guard,
+            permissions: _,
+            tls,
+            _reload,
+        } = self;
         let kind = identity.kind.clone();
         let name = identity.name.clone();
         let http_task = http.map(|listener| {
             let base = Base { health: health.clone(), metrics, identity, guard };
-            tokio::spawn(crate::http::serve(listener, api, base, max_http_connections, shutdown.clone()))
+            tokio::spawn(crate::http::serve(listener, api, base, max_http_connections, tls, shutdown.clone()))
         });
         let stop = async {
             shutdown.triggered().await;
