@@ -763,6 +763,52 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/qmesh-c.pem"), "{e}");
     }
 
+    fn der(tls: &ServerTls) -> Vec<u8> {
+        tls.current.get().cert[0].to_vec()
+    }
+
+    #[test]
+    fn reload_takes_a_new_certificate_and_keeps_the_old_one_when_the_new_files_are_bad() {
+        let dir = std::env::temp_dir().join(format!("qmesh-tls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = qmesh_testkit::tls::make_ca(&dir, "ca");
+        let a = qmesh_testkit::tls::make_server_cert(&dir, &ca, "a");
+        let b = qmesh_testkit::tls::make_server_cert(&dir, &ca, "b");
+        let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
+        std::fs::copy(&a.cert, &cert).unwrap();
+        std::fs::copy(&a.key, &key).unwrap();
+        let files = TlsFiles { mode: TlsMode::Only, cert: Some(cert.clone()), key: Some(key.clone()) };
+        let tls = files.load().unwrap().unwrap();
+        assert_eq!(tls.mode(), TlsMode::Only);
+        let first = der(&tls);
+
+        // a new pair: taken
+        std::fs::copy(&b.cert, &cert).unwrap();
+        std::fs::copy(&b.key, &key).unwrap();
+        tls.reload().unwrap();
+        let second = der(&tls);
+        assert_ne!(first, second);
+
+        // a certificate whose key is another's: refused, the previous pair stays
+        std::fs::copy(&a.cert, &cert).unwrap();
+        let e = tls.reload().unwrap_err();
+        assert!(matches!(e, TlsError::Key { .. }), "{e}");
+        assert_eq!(der(&tls), second);
+        // a file that is not PEM: refused, named
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n").unwrap();
+        let e = tls.reload().unwrap_err();
+        assert!(matches!(e, TlsError::Pem { .. }) && e.to_string().contains("live.pem"), "{e}");
+        assert_eq!(der(&tls), second);
+        // a key file with no key
+        std::fs::copy(&b.cert, &cert).unwrap();
+        std::fs::write(&key, "").unwrap();
+        assert!(matches!(tls.reload(), Err(TlsError::NoKey { .. })));
+        assert_eq!(der(&tls), second);
+        // a CA file loads
+        assert!(!ClientTls::with_ca_file(&ca.cert).unwrap().is_insecure());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn bad_pem_files_are_named() {
         let dir = std::env::temp_dir().join(format!("qmesh-tls-unit-{}", std::process::id()));

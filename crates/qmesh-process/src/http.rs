@@ -253,7 +253,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capp
     }
 }
 
-/// An accepted HTTP connection, plain or (after [`CappedStream::secure`])
+/// An accepted HTTP connection, plain or (once the TLS handshake is done)
 /// with TLS ended here; its slot is freed when it is dropped.
 #[derive(Debug)]
 pub struct CappedStream {

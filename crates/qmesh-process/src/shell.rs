@@ -179,15 +179,8 @@ impl Shell {
             ipc.failure_limiter = Some(limiter.clone());
             guard = Some(Arc::new(HttpGuard::new(file, limiter, &access)));
         }
-        // a TLS connection holds its relay's socket pair too
-        let per_ipc = if tls.is_some() { FDS_PER_TLS_CONNECTION } else { 1 };
-        let (ipc_fds, max_http) =
-            fit_to_fds(ipc.max_connections.saturating_mul(per_ipc), max_http_connections, raise_fd_limit());
-        let max_ipc = if ipc_fds == ipc.max_connections.saturating_mul(per_ipc) {
-            ipc.max_connections
-        } else {
-            (ipc_fds / per_ipc).max(1)
-        };
+        let (max_ipc, max_http) =
+            fit_caps(ipc.max_connections, max_http_connections, tls.is_some(), raise_fd_limit());
         if (max_ipc, max_http) != (ipc.max_connections, max_http_connections) {
             tracing::info!(
                 %kind, %name,
@@ -448,9 +441,30 @@ fn fit_to_fds(ipc: usize, http: usize, fd_limit: Option<usize>) -> (usize, usize
     (ipc.min(room - http).max(1), http)
 }
 
+/// [`fit_to_fds`] with an IPC connection counted as
+/// [`FDS_PER_TLS_CONNECTION`] descriptors when TLS is on (its relay's
+/// socket pair); the caps unchanged when they fit.
+fn fit_caps(ipc: usize, http: usize, tls: bool, fd_limit: Option<usize>) -> (usize, usize) {
+    let per_ipc = if tls { FDS_PER_TLS_CONNECTION } else { 1 };
+    let ipc_fds = ipc.saturating_mul(per_ipc);
+    let (fitted, http) = fit_to_fds(ipc_fds, http, fd_limit);
+    let ipc = if fitted == ipc_fds { ipc } else { (fitted / per_ipc).max(1) };
+    (ipc, http)
+}
+
 #[cfg(test)]
 mod fd_tests {
-    use super::fit_to_fds;
+    use super::{FDS_PER_TLS_CONNECTION, fit_caps, fit_to_fds};
+
+    #[test]
+    fn tls_connections_count_their_relay_descriptors() {
+        assert_eq!(fit_caps(1022, 1022, true, Some(1 << 20)), (1022, 1022));
+        assert_eq!(fit_caps(1022, 1022, false, Some(4096)), (1022, 1022));
+        let (ipc, http) = fit_caps(1022, 1022, true, Some(4096));
+        assert!(ipc * FDS_PER_TLS_CONNECTION + http <= 4096 - super::FD_RESERVE, "{ipc} {http}");
+        assert!(ipc < 1022 && ipc > 0, "{ipc}");
+        assert!(fit_caps(1022, 1022, true, Some(10)).0 >= 1);
+    }
 
     #[test]
     fn connection_caps_fit_in_the_descriptor_limit() {

@@ -78,7 +78,8 @@ fn wait_log(path: &Path, needle: &str) -> String {
     let deadline = Instant::now() + SETTLE;
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            eprintln!("{}: {line}", path.display());
             return text;
         }
         assert!(Instant::now() < deadline, "the log never said {needle:?}:\n{text}");
