@@ -57,7 +57,7 @@ pub enum IpcError {
     Protocol(String),
     /// TLS to a `:tcps://` address failed: no client TLS installed, or the
     /// handshake failed (a certificate not accepted, and why).
-    #[error("tls: {0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
     /// A feature this platform lacks (Unix sockets off Unix).
     #[error("unsupported: {0}")]

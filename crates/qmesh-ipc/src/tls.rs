@@ -249,12 +249,13 @@ pub enum TlsError {
     /// The TLS handshake failed: a certificate the other side does not
     /// accept (an unknown issuer, a name mismatch, expired), no protocol or
     /// cipher in common, or a socket error.
-    #[error("TLS handshake with {peer} failed: {source}")]
+    #[error("TLS handshake with {peer} failed: {reason}")]
     Handshake {
         /// The other side's address.
         peer: String,
-        /// The reason (rustls's, inside an I/O error).
-        source: io::Error,
+        /// The reason (rustls's, inside an I/O error); shown in the
+        /// message, so not repeated as a source.
+        reason: io::Error,
     },
     /// Unix socket pairs (the relay) do not exist on this platform.
     #[error("TLS relay: {0}")]
@@ -460,14 +461,14 @@ impl ServerTls {
             match tcp.peek(&mut first).await {
                 Ok(0) => return Err(TlsError::ClosedEarly),
                 Ok(_) => {}
-                Err(source) => return Err(TlsError::Handshake { peer, source }),
+                Err(reason) => return Err(TlsError::Handshake { peer, reason }),
             }
             match (sniff(first[0]), self.mode) {
                 (Sniffed::Plain, TlsMode::Only) => Err(TlsError::PlainRefused),
                 (Sniffed::Plain, _) => Ok(Inbound::Plain(tcp)),
                 (Sniffed::Tls, _) => match self.acceptor.accept(tcp).await {
                     Ok(s) => Ok(Inbound::Tls(Box::new(s))),
-                    Err(source) => Err(TlsError::Handshake { peer, source }),
+                    Err(reason) => Err(TlsError::Handshake { peer, reason }),
                 },
             }
         };
@@ -589,7 +590,7 @@ impl ClientTls {
         if self.insecure {
             warn!(%peer, "TLS to {peer} without checking its certificate (--tls-insecure)");
         }
-        self.connector.connect(name, tcp).await.map_err(|source| TlsError::Handshake { peer, source })
+        self.connector.connect(name, tcp).await.map_err(|reason| TlsError::Handshake { peer, reason })
     }
 }
 

@@ -452,3 +452,38 @@ fn a_wrong_ca_fails_with_a_clear_error() {
         assert!(out["tls_error"].as_str().is_some_and(|e| e.contains("certificate verify failed")), "{out}");
     }
 }
+
+#[test]
+fn tls_flags_come_from_the_config_file_and_the_environment_too() {
+    let dir = Dir::new("config");
+    let pki = pki(&dir);
+    // the server's mode and files from its table in qmesh.toml
+    let config = dir.path("qmesh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[lb]\ntls = \"only\"\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            pki.server.cert_str(),
+            pki.server.key_str()
+        ),
+    )
+    .unwrap();
+    let lb = logged(
+        &["--config", s(&config), "lb", "--bind", "127.0.0.1", "-p", "0", "--http", "0"],
+        &["ipc", "http"],
+        &dir.path("lb.log"),
+    );
+    let http = lb.port("http");
+    assert_eq!(curl_ready(&format!("https://127.0.0.1:{http}/healthz"), Some(&pki.ca.cert)).trim(), "ok");
+    assert_eq!(curl(&format!("http://127.0.0.1:{http}/healthz"), None).0, 0, "plain is refused");
+    // the client's CA file from QMESH_TLS_CA: the load balancer answers
+    // (its q error for a query it does not run) over TLS
+    let target = format!(":tcps://127.0.0.1:{}", lb.port("ipc"));
+    let out = Command::new(bin())
+        .args(["q", &target, "1+1"])
+        .env("QMESH_TLS_CA", &pki.ca.cert)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("'bad request"), "{out:?}");
+}
