@@ -5,7 +5,10 @@
 //! certificates for `localhost` and `127.0.0.1`). The TLS kdb+ client is
 //! Python's `ssl` with a hand-written kdb+ handshake
 //! (`py/tls_kdb_client.py`; PyKX unlicensed does not do TLS) and, for
-//! `:tcps://`, qmesh's own client; HTTPS is `curl --cacert`.
+//! `:tcps://`, qmesh's own client; HTTPS is `curl --cacert`. The links
+//! processes open themselves go over `:tcps://` too: gateway → load
+//! balancer and instances, service → load balancer, stream node →
+//! discovery, publisher (`qmesh feed`) → stream node.
 //!
 //! Waiting is for states (a query answered, a log line written), never for
 //! a time.
@@ -486,4 +489,50 @@ fn tls_flags_come_from_the_config_file_and_the_environment_too() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("'bad request"), "{out:?}");
+}
+
+#[test]
+fn heartbeats_and_publishing_go_over_tcps_too() {
+    let dir = Dir::new("stream");
+    let pki = pki(&dir);
+    let ca = pki.ca.cert_str();
+    let tls = ["--tls", "only", "--tls-cert", pki.server.cert_str(), "--tls-key", pki.server.key_str()];
+    // a TLS-only discovery registry and stream node; the node heartbeats over TLS
+    let mut args = vec!["discovery", "--bind", "127.0.0.1", "-p", "0", "--http", "0"];
+    args.extend_from_slice(&tls);
+    let disc = logged(&args, &["ipc", "http"], &dir.path("discovery.log"));
+    let disc_addr = format!(":tcps://127.0.0.1:{}", disc.port("ipc"));
+    let data = dir.path("rt");
+    let mut args =
+        vec!["--tls-ca", ca, "rt", "--bind", "127.0.0.1", "-p", "0", "--http", "0", "--data", s(&data)];
+    args.extend_from_slice(&["--stream", "trades", "--discovery", &disc_addr]);
+    args.extend_from_slice(&tls);
+    let rt = logged(&args, &["ipc", "http"], &dir.path("rt.log"));
+    let listed = format!("https://127.0.0.1:{}/api/processes", disc.port("http"));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (_, body) = curl(&listed, Some(&pki.ca.cert));
+        if body.contains(r#""kind":"rt""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream node never heartbeat over TLS: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // a publisher (`qmesh feed`: sync .rt.pub, acknowledged after the node's sync) over TLS
+    let node = format!(":tcps://127.0.0.1:{}", rt.port("ipc"));
+    let out = Command::new(bin())
+        .args([
+            "--tls-ca", ca, "feed", "--rt", &node, "--stream", "trades", "--count", "50", "--rate", "10000",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "feed over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    let (status, streams) =
+        curl(&format!("https://127.0.0.1:{}/api/streams", rt.port("http")), Some(&pki.ca.cert));
+    assert_eq!(status, 200, "{streams}");
+    let v: Value = serde_json::from_str(&streams).unwrap();
+    let publishers = v["streams"]["trades"]["publishers"].as_object();
+    assert!(publishers.is_some_and(|p| !p.is_empty()), "the node saw the publisher: {v:#}");
 }

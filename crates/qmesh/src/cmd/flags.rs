@@ -43,8 +43,8 @@ pub struct ServerFlags {
 /// `qmesh_ipc::tls`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TlsFlags {
-    /// TLS on the IPC and HTTP ports, as q's -E: off (plain only), on (TLS and plain on one port), only (plain refused).
-    #[arg(long = "tls", env = "QMESH_TLS", value_name = "off|on|only", default_value = "off")]
+    /// TLS on the IPC and HTTP ports, as q's -E (0, 1, 2): off (plain only), on (TLS and plain on one port), only (plain refused).
+    #[arg(short = 'E', long = "tls", env = "QMESH_TLS", value_name = "off|on|only", default_value = "off")]
     pub mode: TlsMode,
     /// Certificate chain (PEM, server certificate first) for --tls on|only; reloaded on SIGHUP.
     #[arg(long, env = "QMESH_TLS_CERT", value_name = "FILE")]
@@ -166,8 +166,9 @@ mod tests {
             shell.tls,
             TlsFiles { mode: TlsMode::Only, cert: Some("c.pem".into()), key: Some("k.pem".into()) }
         );
-        // q's -E numbers
+        // q's -E and its numbers
         assert_eq!(Server::try_parse_from(["x", "--tls", "1"]).unwrap().server.tls.mode, TlsMode::On);
+        assert_eq!(Server::try_parse_from(["x", "-E", "2"]).unwrap().server.tls.mode, TlsMode::Only);
         let bad = Server::try_parse_from(["x", "--tls", "maybe"]).unwrap_err().to_string();
         assert!(bad.contains("off, on or only"), "{bad}");
     }
