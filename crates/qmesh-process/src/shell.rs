@@ -73,8 +73,10 @@ pub struct ShellOptions {
     /// [`crate::access`].
     pub access: Access,
     /// TLS on both ports (`--tls off|on|only`, `--tls-cert`, `--tls-key`;
-    /// q's `-E`): loaded by [`Shell::bind`], reloaded on SIGHUP while the
-    /// shell lives; see [`qmesh_ipc::tls`].
+    /// q's `-E`): loaded by [`Shell::bind`], which sets
+    /// [`ServerConfig::tls`] of `ipc` from it (so both ports follow one
+    /// setting), and reloaded on SIGHUP while the shell lives; see
+    /// [`qmesh_ipc::tls`].
     pub tls: TlsFiles,
 }
 
