@@ -78,6 +78,9 @@ pub struct Options {
     /// What `users` leaves open on HTTP, and the permissions file (the
     /// process shell's; see `qmesh_process::access`).
     pub access: qmesh_process::Access,
+    /// TLS on the IPC and HTTP ports (`--tls`, `--tls-cert`, `--tls-key`;
+    /// the process shell's, see `qmesh_ipc::tls`).
+    pub tls: qmesh_ipc::TlsFiles,
     /// The clock (the system's, or a manual one in tests).
     pub clock: Clock,
 }
@@ -106,6 +109,7 @@ impl Default for Options {
             users: None,
             authenticator: None,
             access: qmesh_process::Access::default(),
+            tls: qmesh_ipc::TlsFiles::default(),
             clock: Clock::System,
         }
     }
@@ -408,6 +412,7 @@ pub async fn bind(options: Options) -> Result<Bound, DiscoveryError> {
         http: options.http,
         users: options.users.clone(),
         access: options.access.clone(),
+        tls: options.tls.clone(),
         ..ShellOptions::new("discovery", "discovery")
     })
     .await?;

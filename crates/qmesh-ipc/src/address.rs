@@ -10,6 +10,7 @@
 //! | `::port`, `:port`, `port` | TCP to `localhost` |
 //! | `[::1]:port` | an IPv6 literal |
 //! | `tcp://host:port[:user[:password]]` | explicit TCP |
+//! | `:tcps://host:port[:user[:password]]` | TCP with TLS (q's form for a TLS `hopen`; see [`crate::tls`]) |
 //! | `:unix://port[:user[:password]]` | a Unix domain socket, the q convention: on Linux the abstract name `\0/tmp/kx.PORT`, elsewhere the file `/tmp/kx.PORT` |
 
 use std::fmt;
@@ -45,6 +46,8 @@ pub struct Address {
     pub user: Option<String>,
     /// Password, if given. Never shown by `Display` or `Debug`.
     pub password: Option<String>,
+    /// Connect with TLS (written `:tcps://host:port`); TCP endpoints only.
+    pub tls: bool,
 }
 
 /// Why an address could not be parsed.
@@ -66,6 +69,10 @@ pub enum AddressError {
     /// An IPv6 literal without its closing `]`.
     #[error("unclosed '[' in {0:?}")]
     UnclosedBracket(String),
+    /// `tcps://` in front of something that is not `host:port` (a Unix
+    /// socket, another scheme).
+    #[error("tcps:// needs host:port, not {0:?}")]
+    BadTls(String),
     /// Credentials containing a NUL byte, which ends the q handshake.
     #[error("credentials contain a NUL byte")]
     NulInCredentials,
@@ -81,12 +88,23 @@ pub fn unix_socket_name(port: u16) -> String {
 impl Address {
     /// A TCP address without credentials.
     pub fn tcp(host: impl Into<String>, port: u16) -> Address {
-        Address { endpoint: Endpoint::Tcp { host: host.into(), port }, user: None, password: None }
+        Address {
+            endpoint: Endpoint::Tcp { host: host.into(), port },
+            user: None,
+            password: None,
+            tls: false,
+        }
     }
 
     /// q's Unix domain socket for `port`, without credentials.
     pub fn unix(port: u16) -> Address {
-        Address { endpoint: Endpoint::Unix { port }, user: None, password: None }
+        Address { endpoint: Endpoint::Unix { port }, user: None, password: None, tls: false }
+    }
+
+    /// A TCP address connected with TLS (`:tcps://host:port`), without
+    /// credentials.
+    pub fn tcps(host: impl Into<String>, port: u16) -> Address {
+        Address { tls: true, ..Address::tcp(host, port) }
     }
 
     /// The same address with credentials.
@@ -125,6 +143,14 @@ impl Address {
             let (port, creds) = split_once_opt(after, ':');
             let port = parse_port(port)?;
             return Address::unix(port).with_creds(creds);
+        }
+        if let Some(after) = rest.strip_prefix("tcps://") {
+            if ["tcp://", "tcps://", "unix://"].iter().any(|s| after.trim_start_matches(':').starts_with(s)) {
+                return Err(AddressError::BadTls(text.into()));
+            }
+            let mut a = Address::parse_listen(after)?;
+            a.tls = true;
+            return Ok(a);
         }
         let rest = rest.strip_prefix("tcp://").unwrap_or(rest);
         // `port` alone (q: `hopen 5001`).
@@ -223,12 +249,14 @@ impl fmt::Debug for Endpoint {
     }
 }
 
-/// Shows `host:port` (or `unix://port`) and the user, never the password.
+/// Shows `host:port` (`tcps://host:port` with TLS, or `unix://port`) and
+/// the user, never the password.
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "tcps://" } else { "" };
         match &self.user {
-            Some(u) => write!(f, ":{}:{u}", self.endpoint),
-            None => write!(f, "{}", self.endpoint),
+            Some(u) => write!(f, ":{scheme}{}:{u}", self.endpoint),
+            None => write!(f, "{scheme}{}", self.endpoint),
         }
     }
 }
@@ -239,6 +267,7 @@ impl fmt::Debug for Address {
             .field("endpoint", &self.endpoint)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -280,6 +309,25 @@ mod tests {
         // empty user and password
         let a = Address::parse(":h:1::").unwrap();
         assert_eq!((a.user.as_deref(), a.password.as_deref()), (Some(""), Some("")));
+    }
+
+    #[test]
+    fn tcps_forms() {
+        let a = Address::parse(":tcps://db1:5001").unwrap();
+        assert_eq!(a, Address::tcps("db1", 5001));
+        assert!(a.tls);
+        assert_eq!(a.to_string(), "tcps://db1:5001");
+        assert_eq!(Address::parse(&a.to_string()).unwrap(), a);
+        let a = Address::parse("tcps://[::1]:5001:u:p").unwrap();
+        assert_eq!((a.endpoint.clone(), a.user.as_deref(), a.tls), (tcp("::1", 5001), Some("u"), true));
+        assert_eq!(a.to_string(), ":tcps://[::1]:5001:u");
+        assert_eq!(Address::parse(":tcps://5001").unwrap(), Address::tcps("localhost", 5001));
+        assert!(!Address::parse("db1:5001").unwrap().tls);
+        assert_eq!(Address::parse("tcps://tcphost:1").unwrap(), Address::tcps("tcphost", 1));
+        assert!(matches!(Address::parse(":tcps://unix://5001"), Err(AddressError::BadTls(_))));
+        assert!(matches!(Address::parse(":tcps://tcp://h:1"), Err(AddressError::BadTls(_))));
+        assert!(matches!(Address::parse(":tcps://h"), Err(AddressError::MissingPort(_))));
+        assert!(matches!(Address::parse(":tcps://h:0"), Err(AddressError::BadPort(_))));
     }
 
     #[test]

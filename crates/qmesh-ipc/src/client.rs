@@ -35,6 +35,7 @@ use crate::server::{
     HandlerDispatch,
 };
 use crate::stream::{self, IntoHalves};
+use crate::tls::{self, ClientTls, TlsError};
 
 /// Default time allowed to connect and complete the handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +72,10 @@ pub struct ClientOptions {
     /// ([`crate::credentials`]); `None`: the process's
     /// [`installed`](crate::credentials::installed) file, if any.
     pub credentials: Option<Arc<Credentials>>,
+    /// How the server of a `:tcps://` address is checked ([`crate::tls`]);
+    /// `None`: the process's [`installed`](crate::tls::installed_client)
+    /// client TLS, if any.
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl Default for ClientOptions {
@@ -87,6 +92,7 @@ impl Default for ClientOptions {
             force_compression: false,
             validate_messages: true,
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -209,6 +215,19 @@ impl Connection {
         };
         let fut = async {
             match &addr.endpoint {
+                Endpoint::Tcp { host, port } if addr.tls => {
+                    let tls = opts
+                        .tls
+                        .clone()
+                        .or_else(tls::installed_client)
+                        .ok_or_else(|| TlsError::NoClientConfig { addr: addr.to_string() })?;
+                    let s = TcpStream::connect((host.as_str(), *port)).await?;
+                    stream::tune_tcp(&s);
+                    let remote = RemoteAddr::Tcp(s.peer_addr()?);
+                    // TLS ends in the relay: the connection writes a plain socket
+                    let s = tls::relay(tls.connect(s, host).await?)?;
+                    Connection::start(s, remote, addr, &opts).await
+                }
                 Endpoint::Tcp { host, port } => {
                     let s = TcpStream::connect((host.as_str(), *port)).await?;
                     stream::tune_tcp(&s);

@@ -4,6 +4,7 @@ use qmesh_codec::{DecodeError, EncodeError};
 
 use crate::address::AddressError;
 use crate::handshake::HandshakeError;
+use crate::tls::TlsError;
 
 /// Why a connection, a call or a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,10 @@ pub enum IpcError {
     /// The peer broke the protocol (for example a response nobody asked for).
     #[error("protocol: {0}")]
     Protocol(String),
+    /// TLS to a `:tcps://` address failed: no client TLS installed, or the
+    /// handshake failed (a certificate not accepted, and why).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A feature this platform lacks (Unix sockets off Unix).
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

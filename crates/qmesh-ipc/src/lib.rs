@@ -83,7 +83,12 @@
 //!
 //! # Modules
 //!
-//! * [`address`]: `host:port`, `:host:port:user:password`, `:unix://port`.
+//! * [`address`]: `host:port`, `:host:port:user:password`, `:tcps://host:port`,
+//!   `:unix://port`.
+//! * [`tls`]: TLS on a listening port by q's `-E` modes (plain, both on one
+//!   port by the first byte, TLS only; [`ServerConfig::tls`]), certificates
+//!   reloaded on SIGHUP, and outbound TLS to `:tcps://` addresses checked
+//!   against a CA file.
 //! * [`handshake`]: the handshake, sans-IO.
 //! * [`auth`]: the [`auth::Authenticator`] trait and `-u` password files
 //!   (plain, MD5 or SHA-1 of the password, as q accepts).
@@ -115,6 +120,7 @@ pub mod pykx;
 pub mod server;
 pub mod session;
 mod stream;
+pub mod tls;
 
 pub use address::{Address, AddressError, Endpoint};
 pub use auth::{Authenticator, PasswordFile};
@@ -125,3 +131,4 @@ pub use error::IpcError;
 pub use link::{ConnId, ConnInfo, Peer, RemoteAddr, Responder};
 pub use server::{Handler, Server, ServerConfig, ServerHandle};
 pub use session::{Hello, Session, SessionHooks};
+pub use tls::{ClientTls, ServerTls, TlsError, TlsFiles, TlsMode};

@@ -35,6 +35,7 @@ use crate::handshake::{self, ClientHello, HandshakeError, MAX_CAPABILITY, MAX_HE
 use crate::limiter::{FailureLimiter, Verdict};
 use crate::link::{self, ConnId, ConnInfo, Dispatch, Link, LinkLimits, Peer, RemoteAddr, Responder};
 use crate::stream::{self, IntoHalves};
+use crate::tls::{Inbound, ServerTls, TlsError};
 
 /// Default connection limit: 1022, q's limit before 4.1.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1022;
@@ -155,6 +156,12 @@ pub struct ServerConfig {
     /// server that does not run q must still let `pykx.SyncQConnection`
     /// and q's `h""` work; turn it off only to see these requests yourself.
     pub answer_client_probes: bool,
+    /// TLS on the TCP listener by q's `-E` modes ([`crate::tls`]): `None`
+    /// plain only; otherwise each connection's first byte decides (a TLS
+    /// client is served through TLS, a plain one only in
+    /// [`TlsMode::On`](crate::tls::TlsMode::On)). The Unix socket stays
+    /// plain (local only, as q's).
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -172,6 +179,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("authenticator", &self.authenticator.is_some())
             .field("failure_limiter", &self.failure_limiter.is_some())
             .field("answer_client_probes", &self.answer_client_probes)
+            .field("tls", &self.tls.as_ref().map(|t| t.mode()))
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +203,7 @@ impl ServerConfig {
             authenticator: None,
             failure_limiter: None,
             answer_client_probes: true,
+            tls: None,
         }
     }
 
@@ -366,7 +375,10 @@ impl Server {
             match accepted {
                 Accepted::Tcp(s, _) => {
                     stream::tune_tcp(&s);
-                    tasks.spawn(serve(ctx, s, remote));
+                    match config.tls.clone() {
+                        None => tasks.spawn(serve(ctx, s, remote)),
+                        Some(tls) => tasks.spawn(serve_tls_port(ctx, s, remote, tls)),
+                    };
                 }
                 Accepted::Unix(s) => {
                     tasks.spawn(serve(ctx, s, remote));
@@ -522,6 +534,23 @@ async fn accept_client<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
         return None;
     }
     Some((info, rest))
+}
+
+/// A connection on a port with TLS: TLS ends here (the connection is then
+/// served over the [`crate::tls::relay`]'s plain socket), a plain client is
+/// served as on any port or, on a TLS-only port, refused with a log line.
+async fn serve_tls_port<H: Handler>(ctx: ConnCtx<H>, s: TcpStream, remote: RemoteAddr, tls: Arc<ServerTls>) {
+    match tls.accept(s).await {
+        Ok(Inbound::Plain(s)) => serve(ctx, s, remote).await,
+        Ok(Inbound::Tls(s)) => match crate::tls::relay(*s) {
+            Ok(relayed) => serve(ctx, relayed, remote).await,
+            Err(e) => warn!(%remote, error = %e, "closing TLS connection: cannot relay it"),
+        },
+        Err(TlsError::PlainRefused) => {
+            warn!(%remote, "refusing plain kdb+ connection: this port takes TLS only (--tls only)");
+        }
+        Err(e) => info!(%remote, error = %e, "closing connection: TLS handshake failed"),
+    }
 }
 
 async fn serve<H: Handler, S: IntoHalves>(ctx: ConnCtx<H>, mut s: S, remote: RemoteAddr) {

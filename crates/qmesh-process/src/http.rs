@@ -12,8 +12,9 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use qmesh_ipc::tls::{Inbound, ServerTls, TlsError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::access::{HttpGuard, RemoteAddr};
@@ -110,12 +111,17 @@ pub struct Base {
 /// triggers; connections in progress are then allowed to finish (HTTP/1.1
 /// graceful close: the request in flight is answered, the connection then
 /// closed). Handlers can read the peer's address with
-/// `axum::extract::ConnectInfo<SocketAddr>`.
+/// `axum::extract::ConnectInfo<SocketAddr>`. With `tls`, the port takes TLS
+/// in its mode (q's `-E`: TLS and plain by the first byte, or TLS only, a
+/// plain client then closed with a log line; see [`qmesh_ipc::tls`]), the
+/// handshake done in the connection's task within
+/// [`qmesh_ipc::tls::TLS_HANDSHAKE_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     api: Router,
     base: Base,
     max_connections: usize,
+    tls: Option<Arc<ServerTls>>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let guard = base.guard.clone();
@@ -125,7 +131,7 @@ pub async fn serve(
         // the base routes and the fallback alike
         app = app.layer(axum::middleware::from_fn_with_state(guard, crate::access::middleware));
     }
-    serve_app(listener, app, max_connections, HEADER_READ_TIMEOUT, shutdown).await
+    serve_app(listener, app, max_connections, HEADER_READ_TIMEOUT, tls, shutdown).await
 }
 
 /// Longest plain-text rejection body carried into [`catalog_rejections`]'s
@@ -173,6 +179,7 @@ async fn serve_app(
     app: Router,
     max_connections: usize,
     header_read_timeout: std::time::Duration,
+    tls: Option<Arc<ServerTls>>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let mut listener =
@@ -189,7 +196,22 @@ async fn serve_app(
             app.clone().layer(axum::Extension(axum::extract::ConnectInfo(RemoteAddr(remote)))),
         );
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
+            let stream = match tls {
+                None => stream,
+                Some(tls) => match stream.secure(&tls).await {
+                    Ok(s) => s,
+                    Err(TlsError::PlainRefused) => {
+                        tracing::warn!(%remote, "refusing plain http connection: this port takes TLS only (--tls only)");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::info!(%remote, error = %e, "closing http connection: TLS handshake failed");
+                        return;
+                    }
+                },
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
@@ -238,7 +260,7 @@ impl axum::serve::Listener for Capped {
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let _ = stream.set_nodelay(true);
-                    return (CappedStream { stream, _permit: permit }, remote);
+                    return (CappedStream { stream: Inbound::Plain(stream), _permit: permit }, remote);
                 }
                 Err(_) => tracing::warn!(
                     %remote,
@@ -260,11 +282,26 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capp
     }
 }
 
-/// An accepted HTTP connection; its slot is freed when it is dropped.
+/// An accepted HTTP connection, plain or (once the TLS handshake is done)
+/// with TLS ended here; its slot is freed when it is dropped.
 #[derive(Debug)]
 pub struct CappedStream {
-    stream: TcpStream,
+    stream: Inbound,
     _permit: OwnedSemaphorePermit,
+}
+
+impl CappedStream {
+    /// The connection as `tls` takes it: TLS ended here, or plain where the
+    /// mode allows. Errors: [`TlsError::PlainRefused`] on a TLS-only port,
+    /// a failed or timed-out handshake.
+    async fn secure(self, tls: &ServerTls) -> Result<CappedStream, TlsError> {
+        let CappedStream { stream, _permit } = self;
+        let stream = match stream {
+            Inbound::Plain(tcp) => tls.accept(tcp).await?,
+            already => already,
+        };
+        Ok(CappedStream { stream, _permit })
+    }
 }
 
 impl AsyncRead for CappedStream {
@@ -377,7 +414,7 @@ mod tests {
             .route("/api/fail", get(|| async { WireError::with_detail(ErrorKind::QueueFull, "FX") }));
         let identity = Identity::new("t1", "test").bound(None, Some(addr), None);
         let base = Base { health: health.clone(), metrics, identity, guard: None };
-        let server = tokio::spawn(serve(listener, api, base, 4, shutdown.clone()));
+        let server = tokio::spawn(serve(listener, api, base, 4, None, shutdown.clone()));
 
         assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
         health.set_ready(true);
@@ -415,7 +452,7 @@ mod tests {
             identity: Identity::new("t", "test"),
             guard: None,
         };
-        let server = tokio::spawn(serve(listener, Router::new(), base, 1, shutdown.clone()));
+        let server = tokio::spawn(serve(listener, Router::new(), base, 1, None, shutdown.clone()));
         // one connection holds the only slot (an unfinished request)
         let mut held = TcpStream::connect(addr).await.unwrap();
         held.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -453,7 +490,7 @@ mod tests {
             guard: None,
         };
         let timeout = std::time::Duration::from_millis(200);
-        let server = tokio::spawn(serve_app(listener, base_routes(base), 1, timeout, shutdown.clone()));
+        let server = tokio::spawn(serve_app(listener, base_routes(base), 1, timeout, None, shutdown.clone()));
         // the only slot, taken by a client that stops halfway through its head
         let mut slow = TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use qmesh_ipc::limiter::FailureLimiter;
+use qmesh_ipc::tls::{ServerTls, TlsFiles, TlsMode};
 use qmesh_ipc::{Handler, PasswordFile, Server, ServerConfig, ServerHandle};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -30,6 +31,13 @@ pub enum ShellError {
     /// The permissions file could not be read or parsed.
     #[error("--permissions: {0}")]
     Permissions(#[from] crate::permissions::PermissionsError),
+    /// TLS could not be set up (`--tls`, `--tls-cert`, `--tls-key`): a
+    /// missing or bad file, named.
+    #[error("tls: {0}")]
+    Tls(#[from] qmesh_ipc::TlsError),
+    /// SIGHUP (the TLS certificate reload) could not be listened for.
+    #[error("tls: cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
     /// The HTTP port could not be bound.
     #[error("http {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
@@ -37,7 +45,8 @@ pub enum ShellError {
 
 /// How a server process listens: what every server kind takes from its
 /// flags (`-p`, `--bind`, `--http`, `-u`, `--max-message-bytes`,
-/// `--max-http-connections`, `--advertise`, `--name`).
+/// `--max-http-connections`, `--advertise`, `--name`, `--tls`,
+/// `--tls-cert`, `--tls-key`).
 #[derive(Debug, Clone)]
 pub struct ShellOptions {
     /// The name it registers under (`--name`).
@@ -63,6 +72,12 @@ pub struct ShellOptions {
     /// `--open-metrics`) and the permissions file (`--permissions`); see
     /// [`crate::access`].
     pub access: Access,
+    /// TLS on both ports (`--tls off|on|only`, `--tls-cert`, `--tls-key`;
+    /// q's `-E`): loaded by [`Shell::bind`], which sets
+    /// [`ServerConfig::tls`] of `ipc` from it (so both ports follow one
+    /// setting), and reloaded on SIGHUP while the shell lives; see
+    /// [`qmesh_ipc::tls`].
+    pub tls: TlsFiles,
 }
 
 impl ShellOptions {
@@ -78,6 +93,7 @@ impl ShellOptions {
             users: None,
             advertise_host: None,
             access: Access::default(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -94,7 +110,26 @@ pub struct Shell {
     health: Health,
     guard: Option<Arc<HttpGuard>>,
     permissions: Option<Permissions>,
+    tls: Option<Arc<ServerTls>>,
+    /// The SIGHUP reload task of `tls`, ended with the shell.
+    _reload: Option<AbortOnDrop>,
 }
+
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// File descriptors one kdb+ IPC connection with TLS holds: its socket and
+/// the two ends of the socket pair its relay writes through
+/// ([`qmesh_ipc::tls::relay`]). Used to fit the IPC cap under `ulimit -n`
+/// when TLS is on.
+pub const FDS_PER_TLS_CONNECTION: usize = 3;
 
 impl Shell {
     /// Loads `-u`, binds the IPC port and then the HTTP port, and fills in
@@ -105,9 +140,32 @@ impl Shell {
     /// [`Access`] opens them), with one [`FailureLimiter`] slowing down
     /// repeated failures from an address on either door (see
     /// [`crate::access`]).
+    ///
+    /// With TLS ([`ShellOptions::tls`]), both ports take it in the same
+    /// mode, with one certificate reloaded on SIGHUP; a TLS-only process
+    /// advertises `:tcps://host:port`, so the processes that learn its
+    /// address (a gateway, from the load balancer) connect with TLS.
     pub async fn bind(opts: ShellOptions) -> Result<Shell, ShellError> {
-        let ShellOptions { name, kind, mut ipc, http, max_http_connections, users, advertise_host, access } =
-            opts;
+        let ShellOptions {
+            name,
+            kind,
+            mut ipc,
+            http,
+            max_http_connections,
+            users,
+            advertise_host,
+            access,
+            tls,
+        } = opts;
+        let tls = tls.load()?;
+        let reload = match &tls {
+            Some(t) => {
+                info!(%kind, %name, mode = %t.mode(), "TLS on the IPC and HTTP ports; SIGHUP reloads the certificate");
+                Some(AbortOnDrop(t.reload_on_sighup().map_err(ShellError::Signal)?))
+            }
+            None => None,
+        };
+        ipc.tls = tls.clone();
         let permissions = access.permissions.as_ref().map(Permissions::load).transpose()?;
         if permissions.is_some() && users.is_none() {
             warn!(%kind, %name, "--permissions without -u: user names are whatever clients say");
@@ -123,7 +181,8 @@ impl Shell {
             ipc.failure_limiter = Some(limiter.clone());
             guard = Some(Arc::new(HttpGuard::new(file, limiter, &access)));
         }
-        let (max_ipc, max_http) = fit_to_fds(ipc.max_connections, max_http_connections, raise_fd_limit());
+        let (max_ipc, max_http) =
+            fit_caps(ipc.max_connections, max_http_connections, tls.is_some(), raise_fd_limit());
         if (max_ipc, max_http) != (ipc.max_connections, max_http_connections) {
             tracing::info!(
                 %kind, %name,
@@ -142,8 +201,13 @@ impl Shell {
             None => None,
         };
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-        let identity =
+        let mut identity =
             Identity::new(name, kind).bound(server.local_addr(), http_addr, advertise_host.as_deref());
+        if tls.as_ref().is_some_and(|t| t.mode() == TlsMode::Only) {
+            // `:host:port` → `:tcps://host:port`: plain clients are refused here
+            identity.advertised =
+                identity.advertised.map(|a| format!(":tcps://{}", a.trim_start_matches(':')));
+        }
         Ok(Shell {
             identity,
             server,
@@ -153,6 +217,8 @@ impl Shell {
             health: Health::new(),
             guard,
             permissions,
+            tls,
+            _reload: reload,
         })
     }
 
@@ -229,13 +295,23 @@ impl Shell {
         shutdown: Shutdown,
         drain: impl Future<Output = ()> + Send,
     ) -> Result<(), ShellError> {
-        let Shell { identity, server, http, max_http_connections, metrics, health, guard, permissions: _ } =
-            self;
+        let Shell {
+            identity,
+            server,
+            http,
+            max_http_connections,
+            metrics,
+            health,
+            guard,
+            permissions: _,
+            tls,
+            _reload,
+        } = self;
         let kind = identity.kind.clone();
         let name = identity.name.clone();
         let http_task = http.map(|listener| {
             let base = Base { health: health.clone(), metrics, identity, guard };
-            tokio::spawn(crate::http::serve(listener, api, base, max_http_connections, shutdown.clone()))
+            tokio::spawn(crate::http::serve(listener, api, base, max_http_connections, tls, shutdown.clone()))
         });
         let stop = async {
             shutdown.triggered().await;
@@ -367,9 +443,30 @@ fn fit_to_fds(ipc: usize, http: usize, fd_limit: Option<usize>) -> (usize, usize
     (ipc.min(room - http).max(1), http)
 }
 
+/// [`fit_to_fds`] with an IPC connection counted as
+/// [`FDS_PER_TLS_CONNECTION`] descriptors when TLS is on (its relay's
+/// socket pair); the caps unchanged when they fit.
+fn fit_caps(ipc: usize, http: usize, tls: bool, fd_limit: Option<usize>) -> (usize, usize) {
+    let per_ipc = if tls { FDS_PER_TLS_CONNECTION } else { 1 };
+    let ipc_fds = ipc.saturating_mul(per_ipc);
+    let (fitted, http) = fit_to_fds(ipc_fds, http, fd_limit);
+    let ipc = if fitted == ipc_fds { ipc } else { (fitted / per_ipc).max(1) };
+    (ipc, http)
+}
+
 #[cfg(test)]
 mod fd_tests {
-    use super::fit_to_fds;
+    use super::{FDS_PER_TLS_CONNECTION, fit_caps, fit_to_fds};
+
+    #[test]
+    fn tls_connections_count_their_relay_descriptors() {
+        assert_eq!(fit_caps(1022, 1022, true, Some(1 << 20)), (1022, 1022));
+        assert_eq!(fit_caps(1022, 1022, false, Some(4096)), (1022, 1022));
+        let (ipc, http) = fit_caps(1022, 1022, true, Some(4096));
+        assert!(ipc * FDS_PER_TLS_CONNECTION + http <= 4096 - super::FD_RESERVE, "{ipc} {http}");
+        assert!(ipc < 1022 && ipc > 0, "{ipc}");
+        assert!(fit_caps(1022, 1022, true, Some(10)).0 >= 1);
+    }
 
     #[test]
     fn connection_caps_fit_in_the_descriptor_limit() {

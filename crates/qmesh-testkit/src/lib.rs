@@ -7,8 +7,10 @@
 //!   when dropped.
 //! * [`plain_q`]: a stand-in for a plain q process (single-threaded, kdb+
 //!   IPC only) run as a process, for what sits in front of q.
+//! * [`tls`]: a test CA and server certificates, made with `openssl`.
 
 pub mod plain_q;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -42,6 +42,12 @@ pub struct Common {
     /// connection this process opens to an address that carries no user (instances, lb, discovery, q, rt).
     #[arg(long, global = true, env = "QMESH_CREDENTIALS", value_name = "FILE")]
     pub credentials: Option<PathBuf>,
+    /// CA certificates (PEM) that servers of `:tcps://host:port` addresses must chain to; required to use tcps.
+    #[arg(long, global = true, env = "QMESH_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// TESTS ONLY: connect to `:tcps://` addresses without checking their certificates (logged as a warning).
+    #[arg(long, global = true, env = "QMESH_TLS_INSECURE")]
+    pub tls_insecure: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,6 +97,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Err(e) = install_client_tls(&cli.common) {
+        eprintln!("qmesh: {e}");
+        return ExitCode::from(2);
+    }
     // a panic (a bug) ends the process with a log line rather than leaving
     // it serving from half-updated state; see qmesh_process::fail_fast
     qmesh_process::fail_fast::install();
@@ -128,6 +138,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--tls-ca FILE` or `--tls-insecure`: the TLS every connection to a
+/// `:tcps://` address uses; installed before any connection is opened.
+fn install_client_tls(common: &Common) -> Result<(), String> {
+    let tls = match (&common.tls_ca, common.tls_insecure) {
+        (Some(_), true) => return Err("--tls-ca and --tls-insecure: give one".into()),
+        (Some(ca), false) => qmesh_ipc::ClientTls::with_ca_file(ca).map_err(|e| format!("--tls-ca: {e}"))?,
+        (None, true) => qmesh_ipc::ClientTls::insecure().map_err(|e| format!("--tls-insecure: {e}"))?,
+        (None, false) => return Ok(()),
+    };
+    qmesh_ipc::tls::install_client(tls).map_err(|e| e.to_string())
 }
 
 fn init_logging(common: &Common) {

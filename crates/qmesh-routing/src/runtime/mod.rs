@@ -107,7 +107,9 @@ pub async fn bind_gateway(opts: GatewayOptions) -> Result<Routing, RoutingError>
     let mut statics = HashMap::new();
     let mut connects = Vec::new();
     for si in opts.static_instances {
-        let address = Address::new(format!(":{}", si.address.endpoint));
+        // its name: `:host:port` (`:tcps://host:port` with TLS), never the credentials
+        let scheme = if si.address.tls { "tcps://" } else { "" };
+        let address = Address::new(format!(":{scheme}{}", si.address.endpoint));
         if let Some(lb) = lb.as_mut() {
             lb.declare_service(si.service.clone());
         }

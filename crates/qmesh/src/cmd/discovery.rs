@@ -13,7 +13,7 @@ use qmesh_discovery_client::Beacon;
 use qmesh_ipc::Address;
 use qmesh_process::Shutdown;
 
-use super::flags::{AccessFlags, parse_duration};
+use super::flags::{AccessFlags, TlsFlags, parse_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,6 +34,8 @@ pub struct Args {
     pub users: Option<PathBuf>,
     #[command(flatten)]
     pub access: AccessFlags,
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// Silence after which a process is `warning` (the blog's 30 s).
     #[arg(long, env = "QMESH_WARN_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub warn_after: Duration,
@@ -97,6 +99,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
         config,
         users: args.users,
         access: args.access.access(),
+        tls: args.tls.files(),
         ..Options::default()
     };
     let shutdown = Shutdown::on_signals().context("signal handlers")?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use qmesh_ipc::ServerConfig;
+use qmesh_ipc::tls::{TlsFiles, TlsMode};
 use qmesh_process::http::DEFAULT_MAX_HTTP_CONNECTIONS;
 use qmesh_process::{Access, ShellOptions};
 
@@ -34,6 +35,30 @@ pub struct ServerFlags {
     pub max_http_connections: usize,
     #[command(flatten)]
     pub access: AccessFlags,
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// TLS on the IPC and HTTP ports, q's `-E`: every server kind's flags (see
+/// `qmesh_ipc::tls`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsFlags {
+    /// TLS on the IPC and HTTP ports, as q's -E (0, 1, 2): off (plain only), on (TLS and plain on one port), only (plain refused).
+    #[arg(short = 'E', long = "tls", env = "QMESH_TLS", value_name = "off|on|only", default_value = "off")]
+    pub mode: TlsMode,
+    /// Certificate chain (PEM, server certificate first) for --tls on|only; reloaded on SIGHUP.
+    #[arg(long, env = "QMESH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert; reloaded with it on SIGHUP.
+    #[arg(long, env = "QMESH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// The process shell's [`TlsFiles`].
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles { mode: self.mode, cert: self.tls_cert.clone(), key: self.tls_key.clone() }
+    }
 }
 
 /// What `-u` leaves open on the HTTP port: every server kind's flags beside
@@ -74,6 +99,7 @@ impl ServerFlags {
             users: self.users.clone(),
             advertise_host: self.advertise.clone(),
             access: self.access.access(),
+            tls: self.tls.files(),
             ..ShellOptions::new(kind, name)
         }
     }
@@ -121,6 +147,31 @@ pub fn parse_bytes_usize(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Server {
+        #[command(flatten)]
+        server: ServerFlags,
+    }
+
+    #[test]
+    fn tls_flags_parse_and_default_to_off() {
+        let s = Server::try_parse_from(["x"]).unwrap();
+        assert_eq!(s.server.tls.files(), TlsFiles::default());
+        let s = Server::try_parse_from(["x", "--tls", "only", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .unwrap();
+        let shell = s.server.shell("service", "s1", 1 << 20);
+        assert_eq!(
+            shell.tls,
+            TlsFiles { mode: TlsMode::Only, cert: Some("c.pem".into()), key: Some("k.pem".into()) }
+        );
+        // q's -E and its numbers
+        assert_eq!(Server::try_parse_from(["x", "--tls", "1"]).unwrap().server.tls.mode, TlsMode::On);
+        assert_eq!(Server::try_parse_from(["x", "-E", "2"]).unwrap().server.tls.mode, TlsMode::Only);
+        let bad = Server::try_parse_from(["x", "--tls", "maybe"]).unwrap_err().to_string();
+        assert!(bad.contains("off, on or only"), "{bad}");
+    }
 
     #[test]
     fn durations() {
