@@ -6,7 +6,7 @@
 //! | `GET /` | the dashboard (HTML, CSS and JS built into the binary) |
 //! | `GET /api/processes` | `{"epoch","seq","now","counts":{state:n},"processes":[…]}`, most severe first; filters `name`, `kind`, `state`, `host` (comma-separated lists; a parameter given twice adds to its list), `attr=key:value` |
 //! | `GET /api/processes/NAME` | one process, or 404 `{"error":"unknown service","detail":NAME}` |
-//! | `GET /sd` | Prometheus `http_sd`: `[{"targets":["host:http"],"labels":{…}}]` for every active process with an HTTP port |
+//! | `GET /sd` | Prometheus `http_sd`: `[{"targets":["host:http"],"labels":{…}}]` for every process with an HTTP port, whatever its state (so that `up == 0` fires for one in trouble; relabel on `__meta_qmesh_state` to keep only some) |
 //! | `GET /ws` | the change feed (below) |
 //!
 //! A process is `{"name","kind","host","port","address","ip","pid","qVersion","state","since","lastBeat","age",
@@ -49,7 +49,7 @@ use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use qmesh_process::ws::{Received, error_json, parse_command, send_json};
+use qmesh_process::ws::{Received, SendError, WS_SEND_TIMEOUT, error_json, parse_command, send_json};
 use qmesh_process::{Delivery, ErrorKind, Start, Subscription, WireError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -211,8 +211,11 @@ fn label_key(k: &str) -> String {
 }
 
 async fn sd(AxumState(s): AxumState<Shr>) -> Response {
-    let f = Filter { states: vec![State::Active], ..Filter::default() };
-    let rows = s.read(|r| r.lookup(&f));
+    // every process the registry holds, whatever its state: a target that
+    // vanished when it went `warning` or `error` would never show `up == 0`,
+    // and its alerts would never fire (`__meta_qmesh_state` is there to
+    // relabel on)
+    let rows = s.read(|r| r.lookup(&Filter::default()));
     let groups: Vec<Value> = rows
         .iter()
         .filter_map(|p| {
@@ -319,15 +322,24 @@ async fn session(mut socket: WebSocket, s: Shr) {
                 }
                 d = next(&mut sub) => match d {
                     Some(Delivery::Change(seq, c)) => {
-                        if send_json(&mut socket, &change_json(seq, &c, s.clock.now())).await.is_err() {
-                            break;
+                        match send_json(&mut socket, &change_json(seq, &c, s.clock.now())).await {
+                            Ok(()) => {}
+                            Err(e @ SendError::Slow(_)) => {
+                                // not reading at all: the feed's queue bound is never reached
+                                // while this task waits on the socket, so the bound is here
+                                s.metrics.ws_dropped.inc();
+                                tracing::warn!(seq, error = %e, "WebSocket subscriber dropped");
+                                break;
+                            }
+                            Err(SendError::Closed(_)) => break,
                         }
                     }
                     Some(Delivery::Dropped { last }) => {
                         s.metrics.ws_dropped.inc();
                         let m = json!({"type": "dropped", "reason": "slow consumer", "seq": last, "epoch": s.epoch});
-                        let _ = send_json(&mut socket, &m).await;
-                        let _ = socket.send(Message::Close(None)).await;
+                        if send_json(&mut socket, &m).await.is_ok() {
+                            let _ = tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Close(None))).await;
+                        }
                         break;
                     }
                     None => sub = None,

@@ -64,6 +64,43 @@ fn text(k: &K) -> Option<String> {
     }
 }
 
+/// `.z.a` sent as is (an int, the IPv4 address in host order, as q shows
+/// it with `` `$"."sv string"i"$0x0 vs .z.a ``): the dotted form.
+fn ip_of_int(k: &K) -> Option<String> {
+    match k {
+        K::Atom(Atom::Int(i)) => Some(std::net::Ipv4Addr::from(*i as u32).to_string()),
+        _ => None,
+    }
+}
+
+/// `.z.K` sent as is (a float, e.g. `4.1`): its text.
+fn version_of_float(k: &K) -> Option<String> {
+    match k {
+        K::Atom(Atom::Float(f)) if f.is_finite() => Some(format!("{f}")),
+        _ => None,
+    }
+}
+
+/// A heartbeat's `address` as the registry shows and stores it: q's
+/// `` `:host:port `` (also `` `:tcps://host:port `` and `` `:unix://port ``),
+/// with any `:user:password` a client put in it (q's `hopen` form) left
+/// out — the registry publishes addresses on its API and dashboard. Empty
+/// stays empty; `None` when it is not an address (e.g. a port above 65535).
+pub fn public_address(text: &str) -> Option<String> {
+    if text.is_empty() {
+        return Some(String::new());
+    }
+    let with_colon = if text.starts_with(':') { text.to_string() } else { format!(":{text}") };
+    let a = qmesh_ipc::Address::parse_listen(&with_colon).ok()?;
+    Some(match a.endpoint {
+        qmesh_ipc::Endpoint::Tcp { host, port } => {
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            if a.tls { format!(":tcps://{host}:{port}") } else { format!(":{host}:{port}") }
+        }
+        qmesh_ipc::Endpoint::Unix { port } => format!(":unix://{port}"),
+    })
+}
+
 fn int(k: &K) -> Option<Option<i64>> {
     let a = match k {
         K::Atom(a) => a,
@@ -145,10 +182,13 @@ pub fn heartbeat(payload: &K) -> Result<Heartbeat, BadCall> {
                 hb.name = text(&v).ok_or_else(|| want("a symbol"))?;
                 named = true;
             }
-            "ip" => hb.ip = text(&v).ok_or_else(|| want("a symbol"))?,
-            "address" => hb.address = text(&v).ok_or_else(|| want("a symbol `:host:port"))?,
+            "ip" => hb.ip = text(&v).or_else(|| ip_of_int(&v)).ok_or_else(|| want("a symbol"))?,
+            "address" => {
+                let a = text(&v).ok_or_else(|| want("a symbol `:host:port"))?;
+                hb.address = public_address(&a).ok_or_else(|| want("a symbol `:host:port (port 0 to 65535)"))?;
+            }
             "pid" => hb.pid = int(&v).ok_or_else(|| want("an int"))?,
-            "qVersion" => hb.q_version = text(&v).ok_or_else(|| want("a symbol"))?,
+            "qVersion" => hb.q_version = text(&v).or_else(|| version_of_float(&v)).ok_or_else(|| want("a symbol"))?,
             "counter" => hb.counter = int(&v).ok_or_else(|| want("an integer"))?.unwrap_or(0),
             "lastHb" => hb.client_time = time_of_day(&v).ok_or_else(|| want("a time"))?,
             "kind" => hb.kind = Some(text(&v).ok_or_else(|| want("a symbol"))?).filter(|k| !k.is_empty()),

@@ -248,7 +248,7 @@ async fn users_file_refuses_unknown_users() {
 }
 
 #[tokio::test]
-async fn sd_lists_active_processes_with_an_http_port() {
+async fn sd_lists_every_process_with_an_http_port_whatever_its_state() {
     let r = Registry::start(Options {
         config: Config { default: KindPolicy { rise: 1, ..KindPolicy::default() }, ..Config::default() },
         ..Options::default()
@@ -263,10 +263,13 @@ async fn sd_lists_active_processes_with_an_http_port() {
     let (status, body) = r.get("/sd").await;
     assert_eq!(status, 200);
     let j: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(j.as_array().unwrap().len(), 1, "{j}");
-    assert_eq!(j[0]["targets"][0], "host-gateway:8080");
-    assert_eq!(j[0]["labels"]["__meta_qmesh_process"], "gw");
-    assert_eq!(j[0]["labels"]["__meta_qmesh_attr_region"], "ldn");
+    // the one reporting `fail` stays a target (its alerts must fire)
+    let groups = j.as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{j}");
+    let by = |name: &str| groups.iter().find(|g| g["labels"]["__meta_qmesh_process"] == name).cloned().unwrap();
+    assert_eq!(by("gw")["targets"][0], "host-gateway:8080");
+    assert_eq!(by("gw")["labels"]["__meta_qmesh_attr_region"], "ldn");
+    assert_eq!(by("sick")["labels"]["__meta_qmesh_status"], "fail");
     r.stop().await;
 }
 

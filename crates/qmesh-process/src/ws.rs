@@ -88,9 +88,31 @@ pub fn error_json(e: &WireError) -> serde_json::Value {
     serde_json::json!({ "type": "error", "error": e.kind.word(), "detail": e.detail })
 }
 
-/// Sends `value` as one text message.
-pub async fn send_json(socket: &mut WebSocket, value: &serde_json::Value) -> Result<(), axum::Error> {
-    socket.send(Message::Text(value.to_string().into())).await
+/// Longest one WebSocket write may wait for the client to take it, in
+/// seconds: a client that keeps its connection open but stops reading
+/// fills the socket's buffers, and without a bound the write — and the
+/// task, the socket and the subscription behind it — would wait forever.
+/// Ten seconds is far beyond any live browser's pause.
+pub const WS_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why [`send_json`] did not send.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The client took nothing for [`WS_SEND_TIMEOUT`]: treat it as gone.
+    #[error("the client stopped reading (nothing taken for {0:?})")]
+    Slow(std::time::Duration),
+    /// The connection failed or closed.
+    #[error("{0}")]
+    Closed(axum::Error),
+}
+
+/// Sends `value` as one text message, waiting at most [`WS_SEND_TIMEOUT`]
+/// for the client to take it.
+pub async fn send_json(socket: &mut WebSocket, value: &serde_json::Value) -> Result<(), SendError> {
+    match tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Text(value.to_string().into()))).await {
+        Ok(sent) => sent.map_err(SendError::Closed),
+        Err(_) => Err(SendError::Slow(WS_SEND_TIMEOUT)),
+    }
 }
 
 #[cfg(test)]

@@ -178,6 +178,13 @@ impl Node {
             Request::LatestPosition(stream) => Ok(Some(K::long(self.stream(&stream)?.latest() as i64))),
             Request::Prune { stream, pos } => {
                 let s = self.stream(&stream)?.clone();
+                // as for .rt.sub: a position this log never handed out is refused, not read as "everything"
+                if pos < 0 || pos as u64 > s.latest() {
+                    return Err(WireError::with_detail(
+                        ErrorKind::BadRequest,
+                        format!("prune position {pos} is not in the stream (latest position {})", s.latest()),
+                    ));
+                }
                 Ok(Some(K::long(s.prune(pos as u64).await? as i64)))
             }
         }

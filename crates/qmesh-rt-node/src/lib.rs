@@ -23,7 +23,20 @@
 //! Positions: a sync `.rt.pub` answers the message's own position; each
 //! pushed `` (`.rt.msg;`s;msg;pos) `` carries the position *after* the
 //! message. Both are restart points: `.rt.sub` from the first gets that
-//! message again, from the second the one after it.
+//! message again, from the second the one after it. `::` (or a null long,
+//! `0N`) subscribes from the oldest message. Only positions the node handed
+//! out are restart points (rt.qpk's contract): a position past the latest
+//! is refused, but one inside a segment that is not a record boundary reads
+//! as a corrupt record — a `badtail` event, and the rest of that segment is
+//! skipped. `.rt.prune` refuses a position past the latest too, and answers
+//! how many segments it removed.
+//!
+//! A reset (`qmesh rt reset STREAM`, `POST /api/streams/STREAM/reset`)
+//! starts a new session, as RT's hard reset: subscribers get a `reset`
+//! event, and the dedup watermarks and duplicate counts start again from
+//! nothing (publishers' ids restart with the session). Dedup ids follow the
+//! rt.qpk rule: the watermark is the largest *distance from zero* seen, so
+//! after id `-5` every id from `-5` to `5` is a duplicate.
 //!
 //! # Guarantees
 //!
@@ -133,12 +146,42 @@ pub enum NodeError {
     StreamName(String),
     #[error("stream {0} declared twice")]
     DuplicateStream(String),
+    #[error("--archive-max-disk-percent {0}: give a percentage above 0 and at most 100")]
+    DiskPercent(f64),
+    #[error("--archive-interval {0:?}: at least {MIN_ARCHIVE_INTERVAL:?}")]
+    ArchiveInterval(Duration),
     #[error("stream {stream}: {source}")]
     Log { stream: String, source: stream::StreamError },
     #[error("{0}")]
     Shell(#[from] qmesh_process::ShellError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Shortest archiver interval: the archiver lists and stats every segment
+/// of a stream on each run, so an interval near zero is a busy loop (an
+/// idle node was measured at ~6 % of a core with `0s`).
+pub const MIN_ARCHIVE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Checks what can be checked before anything is opened or bound: the
+/// stream names (valid, none twice) and the archiver's limits.
+fn check_config(config: &Config) -> Result<(), NodeError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &config.streams {
+        check_stream_name(name)?;
+        if !seen.insert(name.as_str()) {
+            return Err(NodeError::DuplicateStream(name.clone()));
+        }
+    }
+    if let Some(p) = config.archive.max_disk_percent
+        && !(p > 0.0 && p <= 100.0)
+    {
+        return Err(NodeError::DiskPercent(p));
+    }
+    if config.archive_interval < MIN_ARCHIVE_INTERVAL {
+        return Err(NodeError::ArchiveInterval(config.archive_interval));
+    }
+    Ok(())
 }
 
 fn check_stream_name(name: &str) -> Result<(), NodeError> {
@@ -160,6 +203,7 @@ pub struct Bound {
 /// Opens (recovering) every stream's log and binds the ports.
 pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
     let first = config.streams.first().ok_or(NodeError::NoStream)?.clone();
+    check_config(&config)?;
     config.shell.ipc.max_message_bytes =
         qmesh_rt::limits::MAX_PAYLOAD_BYTES + qmesh_rt::limits::MAX_ENVELOPE_BYTES;
     // A subscriber's connection must be able to hold the largest message the

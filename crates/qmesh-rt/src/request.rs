@@ -140,6 +140,25 @@ fn le_bytes(raw: &RawObject) -> Bytes {
     }
 }
 
+/// Largest symbol-vector request read as a call, in bytes: calls whose
+/// arguments are all symbols are a handful of names.
+const MAX_SYMBOL_CALL_BYTES: usize = 64 * 1024;
+
+/// The items of a request q sends as a symbol vector: `` h(`.rt.pause;`trades) ``
+/// is a list of symbols only, which q encodes as one symbol vector (type 11),
+/// not a general list. Each symbol becomes a symbol atom, as if sent in a
+/// general list; `None` when the body is not a (small) symbol vector.
+fn symbol_vector_items(msg: &Message) -> Option<Vec<RawObject>> {
+    let body = msg.body();
+    if body.first().copied() != Some(types::SYMBOL as u8) || body.len() > MAX_SYMBOL_CALL_BYTES {
+        return None;
+    }
+    match msg.decode().ok()? {
+        K::Vector(_, Vector::Symbol(syms)) => Some(syms.iter().map(|s| RawObject::encode(&K::sym(s))).collect()),
+        _ => None,
+    }
+}
+
 /// Checks a payload's size against [`MAX_PAYLOAD_BYTES`].
 pub fn check_payload_len(len: u64) -> Result<(), RequestError> {
     if len > MAX_PAYLOAD_BYTES { Err(RequestError::TooLarge(len)) } else { Ok(()) }
@@ -148,7 +167,10 @@ pub fn check_payload_len(len: u64) -> Result<(), RequestError> {
 impl Request {
     /// Parses a request from a message (sync or async).
     pub fn parse(msg: &Message) -> Result<Request, RequestError> {
-        let items = msg.list_items().map_err(|_| bad(USAGE))?;
+        let items = match msg.list_items() {
+            Ok(items) => items,
+            Err(_) => symbol_vector_items(msg).ok_or_else(|| bad(USAGE))?,
+        };
         // q sends the function as a symbol; PyKX's `q('.rt.pub', …)` as a string
         let Some(f) = items.first().and_then(|i| raw_sym(i).or_else(|| raw_string(i))) else {
             return Err(bad(USAGE));
@@ -158,12 +180,12 @@ impl Request {
             if n.contains(&args.len()) {
                 Ok(())
             } else {
-                Err(bad(format!(
-                    "{}: takes {} argument(s), got {}",
-                    String::from_utf8_lossy(f),
-                    n.start(),
-                    args.len()
-                )))
+                let takes = if n.start() == n.end() {
+                    format!("{} argument(s)", n.start())
+                } else {
+                    format!("{} to {} arguments", n.start(), n.end())
+                };
+                Err(bad(format!("{}: takes {takes}, got {}", String::from_utf8_lossy(f), args.len())))
             }
         };
         match f {
@@ -303,6 +325,21 @@ mod tests {
         let frame =
             Message::encode(MsgType::Sync, &k, qmesh_codec::EncodeOptions::default()).expect("encode");
         Message::from_frame(frame, u64::MAX).expect("frame")
+    }
+
+    /// q sends `` h(`.rt.pause;`trades) `` (every item a symbol) as one
+    /// symbol vector: it parses as the general-list form does.
+    #[test]
+    fn calls_sent_as_a_symbol_vector() {
+        let p = |names: &[&str]| Request::parse(&msg(K::syms(names.iter().copied())));
+        assert_eq!(p(&[".rt.pause", "trades"]).expect("pause"), Request::Pause(Some("trades".into())));
+        assert_eq!(p(&[".rt.unsub", "trades"]).expect("unsub"), Request::Unsub(Some("trades".into())));
+        assert_eq!(p(&[".rt.get_latest_position", "s"]).expect("latest"), Request::LatestPosition("s".into()));
+        let Request::Pub { stream, payload, .. } = p(&[".rt.pub", "s", "abc"]).expect("pub") else { panic!("not pub") };
+        assert_eq!((stream.as_str(), payload), ("s", RawObject::encode(&K::sym("abc")).bytes().clone()));
+        assert!(p(&["nothing"]).is_err());
+        // another vector type is still not a call
+        assert!(Request::parse(&msg(K::Vector(Attr::None, Vector::Long(vec![1, 2])))).is_err());
     }
 
     #[test]

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("qmesh: {e:#}");
+            eprintln!("qmesh: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -164,5 +164,50 @@ fn init_logging(common: &Common) {
     match common.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// An error and its causes as one line, `outer: cause: …`, leaving out a
+/// cause whose text the line already holds (library errors often quote
+/// their source in their own message, and `{:#}` would repeat it).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug)]
+    struct Reach(std::io::Error);
+    impl std::fmt::Display for Reach {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot reach n1: {}", self.0)
+        }
+    }
+    impl std::error::Error for Reach {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let io = std::io::Error::other("Connection refused");
+        let e = anyhow::Error::new(Reach(io)).context("qmesh rt tail");
+        assert_eq!(error_chain(&e), "qmesh rt tail: cannot reach n1: Connection refused");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner");
     }
 }
