@@ -73,7 +73,7 @@ function onMessage(m) {
       clock(m.now);
       view.procs.clear();
       for (const p of m.processes) view.procs.set(p.name, p);
-      view.seq = m.seq; view.epoch = m.epoch;
+      view.seq = m.seq; view.epoch = m.epoch; view.snapshotted = true;
       setConn("live", "Live");
       view.dirty = true;
       break;
@@ -109,6 +109,10 @@ function onMessage(m) {
     default: break;
   }
   $("seq").textContent = view.seq === null ? "–" : `#${view.seq}`;
+  // The 250 ms tick renders; but a browser busy with a stream of messages
+  // (hundreds of beats a second) may run its timers late or, headless, not
+  // at all: render from here too once a tick's worth of time has passed.
+  if (performance.now() - (view.rendered || 0) > 250) tick();
 }
 
 function flash(name, changed) {
@@ -231,9 +235,11 @@ function render() {
     before = tr;
   }
   $("empty").hidden = shown.length > 0;
-  $("empty").textContent = all.length ? "No process matches these filters." : "No process has sent a heartbeat yet.";
+  $("empty").textContent = all.length ? "No process matches these filters."
+    : view.snapshotted ? "No process has sent a heartbeat yet." : "Waiting for the registry's list of processes…";
   $("shown").textContent = shown.length === all.length ? `${all.length} shown.` : `${shown.length} of ${all.length} shown.`;
   view.dirty = false;
+  view.rendered = performance.now();
 }
 
 function fillSelect(sel, label, values, current) {
@@ -265,6 +271,7 @@ function announce() {
 function tick() {
   if (view.dirty) render(); else for (const p of view.procs.values()) updateRow(p);
   $("clock").textContent = new Date(now()).toISOString().slice(11, 19) + " UTC";
+  view.rendered = performance.now();
 }
 
 // ---- controls ----
