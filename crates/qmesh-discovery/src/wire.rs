@@ -185,10 +185,13 @@ pub fn heartbeat(payload: &K) -> Result<Heartbeat, BadCall> {
             "ip" => hb.ip = text(&v).or_else(|| ip_of_int(&v)).ok_or_else(|| want("a symbol"))?,
             "address" => {
                 let a = text(&v).ok_or_else(|| want("a symbol `:host:port"))?;
-                hb.address = public_address(&a).ok_or_else(|| want("a symbol `:host:port (port 0 to 65535)"))?;
+                hb.address =
+                    public_address(&a).ok_or_else(|| want("a symbol `:host:port (port 0 to 65535)"))?;
             }
             "pid" => hb.pid = int(&v).ok_or_else(|| want("an int"))?,
-            "qVersion" => hb.q_version = text(&v).or_else(|| version_of_float(&v)).ok_or_else(|| want("a symbol"))?,
+            "qVersion" => {
+                hb.q_version = text(&v).or_else(|| version_of_float(&v)).ok_or_else(|| want("a symbol"))?
+            }
             "counter" => hb.counter = int(&v).ok_or_else(|| want("an integer"))?.unwrap_or(0),
             "lastHb" => hb.client_time = time_of_day(&v).ok_or_else(|| want("a time"))?,
             "kind" => hb.kind = Some(text(&v).ok_or_else(|| want("a symbol"))?).filter(|k| !k.is_empty()),
@@ -385,6 +388,23 @@ pub fn discovery_table(rows: &[std::sync::Arc<Process>], now: Millis) -> K {
 
 #[cfg(test)]
 mod tests {
+
+    /// What a client put in `address` is published without its
+    /// credentials, and a port out of range is refused.
+    #[test]
+    fn addresses_are_published_without_credentials() {
+        assert_eq!(public_address(":h1:5001").as_deref(), Some(":h1:5001"));
+        assert_eq!(public_address(":h1:5001:user:secret").as_deref(), Some(":h1:5001"));
+        assert_eq!(public_address("h1:5001").as_deref(), Some(":h1:5001"));
+        assert_eq!(public_address(":tcps://h1:5001:u:p").as_deref(), Some(":tcps://h1:5001"));
+        assert_eq!(public_address(":h1:0").as_deref(), Some(":h1:0"), "a process with no port (\\p 0)");
+        assert_eq!(public_address("").as_deref(), Some(""));
+        assert_eq!(public_address(":h:99999"), None);
+        assert_eq!(public_address(":h"), None);
+        assert_eq!(ip_of_int(&K::Atom(Atom::Int(0x7f00_0001))).as_deref(), Some("127.0.0.1"));
+        assert_eq!(version_of_float(&K::Atom(Atom::Float(4.1))).as_deref(), Some("4.1"));
+    }
+
     use super::*;
 
     /// The blog's payload, with the types its `.client.publish` sends.

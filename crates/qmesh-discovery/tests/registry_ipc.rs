@@ -266,7 +266,8 @@ async fn sd_lists_every_process_with_an_http_port_whatever_its_state() {
     // the one reporting `fail` stays a target (its alerts must fire)
     let groups = j.as_array().unwrap();
     assert_eq!(groups.len(), 2, "{j}");
-    let by = |name: &str| groups.iter().find(|g| g["labels"]["__meta_qmesh_process"] == name).cloned().unwrap();
+    let by =
+        |name: &str| groups.iter().find(|g| g["labels"]["__meta_qmesh_process"] == name).cloned().unwrap();
     assert_eq!(by("gw")["targets"][0], "host-gateway:8080");
     assert_eq!(by("gw")["labels"]["__meta_qmesh_attr_region"], "ldn");
     assert_eq!(by("sick")["labels"]["__meta_qmesh_status"], "fail");

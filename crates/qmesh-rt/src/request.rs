@@ -154,7 +154,9 @@ fn symbol_vector_items(msg: &Message) -> Option<Vec<RawObject>> {
         return None;
     }
     match msg.decode().ok()? {
-        K::Vector(_, Vector::Symbol(syms)) => Some(syms.iter().map(|s| RawObject::encode(&K::sym(s))).collect()),
+        K::Vector(_, Vector::Symbol(syms)) => {
+            Some(syms.iter().map(|s| RawObject::encode(&K::sym(s))).collect())
+        }
         _ => None,
     }
 }
@@ -334,8 +336,13 @@ mod tests {
         let p = |names: &[&str]| Request::parse(&msg(K::syms(names.iter().copied())));
         assert_eq!(p(&[".rt.pause", "trades"]).expect("pause"), Request::Pause(Some("trades".into())));
         assert_eq!(p(&[".rt.unsub", "trades"]).expect("unsub"), Request::Unsub(Some("trades".into())));
-        assert_eq!(p(&[".rt.get_latest_position", "s"]).expect("latest"), Request::LatestPosition("s".into()));
-        let Request::Pub { stream, payload, .. } = p(&[".rt.pub", "s", "abc"]).expect("pub") else { panic!("not pub") };
+        assert_eq!(
+            p(&[".rt.get_latest_position", "s"]).expect("latest"),
+            Request::LatestPosition("s".into())
+        );
+        let Request::Pub { stream, payload, .. } = p(&[".rt.pub", "s", "abc"]).expect("pub") else {
+            panic!("not pub")
+        };
         assert_eq!((stream.as_str(), payload), ("s", RawObject::encode(&K::sym("abc")).bytes().clone()));
         assert!(p(&["nothing"]).is_err());
         // another vector type is still not a call
