@@ -1,15 +1,21 @@
-//! Slowing down password guessing: a per-address count of failed logins,
-//! sans-IO (time comes in as an argument, nothing sleeps here).
+//! Slowing down password guessing: a count of failed logins per remote
+//! address and user name tried, sans-IO (time comes in as an argument,
+//! nothing sleeps here).
 //!
-//! The rule, for each remote IP address:
+//! The rule, for each remote IP address and user name:
 //!
 //! * the first [`FailurePolicy::free_failures`] failures cost nothing (a
 //!   user mistyping a password is not punished);
 //! * each failure past those makes the address wait before its next attempt
 //!   is even checked: [`FailurePolicy::first_delay`], doubling per further
 //!   failure, at most [`FailurePolicy::max_delay`];
-//! * a success from the address forgets its failures; so does
-//!   [`FailurePolicy::forget_after`] without a failure.
+//! * a success forgets that user's failures from that address, and only
+//!   those: were a success to clear the address's count, anyone holding one
+//!   account could guess every other user's password at full speed (four
+//!   guesses, one good login, again); and one user's typos do not hold
+//!   back the others logging in from the same host (a one-host estate
+//!   logs in from `127.0.0.1` throughout). [`FailurePolicy::forget_after`]
+//!   without a failure forgets them too.
 //!
 //! An attempt made while the address must wait is refused without looking
 //! at its credentials (and does not lengthen the wait: a client retrying in
@@ -25,7 +31,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Most addresses whose failures are remembered at once. Past it, the
+/// Longest user name kept in the table, in bytes: a longer one (from a
+/// client, unchecked) counts under its first this many bytes.
+pub const MAX_LIMITED_USER_BYTES: usize = 64;
+
+/// Most (address, user) pairs whose failures are remembered at once. Past it, the
 /// entries whose wait is over and that failed longest ago are dropped first.
 /// 64 Ki entries of ~64 bytes: a few MiB at worst, whatever a scan of the
 /// whole IPv4 space throws at the port.
@@ -88,7 +98,7 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct FailureLimiter {
     policy: FailurePolicy,
-    entries: HashMap<IpAddr, Entry>,
+    entries: HashMap<(IpAddr, Box<[u8]>), Entry>,
 }
 
 impl Default for FailureLimiter {
@@ -103,11 +113,12 @@ impl FailureLimiter {
         FailureLimiter { policy, entries: HashMap::new() }
     }
 
-    /// Whether an attempt from `ip` at `now` may be checked.
-    pub fn verdict(&mut self, ip: IpAddr, now: Instant) -> Verdict {
-        let Some(e) = self.entries.get(&ip) else { return Verdict::Check };
+    /// Whether an attempt from `ip` as `user` at `now` may be checked.
+    pub fn verdict(&mut self, ip: IpAddr, user: &str, now: Instant) -> Verdict {
+        let key = key(ip, user);
+        let Some(e) = self.entries.get(&key) else { return Verdict::Check };
         if now.saturating_duration_since(e.last_failure) >= self.policy.forget_after {
-            self.entries.remove(&ip);
+            self.entries.remove(&key);
             return Verdict::Check;
         }
         match e.blocked_until.checked_duration_since(now) {
@@ -116,15 +127,16 @@ impl FailureLimiter {
         }
     }
 
-    /// `ip` gave bad credentials at `now`; returns the wait now imposed on
-    /// it (zero while its failures are free).
-    pub fn failed(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        if !self.entries.contains_key(&ip) && self.entries.len() >= MAX_TRACKED_ADDRESSES {
+    /// `ip` gave bad credentials for `user` at `now`; returns the wait now
+    /// imposed on that pair (zero while its failures are free).
+    pub fn failed(&mut self, ip: IpAddr, user: &str, now: Instant) -> Duration {
+        let key = key(ip, user);
+        if !self.entries.contains_key(&key) && self.entries.len() >= MAX_TRACKED_ADDRESSES {
             self.evict(now);
         }
         let policy = self.policy;
         let e =
-            self.entries.entry(ip).or_insert(Entry { failures: 0, last_failure: now, blocked_until: now });
+            self.entries.entry(key).or_insert(Entry { failures: 0, last_failure: now, blocked_until: now });
         if now.saturating_duration_since(e.last_failure) >= policy.forget_after {
             e.failures = 0;
         }
@@ -135,12 +147,13 @@ impl FailureLimiter {
         wait
     }
 
-    /// `ip` logged in: its failures are forgotten.
-    pub fn succeeded(&mut self, ip: IpAddr) {
-        self.entries.remove(&ip);
+    /// `user` logged in from `ip`: that pair's failures are forgotten (no
+    /// other user's).
+    pub fn succeeded(&mut self, ip: IpAddr, user: &str) {
+        self.entries.remove(&key(ip, user));
     }
 
-    /// How many addresses have failures remembered.
+    /// How many (address, user) pairs have failures remembered.
     pub fn tracked(&self) -> usize {
         self.entries.len()
     }
@@ -151,11 +164,19 @@ impl FailureLimiter {
         let forget = self.policy.forget_after;
         self.entries.retain(|_, e| now.saturating_duration_since(e.last_failure) < forget);
         if self.entries.len() >= MAX_TRACKED_ADDRESSES
-            && let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_failure).map(|(ip, _)| *ip)
+            && let Some(oldest) =
+                self.entries.iter().min_by_key(|(_, e)| e.last_failure).map(|(k, _)| k.clone())
         {
             self.entries.remove(&oldest);
         }
     }
+}
+
+/// The table's key: the address and the user name's first
+/// [`MAX_LIMITED_USER_BYTES`] bytes.
+fn key(ip: IpAddr, user: &str) -> (IpAddr, Box<[u8]>) {
+    let b = user.as_bytes();
+    (ip, b[..b.len().min(MAX_LIMITED_USER_BYTES)].into())
 }
 
 impl FailurePolicy {
@@ -190,43 +211,50 @@ mod tests {
         let t0 = Instant::now();
         let mut l = FailureLimiter::default();
         for _ in 0..DEFAULT_FREE_FAILURES {
-            assert_eq!(l.verdict(ip(1), t0), Verdict::Check);
-            assert_eq!(l.failed(ip(1), t0), Duration::ZERO);
+            assert_eq!(l.verdict(ip(1), "u", t0), Verdict::Check);
+            assert_eq!(l.failed(ip(1), "u", t0), Duration::ZERO);
         }
-        assert_eq!(l.failed(ip(1), t0), Duration::from_secs(1));
-        assert_eq!(l.verdict(ip(1), t0), Verdict::Wait(Duration::from_secs(1)));
+        assert_eq!(l.failed(ip(1), "u", t0), Duration::from_secs(1));
+        assert_eq!(l.verdict(ip(1), "u", t0), Verdict::Wait(Duration::from_secs(1)));
         assert_eq!(
-            l.verdict(ip(1), t0 + Duration::from_millis(400)),
+            l.verdict(ip(1), "u", t0 + Duration::from_millis(400)),
             Verdict::Wait(Duration::from_millis(600))
         );
-        assert_eq!(l.verdict(ip(2), t0), Verdict::Check, "another address is not slowed");
+        assert_eq!(l.verdict(ip(2), "u", t0), Verdict::Check, "another address is not slowed");
         // once the wait is over it may try again; another failure doubles it
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(l.verdict(ip(1), t1), Verdict::Check);
-        assert_eq!(l.failed(ip(1), t1), Duration::from_secs(2));
-        assert_eq!(l.verdict(ip(1), t1 + Duration::from_secs(1)), Verdict::Wait(Duration::from_secs(1)));
+        assert_eq!(l.verdict(ip(1), "u", t1), Verdict::Check);
+        assert_eq!(l.failed(ip(1), "u", t1), Duration::from_secs(2));
+        assert_eq!(l.verdict(ip(1), "u", t1 + Duration::from_secs(1)), Verdict::Wait(Duration::from_secs(1)));
     }
 
     #[test]
-    fn success_and_time_forget_failures() {
+    fn success_forgets_only_its_own_users_failures_and_time_forgets_all() {
         let t0 = Instant::now();
         let mut l = FailureLimiter::default();
         for _ in 0..=DEFAULT_FREE_FAILURES {
-            l.failed(ip(1), t0);
+            l.failed(ip(1), "bob", t0);
         }
-        assert!(matches!(l.verdict(ip(1), t0), Verdict::Wait(_)));
-        l.succeeded(ip(1));
-        assert_eq!(l.verdict(ip(1), t0), Verdict::Check);
+        assert!(matches!(l.verdict(ip(1), "bob", t0), Verdict::Wait(_)));
+        // alice logging in from the same address neither waits nor clears bob's count
+        assert_eq!(l.verdict(ip(1), "alice", t0), Verdict::Check);
+        l.succeeded(ip(1), "alice");
+        assert!(
+            matches!(l.verdict(ip(1), "bob", t0), Verdict::Wait(_)),
+            "one account's login clears no other's guesses"
+        );
+        l.succeeded(ip(1), "bob");
+        assert_eq!(l.verdict(ip(1), "bob", t0), Verdict::Check);
         assert_eq!(l.tracked(), 0);
 
         for _ in 0..=DEFAULT_FREE_FAILURES {
-            l.failed(ip(3), t0);
+            l.failed(ip(3), "u", t0);
         }
         let later = t0 + DEFAULT_FORGET_AFTER;
-        assert_eq!(l.verdict(ip(3), later), Verdict::Check);
+        assert_eq!(l.verdict(ip(3), "u", later), Verdict::Check);
         assert_eq!(l.tracked(), 0, "a forgotten entry is dropped");
         // counting starts again from zero
-        assert_eq!(l.failed(ip(3), later), Duration::ZERO);
+        assert_eq!(l.failed(ip(3), "u", later), Duration::ZERO);
     }
 
     #[test]
@@ -235,11 +263,14 @@ mod tests {
         let mut l = FailureLimiter::default();
         for i in 0..(MAX_TRACKED_ADDRESSES as u32 + 10) {
             let a = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
-            l.failed(a, t0 + Duration::from_millis(u64::from(i)));
+            l.failed(a, "u", t0 + Duration::from_millis(u64::from(i)));
         }
         assert_eq!(l.tracked(), MAX_TRACKED_ADDRESSES);
         // the oldest went first
-        assert!(!l.entries.contains_key(&IpAddr::from([10, 0, 0, 0])));
-        assert!(l.entries.contains_key(&IpAddr::from((0x0a00_0000u32 + 10).to_be_bytes())));
+        assert!(!l.entries.contains_key(&key(IpAddr::from([10, 0, 0, 0]), "u")));
+        assert!(l.entries.contains_key(&key(IpAddr::from((0x0a00_0000u32 + 10).to_be_bytes()), "u")));
+        // a long user name counts under its first bytes
+        let long = "x".repeat(10 * MAX_LIMITED_USER_BYTES);
+        assert_eq!(key(ip(1), &long).1.len(), MAX_LIMITED_USER_BYTES);
     }
 }

@@ -505,27 +505,28 @@ async fn accept_client<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
         };
         let now = std::time::Instant::now();
         if let (Some(l), Some(ip)) = (limiter, ip)
-            && let Verdict::Wait(wait) = lock(l).verdict(ip, now)
+            && let Verdict::Wait(wait) = lock(l).verdict(ip, &hello.user, now)
         {
-            warn!(conn = %id, %remote, user = %hello.user, retry_in_ms = wait.as_millis() as u64,
+            warn!(conn = %id, %remote, user = ?hello.user, retry_in_ms = wait.as_millis() as u64,
                 "access denied: too many failed logins from this address");
             return None;
         }
         if !a.check(&hello.user, &hello.password) {
             let wait = match (limiter, ip) {
-                (Some(l), Some(ip)) => lock(l).failed(ip, now),
+                (Some(l), Some(ip)) => lock(l).failed(ip, &hello.user, now),
                 _ => Duration::ZERO,
             };
-            warn!(conn = %id, %remote, user = %hello.user, wait_ms = wait.as_millis() as u64,
+            // `?`: the name as sent, quoted and escaped (a newline in it must not forge a log line)
+            warn!(conn = %id, %remote, user = ?hello.user, wait_ms = wait.as_millis() as u64,
                 "access denied by the password file");
             return None;
         }
         if let (Some(l), Some(ip)) = (limiter, ip) {
-            lock(l).succeeded(ip);
+            lock(l).succeeded(ip, &hello.user);
         }
     }
     if !ctx.handler.authenticate(&info, &hello.password).await {
-        info!(conn = %id, %remote, user = %hello.user, "access denied by the handler");
+        info!(conn = %id, %remote, user = ?hello.user, "access denied by the handler");
         return None;
     }
     // The capability byte goes out alone (node-q needs it in its own read).
@@ -558,7 +559,7 @@ async fn serve<H: Handler, S: IntoHalves>(ctx: ConnCtx<H>, mut s: S, remote: Rem
     let Some((info, rest)) = accept_client(&ctx, &mut s, id, remote).await else {
         return;
     };
-    debug!(conn = %id, %remote, user = %info.user, capability = info.capability, "connection open");
+    debug!(conn = %id, %remote, user = ?info.user, capability = info.capability, "connection open");
     let compress = ctx.config.force_compression || !remote.is_local();
     let (r, w) = s.into_halves();
     let link = Arc::new(Link::new(info, compress, ctx.config.limits(), ctx.closing.clone(), Arc::new(w)));

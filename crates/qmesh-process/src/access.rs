@@ -110,24 +110,27 @@ impl HttpGuard {
             return Ok(None);
         }
         let ip = remote.ip().to_canonical();
-        if let Verdict::Wait(wait) = lock(&self.limiter).verdict(ip, now) {
-            let user = basic_credentials(headers).map(|(u, _)| u).unwrap_or_default();
-            warn!(%remote, path, %user, retry_in_ms = wait.as_millis() as u64,
+        let tried = basic_credentials(headers);
+        let tried_user = tried.as_ref().map(|(u, _)| u.as_str()).unwrap_or_default();
+        if let Verdict::Wait(wait) = lock(&self.limiter).verdict(ip, tried_user, now) {
+            let user = tried_user;
+            warn!(%remote, path, user = ?user, retry_in_ms = wait.as_millis() as u64,
                 "http access denied: too many failed logins from this address");
             return Err(Refusal::Slowed {
                 retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             });
         }
-        let Some((user, password)) = basic_credentials(headers) else {
+        let Some((user, password)) = tried else {
             warn!(%remote, path, user = "", "http access denied: no credentials (HTTP Basic required)");
             return Err(Refusal::Unauthenticated);
         };
         if self.users.verify(&user, password.as_bytes()) {
-            lock(&self.limiter).succeeded(ip);
+            lock(&self.limiter).succeeded(ip, &user);
             return Ok(Some(AuthUser(user)));
         }
-        let wait = lock(&self.limiter).failed(ip, now);
-        warn!(%remote, path, %user, wait_ms = wait.as_millis() as u64, "http access denied by the password file");
+        let wait = lock(&self.limiter).failed(ip, &user, now);
+        // `?`: the name a client sent, quoted and escaped (a newline in it must not forge a log line)
+        warn!(%remote, path, user = ?user, wait_ms = wait.as_millis() as u64, "http access denied by the password file");
         Err(Refusal::Unauthenticated)
     }
 }

@@ -232,7 +232,7 @@ impl Permissions {
         let rules = self.rules_at(Instant::now());
         for name in names {
             if !rules.allows(user, action, name) {
-                warn!(%user, action = action.word(), %name, "refused by the permissions file");
+                warn!(user = ?user, action = action.word(), name = ?name, "refused by the permissions file");
                 let who = if user.is_empty() { "an anonymous user" } else { user };
                 return Err(WireError::with_detail(
                     ErrorKind::Access,

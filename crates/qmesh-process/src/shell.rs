@@ -111,13 +111,26 @@ pub struct Shell {
     guard: Option<Arc<HttpGuard>>,
     permissions: Option<Permissions>,
     tls: Option<Arc<ServerTls>>,
-    /// The SIGHUP reload task of `tls`, ended with the shell.
+    /// The SIGHUP task — the reload of `tls`, or without TLS one that logs and ignores the signal — ended with the shell.
     _reload: Option<AbortOnDrop>,
 }
 
 /// A task aborted when this is dropped.
 #[derive(Debug)]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+/// Without TLS there is nothing to reload on SIGHUP, but the signal's
+/// default action (terminate) must not apply: an operator who sends
+/// `kill -HUP` across an estate after rotating certificates would kill
+/// every process that runs without TLS. The signal is logged and ignored.
+fn ignore_sighup() -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            info!("SIGHUP: nothing to reload (no TLS); ignored");
+        }
+    }))
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -163,7 +176,7 @@ impl Shell {
                 info!(%kind, %name, mode = %t.mode(), "TLS on the IPC and HTTP ports; SIGHUP reloads the certificate");
                 Some(AbortOnDrop(t.reload_on_sighup().map_err(ShellError::Signal)?))
             }
-            None => None,
+            None => Some(AbortOnDrop(ignore_sighup().map_err(ShellError::Signal)?)),
         };
         ipc.tls = tls.clone();
         let permissions = access.permissions.as_ref().map(Permissions::load).transpose()?;

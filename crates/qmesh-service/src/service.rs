@@ -263,9 +263,22 @@ struct ServiceHandler {
     in_progress: InProgress,
     /// The stream feeding the tables, if any: then `upd` is refused.
     fed_from: Option<String>,
+    /// `--permissions`: who may query (and `upd`) this service.
+    permissions: Option<qmesh_process::Permissions>,
 }
 
 impl ServiceHandler {
+    /// The permissions file's word on `peer` doing `action` on this service
+    /// (`query` for SQL, `queryService` and the table list; `publish` for
+    /// `upd`): the `access` error's q text when refused. Without a file,
+    /// everything is allowed.
+    fn may(&self, peer: &Peer, action: qmesh_process::Action) -> Result<(), String> {
+        match &self.permissions {
+            Some(p) => p.check(peer.user(), action, [self.name.as_str()]).map_err(|e| e.to_q_text()),
+            None => Ok(()),
+        }
+    }
+
     async fn query(&self, sql: &str) -> Result<K, QueryError> {
         let started = Instant::now();
         self.metrics.queries_running.inc();
@@ -328,6 +341,23 @@ impl ServiceHandler {
     }
 }
 
+/// `--permissions` on the service's HTTP routes: `query` on this service
+/// for `/query` and `/api/tables` (the user HTTP Basic authenticated; none
+/// without `-u`), the catalog's `access` (403) when refused.
+async fn http_permission(
+    p: qmesh_process::Permissions,
+    service: String,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let user = req.extensions().get::<qmesh_process::AuthUser>().map(|u| u.0.clone()).unwrap_or_default();
+    match p.check(&user, qmesh_process::Action::Query, [service.as_str()]) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 fn reply(responder: Responder, result: Result<K, String>) {
     let sent = match result {
         Ok(k) => responder.reply(k),
@@ -345,7 +375,18 @@ impl Handler for ServiceHandler {
             Ok(k) => k,
             Err(e) => return reply(responder, Err(format!("bad request: {e}"))),
         };
-        match protocol::parse(k) {
+        let request = protocol::parse(k);
+        let action = match &request {
+            Ok(Request::Upd { .. }) => Some(qmesh_process::Action::Publish),
+            Ok(_) => Some(qmesh_process::Action::Query),
+            Err(_) => None,
+        };
+        if let Some(action) = action
+            && let Err(text) = self.may(peer, action)
+        {
+            return reply(responder, Err(text));
+        }
+        match request {
             Err(text) => reply(responder, Err(text)),
             Ok(Request::Sql(sql)) => {
                 let this = self.clone();
@@ -387,12 +428,15 @@ impl Handler for ServiceHandler {
             }
         };
         match protocol::parse(k) {
+            Ok(Request::Upd { .. }) if self.may(peer, qmesh_process::Action::Publish).is_err() => {}
             Ok(Request::Upd { table, data }) => {
                 if let Err(e) = self.upd(&table, data) {
                     warn!(conn = %peer.id(), table, error = %e, "async upd refused; the table is unchanged");
                 }
             }
             Ok(Request::QueryService { seq, query }) => {
+                // refused: the gateway gets the access error as the query's result
+                let query = query.and_then(|q| self.may(peer, qmesh_process::Action::Query).map(|()| q));
                 let this = self.clone();
                 let gateway = peer.clone();
                 let ticket = self.in_progress.start();
@@ -518,6 +562,7 @@ impl Bound {
             metrics: smetrics.clone(),
             in_progress: in_progress.clone(),
             fed_from: stream.as_ref().map(|(sc, _, _)| sc.stream.clone()),
+            permissions: shell.permissions(),
         };
         let advertised = shell.identity().advertised.clone().unwrap_or_default();
         let lb_stop = CancellationToken::new();
@@ -527,6 +572,12 @@ impl Bound {
             tokio::spawn(lb_session(hooks, lb_stop.clone()))
         });
         let mut api = crate::http::router(Arc::clone(&engine));
+        if let Some(p) = shell.permissions() {
+            let service = name.clone();
+            api = api.layer(axum::middleware::from_fn(move |req, next| {
+                http_permission(p.clone(), service.clone(), req, next)
+            }));
+        }
         let stream_stop = CancellationToken::new();
         let mut stream_task = None;
         if let Some((sc, pos, restored)) = stream {

@@ -623,3 +623,55 @@ async fn discovery_checks_who_may_heartbeat_as_which_name() {
     let (_, _, body) = get(disc.addr("http"), "/api/processes", Some(ALICE)).await;
     assert!(body.contains("\"rdb1\""), "{body}");
 }
+
+/// A query service asks the permissions file too: `query` on its own
+/// service name for SQL over IPC and `POST /query`; a user without the
+/// grant gets `'access` (HTTP 403), not the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_instance_checks_its_permissions_over_ipc_and_http() {
+    let dir = Dir::new("svcperm");
+    let users = dir.file("users.txt", "alice:secret\nbob:pw\n");
+    let perms = dir.file("permissions", "alice query EQ\n");
+    let svc = server(&[
+        "service",
+        "--name",
+        "EQ",
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--http",
+        "0",
+        "-u",
+        &users,
+        "--permissions",
+        &perms,
+        "--demo",
+        "--demo-rows",
+        "10",
+    ]);
+    let ipc = |user: &str, pw: &str| {
+        Address::parse(&format!(":127.0.0.1:{}:{user}:{pw}", svc.port("ipc"))).unwrap()
+    };
+    let alice = Connection::connect(&ipc("alice", "secret"), ClientOptions::default()).await.unwrap();
+    let bob = Connection::connect(&ipc("bob", "pw"), ClientOptions::default()).await.unwrap();
+    assert!(sql(&alice).await.is_ok(), "alice may query EQ");
+    let e = sql(&bob).await.unwrap_err();
+    assert!(e.starts_with("access") && e.contains("bob"), "{e}");
+    let body = "select count(*) as n from trade";
+    let (st, _, b) = http(svc.addr("http"), "POST", "/query", Some(ALICE), "", body).await;
+    assert_eq!(st, 200, "{b}");
+    let bob64 = "Ym9iOnB3"; // bob:pw
+    let (st, _, b) = http(svc.addr("http"), "POST", "/query", Some(bob64), "", body).await;
+    assert_eq!(st, 403, "{b}");
+    assert!(b.contains("\"error\":\"access\""), "{b}");
+}
+
+/// A plain sync string (the service runs it as SQL): the answer or the q error.
+async fn sql(c: &Connection) -> Result<K, String> {
+    match c.call(&K::string("select count(*) as n from trade")).await {
+        Ok(m) => Ok(m.decode().unwrap()),
+        Err(IpcError::Remote(e)) => Err(e),
+        Err(e) => panic!("{e}"),
+    }
+}
