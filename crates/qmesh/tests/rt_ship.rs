@@ -3,55 +3,28 @@
 //! Nothing acknowledged is lost or duplicated. Waiting is for states, never for a time.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::rt::{latest, tmpdir as tmp};
 use qmesh_codec::{Atom, K};
 use qmesh_rt::From;
 use qmesh_rt::client::{Delivery, Subscriber};
 use qmesh_testkit::Process;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_qmesh")
-}
-
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qmesh-rt-ship-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tmp("rt-ship", name)
 }
 
-fn node(dir: &Path, port: u16) -> Process {
-    let port = port.to_string();
-    let args = [
-        "rt",
-        "--bind",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "--http",
-        "0",
-        "--data",
-        dir.to_str().unwrap(),
-        "--stream",
-        "s",
-        "--segment-bytes",
-        "4MiB",
-    ];
-    Process::qmesh(bin(), &args, &["ipc", "http"])
+fn node(dir: &std::path::Path, port: u16) -> Process {
+    common::rt::node(dir, port, "4MiB", &[])
 }
 
-fn publisher(path: &Path, port: u16, id: &str, to: usize) -> Child {
-    Command::new(bin())
-        .args(["rt", "publish", "--stream", "s", "--cluster", &format!("127.0.0.1:{port}")])
-        .args(["--path", path.to_str().unwrap(), "--publisher-id", id, "--to", &to.to_string()])
-        .args(["--batch", "200", "--segment-bytes", "1MiB", "--rate", &rate().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn publisher(path: &std::path::Path, port: u16, id: &str, to: usize) -> Child {
+    common::rt::publisher(path, port, id, to, rate())
 }
 
 /// Messages the test publishes (`QMESH_RT_SHIP_MESSAGES`; the figure is 1,000,000).
@@ -63,17 +36,6 @@ fn messages() -> usize {
 /// publish.
 fn rate() -> usize {
     (messages() / 8).max(1000)
-}
-
-/// The node's latest position (waits through restarts).
-async fn latest(port: u16) -> Option<i64> {
-    let addr = qmesh_ipc::Address::parse(&format!("127.0.0.1:{port}")).ok()?;
-    let c = qmesh_ipc::Connection::connect(&addr, qmesh_ipc::ClientOptions::default()).await.ok()?;
-    let m = c.call(&K::list(vec![K::sym(".rt.get_latest_position"), K::sym("s")])).await.ok()?;
-    match m.decode().ok()? {
-        K::Atom(Atom::Long(j)) => Some(j),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
