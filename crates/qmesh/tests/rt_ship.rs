@@ -1,6 +1,7 @@
 //! Log shipping as real processes: `Publisher`s (`qmesh rt publish`, a hidden subcommand) write local logs that
-//! are shipped to a `qmesh rt` node, while the node and a publisher are killed with SIGKILL and restarted.
-//! Nothing acknowledged is lost or duplicated. Waiting is for states, never for a time.
+//! are shipped to a `qmesh rt` node, and a `Subscriber` (`qmesh rt subscribe`, hidden too) copies the node's log and
+//! reads its copy, while the node, a publisher and the subscriber are killed with SIGKILL and restarted. Nothing
+//! acknowledged is lost or duplicated. Waiting is for states, never for a time.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -27,6 +28,51 @@ fn publisher(path: &std::path::Path, port: u16, id: &str, to: usize) -> Child {
     common::rt::publisher(path, port, id, to, rate())
 }
 
+/// A `qmesh rt subscribe` process and the messages it printed: `(pos after, publisher, id)`, sent by a thread
+/// reading its stdout (a line cut by SIGKILL is dropped: it was never delivered as far as the test knows).
+struct SubProc {
+    child: Child,
+    lines: std::thread::JoinHandle<()>,
+}
+
+fn sub_proc(
+    copy: &std::path::Path,
+    port: u16,
+    from: &str,
+    tx: std::sync::mpsc::Sender<(u64, String, i64)>,
+) -> SubProc {
+    let mut child = common::rt::subscriber(copy, port, from, &[], &[]);
+    let out = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(out);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) == 0 || !line.ends_with('\n') {
+                return;
+            }
+            // `POS (`A;17)`
+            let Some((pos, v)) = line.trim_end().split_once(' ') else { continue };
+            let Some((key, id)) =
+                v.strip_prefix("(`").and_then(|v| v.strip_suffix(')')).and_then(|v| v.split_once(';'))
+            else {
+                continue;
+            };
+            let _ = tx.send((pos.parse().unwrap(), key.to_string(), id.parse().unwrap()));
+        }
+    });
+    SubProc { child, lines }
+}
+
+impl SubProc {
+    /// SIGKILL, then every complete line it printed.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.lines.join();
+    }
+}
+
 /// Messages the test publishes (`QMESH_RT_SHIP_MESSAGES`; the figure is 1,000,000).
 fn messages() -> usize {
     std::env::var("QMESH_RT_SHIP_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000)
@@ -50,6 +96,11 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
 
     let mut a = publisher(&logs, port, "A", per);
     let b = publisher(&logs, port, "B", per);
+    // a subscriber process with a local copy, killed and restarted from its last printed position below
+    let copy = tmpdir("copy");
+    let (sub_tx, sub_rx) = std::sync::mpsc::channel();
+    let mut sp = Some(sub_proc(&copy, port, "start", sub_tx.clone()));
+    let mut from_sub: Vec<(u64, String, i64)> = Vec::new();
 
     // the same publisher id on the same host cannot run twice: the directory is locked
     let wait_for = |dir: PathBuf| async move {
@@ -85,6 +136,13 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         n.kill();
+        if k == KILLS - 1 {
+            // the subscriber dies too, and restarts from the last position it printed while the node is down
+            sp.take().unwrap().kill();
+            from_sub.extend(sub_rx.try_iter());
+            let from = from_sub.last().map_or("start".to_string(), |m| m.0.to_string());
+            sp = Some(sub_proc(&copy, port, &from, sub_tx.clone()));
+        }
         if k == 1 {
             // a publisher crash too: the restarted one resumes from its local log and the node's mark
             let _ = a.kill();
@@ -111,6 +169,7 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     let mut next_id = std::collections::HashMap::new();
     let mut seen = 0usize;
     let mut after = 0i64;
+    let mut order: Vec<(String, i64)> = Vec::new();
     while seen < 2 * per {
         let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
             .await
@@ -121,6 +180,7 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
         after = pos;
         let K::List(_, items) = value else { panic!("{value:?}") };
         let (K::Atom(Atom::Symbol(key)), K::Atom(Atom::Long(id))) = (&items[0], &items[1]) else { panic!() };
+        order.push((String::from_utf8_lossy(key).into_owned(), *id));
         let want = next_id.entry(key.to_vec()).or_insert(1i64);
         assert_eq!(*id, *want, "publisher {} out of order or repeated", String::from_utf8_lossy(key));
         *want += 1;
@@ -128,6 +188,27 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     }
     // and nothing else: the last message ends the log
     assert_eq!(latest(port).await, Some(after), "the node holds more than the published messages");
+    // the subscriber process, killed once, delivered each message exactly once, in the node's order
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while from_sub.len() < 2 * per {
+        match sub_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => from_sub.push(m),
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "the subscriber process stopped at {} of {} messages",
+                from_sub.len(),
+                2 * per
+            ),
+        }
+    }
+    sp.take().unwrap().kill();
+    from_sub.extend(sub_rx.try_iter());
+    assert_eq!(from_sub.len(), 2 * per, "the subscriber process got messages twice");
+    assert_eq!(from_sub.last().unwrap().0, after as u64);
+    assert!(
+        from_sub.iter().map(|m| (m.1.as_str(), m.2)).eq(order.iter().map(|(k, i)| (k.as_str(), *i))),
+        "the subscriber process saw another order than the node's"
+    );
     // the publishers' acknowledged local segments were truncated (1 MiB segments, ~6 MB each)
     for id in ["A", "B"] {
         let d = logs.join(format!("{id}.{host}.s"));
@@ -137,10 +218,11 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
             .count();
         assert!(segs <= 3, "{} holds {segs} segments", d.display());
     }
-    eprintln!("ship test: {total} messages, {KILLS} node kills, 1 publisher kill");
+    eprintln!("ship test: {total} messages, {KILLS} node kills, 1 publisher kill, 1 subscriber kill");
     drop(n);
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_dir_all(logs);
+    for d in [dir, logs, copy] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// A `Subscriber` copies the node's log into its own directory and reads from there: it restarts from its position
