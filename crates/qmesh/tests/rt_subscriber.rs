@@ -525,3 +525,28 @@ async fn opt_out_prune_and_the_lead_subscriber() {
         let _ = std::fs::remove_dir_all(tmpdir(d));
     }
 }
+
+/// `skip-forward` for a fresh copy: a subscriber with an empty directory asks for a position in a segment the node
+/// archived (here only the first segment, so the next one follows it directly) and skips to the first unarchived
+/// segment, rather than silently going on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_forward_from_an_archived_position_into_a_fresh_copy() {
+    let dir = tmpdir("skip-fresh");
+    let n = node(&dir, 0, "4096", &[]);
+    let port = n.port("ipc");
+    let pos = fill(port, 0, 60, 200).await;
+    let seg1 = pos.iter().position(|&p| p == 1 << 30).unwrap();
+    let c = connect(port).await.unwrap();
+    // prune exactly the first segment: every message before the second segment's first
+    assert_eq!(call_long(&c, ".rt.prune", vec![K::long(pos[seg1] as i64)]).await, 1);
+    assert_eq!(first(&n).await, 1 << 30);
+    let (sub, mut rx) =
+        start(cfg(&tmpdir("skip-fresh-copy"), port), From::Position(pos[1] as i64), None).await;
+    assert_eq!(next(&mut rx).await, Got::Event(Event::SkipForward, pos[1], 1 << 30));
+    assert_eq!(next_value(&mut rx).await, filled(seg1, 200));
+    drop(sub);
+    drop(n);
+    for d in ["skip-fresh", "skip-fresh-copy"] {
+        let _ = std::fs::remove_dir_all(tmpdir(d));
+    }
+}
