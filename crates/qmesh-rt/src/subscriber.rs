@@ -20,6 +20,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Filters
+//!
+//! rt.qpk's `.rt.filter[pred;callback]` is [`Subscriber::start_filtered`] with a [`Predicate`] of a message's one
+//! or two leading symbols, decided from the record's first bytes without decoding it ([`crate::filter`]): cached
+//! (`bool`, one question per symbol pair until [`Subscriber::clear_cache`]) or uncached (an integer 0/1, one
+//! question per message). A filtered-out message still moves [`Subscriber::position`], so a restart from any
+//! position handed out never delivers it.
+//!
+//! ```no_run
+//! # async fn demo(cfg: qmesh_rt::subscriber::SubscriberConfig) -> Result<(), qmesh_rt::subscriber::SubscriberError> {
+//! use std::sync::{Arc, Mutex};
+//! use qmesh_rt::From;
+//! use qmesh_rt::filter::Predicate;
+//! use qmesh_rt::subscriber::{Subscriber, log_event};
+//! let tables = Arc::new(Mutex::new(vec![b"quote".to_vec()]));   // t:enlist`quote
+//! let t = tables.clone();
+//! let f = Predicate::cached(move |x, y| x == b"upd" && t.lock().unwrap().iter().any(|n| n == y));
+//! let sub = Subscriber::start_filtered(cfg, From::Start, f, |m| { let _ = m.pos; },
+//!     |e, p1, p2| log_event("trades", e, p1, p2)).await?;
+//! tables.lock().unwrap().push(b"trade".to_vec());               // t,:`trade
+//! sub.clear_cache();                                            // filter[f;`clear_cache]
+//! # Ok(()) }
+//! ```
+//!
+//! # Controls
+//!
+//! [`Subscriber::pause`] and [`Subscriber::unsub`] wait for a callback in flight, so none runs after they return;
+//! [`Subscriber::control`] gives a [`Control`] to call them (and [`Control::clear_cache`]) from a callback
+//! (rt.qpk's `.rt.pause[]`, `.rt.unsub[]`) or another thread.
+//!
 //! # Waking
 //!
 //! The delivery thread sleeps until something may be readable: the copy's directory is watched for file-system
