@@ -282,6 +282,10 @@ impl Control {
 pub struct Subscriber {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The directory-watching thread.
+    watcher: Option<std::thread::JoinHandle<()>>,
+    /// Disconnects when the copying task has ended (its sender is dropped with the task).
+    copier: Option<mpsc::Receiver<()>>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -399,6 +403,7 @@ impl Subscriber {
         });
         // what delivery waits for before it reads: a position the copy must reach
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<u64>();
+        let mut copier = None;
         match start {
             Some(p) => {
                 let _ = first_tx.send(p);
@@ -407,24 +412,24 @@ impl Subscriber {
                     let seed = fresh.then(|| {
                         (From::Position(Position::from_u64(p).segment().start().as_u64() as i64), None)
                     });
-                    tokio::spawn(copy_loop(shared.clone(), seed));
+                    copier = Some(spawn_copier(&shared, seed));
                 }
             }
             None if cfg.cluster.is_empty() => {
                 let _ = first_tx.send(shared.handle.latest_position().as_u64());
             }
             None => {
-                tokio::spawn(copy_loop(shared.clone(), Some((from, Some(first_tx)))));
+                copier = Some(spawn_copier(&shared, Some((from, Some(first_tx)))));
             }
         }
-        let watch = watch_dir(&shared, &cfg.dir)?;
+        let (watch, watcher) = watch_dir(&shared, &cfg.dir)?;
         let _ = shared.watch.set(watch);
         let d = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("rt-sub-{}", cfg.stream))
             .spawn(move || deliver(d, rx, first_rx, filter, on_msg, on_event))
             .map_err(|e| SubscriberError::Unexpected(e.to_string()))?;
-        Ok(Subscriber { shared, thread: Some(thread) })
+        Ok(Subscriber { shared, thread: Some(thread), watcher: Some(watcher), copier })
     }
 
     /// The position after the last message or event delivered: restart from here.
@@ -501,19 +506,57 @@ impl Subscriber {
     }
 }
 
+/// Longest a dropped [`Subscriber`] waits for its copying task to stop, so that the local copy's directory (its
+/// lock) is free for a restart in the same process when `drop` returns. The task stops at its next await point: at
+/// once while copying or waiting to reconnect, after one connection attempt while connecting. In seconds.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Drop for Subscriber {
+    /// Unsubscribes and waits for the delivery thread, the directory watch and the copying task to end, so the
+    /// local copy is closed (and its directory free for a new `Subscriber`) when this returns. Waiting for the
+    /// copying task needs a runtime thread to run it: on a current-thread runtime (where it would wait for
+    /// itself) it is not waited for, and the directory is free once the runtime runs the task to its end.
     fn drop(&mut self) {
         self.unsub();
-        if let Some(t) = self.thread.take()
-            && t.thread().id() != std::thread::current().id()
-        {
-            let _ = t.join();
+        let me = std::thread::current().id();
+        for t in [self.thread.take(), self.watcher.take()].into_iter().flatten() {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        if let Some(done) = self.copier.take() {
+            let wait = || {
+                if done.recv_timeout(CLOSE_WAIT) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    warn!(stream = %self.shared.stream, "the copying task did not stop in time; the local copy stays open until it does");
+                }
+            };
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {}
+                Ok(_) => tokio::task::block_in_place(wait),
+                Err(_) => wait(),
+            }
         }
     }
 }
 
+/// Spawns the copying task; the receiver disconnects when the task has ended.
+fn spawn_copier(
+    s: &Arc<Shared>,
+    first: Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>,
+) -> mpsc::Receiver<()> {
+    let (done, rx) = mpsc::channel::<()>();
+    let s = s.clone();
+    tokio::spawn(async move {
+        let _done = done;
+        copy_loop(s, first).await;
+    });
+    rx
+}
+
 /// Watches `dir` for file-system events on a thread of its own, waking delivery on each.
-fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<(Arc<rustix::fd::OwnedFd>, i32)> {
+type Watch = ((Arc<rustix::fd::OwnedFd>, i32), std::thread::JoinHandle<()>);
+
+fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<Watch> {
     use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
     let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
     let flags = WatchFlags::MODIFY
@@ -523,7 +566,7 @@ fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<(Arc<rus
         | WatchFlags::CLOSE_WRITE;
     let wd = inotify::add_watch(fd.as_ref(), dir, flags)?;
     let (f, w) = (fd.clone(), s.clone());
-    std::thread::Builder::new().name(format!("rt-watch-{}", s.stream)).spawn(move || {
+    let thread = std::thread::Builder::new().name(format!("rt-watch-{}", s.stream)).spawn(move || {
         let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut reader = inotify::Reader::new(f.as_ref(), &mut buf);
         loop {
@@ -540,7 +583,7 @@ fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<(Arc<rus
             }
         }
     })?;
-    Ok((fd, wd))
+    Ok(((fd, wd), thread))
 }
 
 fn deliver(

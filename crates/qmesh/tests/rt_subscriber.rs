@@ -550,3 +550,28 @@ async fn skip_forward_from_an_archived_position_into_a_fresh_copy() {
         let _ = std::fs::remove_dir_all(tmpdir(d));
     }
 }
+
+/// Dropping a `Subscriber` closes its local copy before `drop` returns (the copying task and the watch are waited
+/// for), so a subscriber restarted in the same process at once opens the same directory, whose lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_the_same_process_right_after_drop() {
+    let dir = tmpdir("restart");
+    let copy = tmpdir("restart-copy");
+    let n = node(&dir, 0, "64KiB", &[]);
+    let port = n.port("ipc");
+    let c = connect(port).await.unwrap();
+    let mut pos = 0u64;
+    for i in 0..20 {
+        publish(&c, upd("t", i)).await;
+        let from = if i == 0 { From::Start } else { From::Position(pos as i64) };
+        let (sub, mut rx) = start(cfg(&copy, port), from, None).await;
+        let Got::Msg(v, _, after) = next(&mut rx).await else { panic!() };
+        assert_eq!(v, upd("t", i), "restart {i}");
+        pos = after;
+        drop(sub);
+    }
+    drop(n);
+    for d in [dir, copy] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
