@@ -177,11 +177,16 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     let mut after = 0i64;
     let mut order: Vec<(String, i64)> = Vec::new();
     while seen < 2 * per {
-        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no message after {seen} of {}: {next_id:?}", 2 * per))
-            .unwrap()
-            .unwrap();
+        let Ok(d) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await else {
+            // what the node says about this subscription (its position, what it delivered) tells a stall in the
+            // node's reading from one in the connection
+            let node_view = common::http_get(n.addr("http"), "/api/streams").await;
+            panic!(
+                "no message after {seen} of {} (last position {after}): {next_id:?}\nnode: {node_view:?}",
+                2 * per
+            );
+        };
+        let d = d.unwrap().unwrap();
         let Delivery::Message { value, pos, .. } = d else { panic!("unexpected event {d:?}") };
         after = pos;
         let K::List(_, items) = value else { panic!("{value:?}") };
