@@ -30,9 +30,26 @@ use crate::stream::Stream;
 /// node's memory per subscriber; the rest stays on disk).
 pub const SUB_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Frames a subscription may have sent since its connection last drained
+/// before it waits for the socket: a quarter of the IPC server's bound on
+/// queued frames ([`qmesh_ipc::server::DEFAULT_MAX_QUEUE_FRAMES`]), past which
+/// the connection is dropped as a slow reader. Small messages reach that
+/// bound long before [`SUB_QUEUE_BYTES`] (65,536 frames of 60 bytes are under
+/// 4 MiB). Frames.
+pub const SUB_QUEUE_FRAMES: usize = 16 * 1024;
+
 /// Most bytes of records read from the log in one go before the task looks
 /// at its connection's queue and its controls again.
 pub const READ_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Most frames a subscription sends in one go (one poll of its task) before
+/// it yields to the runtime. Each send may write to the socket, whose cost
+/// grows with what is queued when the subscriber reads slower than the log
+/// is read; a poll of tens of thousands of small messages (1 MiB of 20-byte
+/// payloads) kept a worker busy long enough that the runtime's I/O driver
+/// was not polled and the connection's writer never woke: the subscriber
+/// saw nothing for more than 30 s. Frames.
+pub const MAX_FRAMES_PER_POLL: usize = 4096;
 
 /// The controls and progress of one subscription, shared by its task, the
 /// connection's handler and the HTTP API.
@@ -116,6 +133,8 @@ pub async fn deliver(
     let labels = NodeMetrics::stream(stream.name());
     let delivered = metrics.delivered.get_or_create(&labels).clone();
     let mut tip = stream.tip();
+    // frames sent since the connection last drained: at least what is queued
+    let mut unflushed = 0usize;
     loop {
         if ctl.is_stopped() || peer.is_closed() {
             break;
@@ -126,9 +145,17 @@ pub async fn deliver(
         }
         tip.borrow_and_update();
         let mut bytes = 0usize;
+        let mut frames = 0usize;
         let mut progressed = false;
-        // a pause or unsub answered before a record is read stops it from going out
-        while bytes < READ_BATCH_BYTES && !ctl.is_paused() && !ctl.is_stopped() {
+        // a pause or unsub answered before a record is read stops it from going out; a full connection queue
+        // stops the reading too (the outer loop waits for the socket)
+        while bytes < READ_BATCH_BYTES
+            && frames < MAX_FRAMES_PER_POLL
+            && peer.queued_bytes() <= SUB_QUEUE_BYTES
+            && unflushed < SUB_QUEUE_FRAMES
+            && !ctl.is_paused()
+            && !ctl.is_stopped()
+        {
             let item = match reader.next() {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
@@ -145,6 +172,7 @@ pub async fn deliver(
                     if let Some(f) = &opts.filter
                         && !f.matches(payload)
                     {
+                        bytes += payload.len();
                         ctl.pos.store(next, Ordering::Release);
                         continue;
                     }
@@ -154,7 +182,6 @@ pub async fn deliver(
                         let p1 = e.position.as_u64() as i64;
                         (push::event_frame(&opts.event, stream.name(), Event::BadMsg, p1, next as i64), next)
                     } else {
-                        bytes += payload.len();
                         delivered.inc();
                         ctl.delivered.fetch_add(1, Ordering::Relaxed);
                         (push::msg_frame(&opts.msg, stream.name(), payload, next as i64), next)
@@ -182,16 +209,20 @@ pub async fn deliver(
                     )
                 }
             };
+            bytes += frame.len();
+            frames += 1;
+            unflushed += 1;
             if peer.send_frame(frame).is_err() {
                 return;
             }
             ctl.pos.store(next, Ordering::Release);
         }
-        if peer.queued_bytes() > SUB_QUEUE_BYTES {
+        if peer.queued_bytes() > SUB_QUEUE_BYTES || unflushed >= SUB_QUEUE_FRAMES {
             // the socket drains the queue; the log keeps the rest
             if peer.flush().await.is_err() {
                 break;
             }
+            unflushed = 0;
             continue;
         }
         if !progressed {
@@ -199,6 +230,9 @@ pub async fn deliver(
                 r = tip.changed() => if r.is_err() { break },
                 _ = ctl.wake.notified() => {}
             }
+        } else {
+            // let the runtime poll its I/O driver and other tasks (the connection's writer among them)
+            tokio::task::yield_now().await;
         }
     }
     debug!(stream = stream.name(), conn = %peer.id(), "subscription ended");

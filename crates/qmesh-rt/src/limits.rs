@@ -25,3 +25,14 @@ pub const MAX_CALLBACK_NAME_BYTES: usize = 255;
 
 /// Most symbols a subscription filter may hold.
 pub const MAX_FILTER_SYMBOLS: usize = 4096;
+
+/// Most symbol pairs a cached subscriber filter ([`crate::filter::Predicate::cached`]) keeps an answer for. A
+/// stream has a handful of functions and tables, so this is never reached in normal use; a stream whose leading
+/// symbols are unbounded (an id per message) would otherwise grow the cache without end. When full, the cache is
+/// cleared and refilled: every answer can be asked again.
+pub const MAX_FILTER_CACHE_PAIRS: usize = 65_536;
+
+/// Longest symbol pair a cached subscriber filter keeps an answer for, in bytes of both names (plus one
+/// separator): bounds the cache's memory at about [`MAX_FILTER_CACHE_PAIRS`] times this. Longer pairs are asked
+/// every time.
+pub const MAX_FILTER_CACHED_SYMBOL_BYTES: usize = 512;

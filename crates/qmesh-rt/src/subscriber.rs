@@ -20,6 +20,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Filters
+//!
+//! rt.qpk's `.rt.filter[pred;callback]` is [`Subscriber::start_filtered`] with a [`Predicate`] of a message's one
+//! or two leading symbols, decided from the record's first bytes without decoding it ([`crate::filter`]): cached
+//! (`bool`, one question per symbol pair until [`Subscriber::clear_cache`]) or uncached (an integer 0/1, one
+//! question per message). A filtered-out message still moves [`Subscriber::position`], so a restart from any
+//! position handed out never delivers it.
+//!
+//! ```no_run
+//! # async fn demo(cfg: qmesh_rt::subscriber::SubscriberConfig) -> Result<(), qmesh_rt::subscriber::SubscriberError> {
+//! use std::sync::{Arc, Mutex};
+//! use qmesh_rt::From;
+//! use qmesh_rt::filter::Predicate;
+//! use qmesh_rt::subscriber::{Subscriber, log_event};
+//! let tables = Arc::new(Mutex::new(vec![b"quote".to_vec()]));   // t:enlist`quote
+//! let t = tables.clone();
+//! let f = Predicate::cached(move |x, y| x == b"upd" && t.lock().unwrap().iter().any(|n| n == y));
+//! let sub = Subscriber::start_filtered(cfg, From::Start, f, |m| { let _ = m.pos; },
+//!     |e, p1, p2| log_event("trades", e, p1, p2)).await?;
+//! tables.lock().unwrap().push(b"trade".to_vec());               // t,:`trade
+//! sub.clear_cache();                                            // filter[f;`clear_cache]
+//! # Ok(()) }
+//! ```
+//!
+//! # Controls
+//!
+//! [`Subscriber::pause`] and [`Subscriber::unsub`] wait for a callback in flight, so none runs after they return;
+//! [`Subscriber::control`] gives a [`Control`] to call them (and [`Control::clear_cache`]) from a callback
+//! (rt.qpk's `.rt.pause[]`, `.rt.unsub[]`) or another thread.
+//!
 //! # Waking
 //!
 //! The delivery thread sleeps until something may be readable: the copy's directory is watched for file-system
@@ -37,7 +67,8 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
 
 use qmesh_codec::{Atom, K};
 use qmesh_ipc::{Address, ClientOptions, Connection, Incoming};
@@ -46,6 +77,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::event::Event;
+use crate::filter::{ClearCache, Decision, Predicate};
 use crate::publisher::{RECONNECT_MAX, RECONNECT_MIN};
 use crate::request::From;
 use crate::ship::{ShipPush, ShipRequest, records};
@@ -149,11 +181,100 @@ struct Shared {
     handle: LogHandle,
     cfg: SubscriberConfig,
     stop: watch::Sender<bool>,
+    /// Held while a callback runs: `pause` and `unsub` take it, so no callback runs after they return.
+    gate: Mutex<()>,
+    /// The delivery thread, which must not wait for the gate it holds (a control called from a callback).
+    delivery: OnceLock<ThreadId>,
+    /// The directory watch (inotify descriptor and watch), removed on unsub to end the watching thread.
+    watch: OnceLock<(Arc<rustix::fd::OwnedFd>, i32)>,
+    /// Clears the filter's kept answers, when the subscription has a cached filter.
+    clear: Option<ClearCache>,
 }
 
 impl Shared {
     fn wake(&self, w: Wake) {
         let _ = self.wake.lock().unwrap_or_else(|p| p.into_inner()).send(w);
+    }
+
+    /// Waits for a callback in flight to return, unless called from that callback.
+    fn fence(&self) {
+        if self.delivery.get() != Some(&std::thread::current().id()) {
+            drop(self.gate.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+        self.wake(Wake::Ctl);
+        self.fence();
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.wake(Wake::Ctl);
+    }
+
+    fn unsub(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.send_replace(true);
+        self.wake(Wake::Ctl);
+        if let Some((fd, wd)) = self.watch.get() {
+            // the watch's removal wakes the watching thread (`IN_IGNORED`), which then sees `stopped`
+            let _ = rustix::fs::inotify::remove_watch(fd.as_ref(), *wd);
+        }
+        self.fence();
+    }
+
+    fn clear_cache(&self) {
+        if let Some(c) = &self.clear {
+            c.clear_cache();
+        }
+    }
+}
+
+/// A handle on a running [`Subscriber`] for callbacks and other threads: rt.qpk's `.rt.pause[]`,
+/// `.rt.resume[stream]`, `.rt.unsub[]` and `` filter[f;`clear_cache] `` wherever they are called from. Cloning is
+/// cheap; every clone controls the same subscription. Calling it from the subscription's own callback never waits.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("stream", &self.shared.stream).finish()
+    }
+}
+
+impl Control {
+    /// [`Subscriber::pause`].
+    pub fn pause(&self) {
+        self.shared.pause();
+    }
+
+    /// [`Subscriber::resume`].
+    pub fn resume(&self) {
+        self.shared.resume();
+    }
+
+    /// [`Subscriber::unsub`].
+    pub fn unsub(&self) {
+        self.shared.unsub();
+    }
+
+    /// [`Subscriber::clear_cache`].
+    pub fn clear_cache(&self) {
+        self.shared.clear_cache();
+    }
+
+    /// [`Subscriber::position`].
+    pub fn position(&self) -> u64 {
+        self.shared.pos.load(Ordering::Acquire)
+    }
+
+    /// Whether delivery is paused.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
     }
 }
 
@@ -161,7 +282,10 @@ impl Shared {
 pub struct Subscriber {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
-    watch: Option<(Arc<rustix::fd::OwnedFd>, i32)>,
+    /// The directory-watching thread.
+    watcher: Option<std::thread::JoinHandle<()>>,
+    /// Disconnects when the copying task has ended (its sender is dropped with the task).
+    copier: Option<mpsc::Receiver<()>>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -218,6 +342,32 @@ impl Subscriber {
         on_msg: impl FnMut(&Msg<'_>) + Send + 'static,
         on_event: impl FnMut(Event, u64, u64) + Send + 'static,
     ) -> Result<Subscriber, SubscriberError> {
+        Subscriber::start_inner(cfg, from, None, on_msg, on_event).await
+    }
+
+    /// Subscribes like [`Subscriber::start_with`] through a filter (rt.qpk's `.rt.filter[pred;callback]`):
+    /// `on_msg` gets only the messages `filter` delivers, decided from their one or two leading symbols without
+    /// decoding them ([`crate::filter`], which also gives the rule for messages of another shape). A filtered-out
+    /// message still moves the position past it, so a restart from any position handed out never delivers it.
+    /// Events are never filtered. With a cached filter, [`Subscriber::clear_cache`] (or [`Control::clear_cache`],
+    /// or the filter's [`Predicate::clear_handle`]) forgets its kept answers when what it looks at changes.
+    pub async fn start_filtered(
+        cfg: SubscriberConfig,
+        from: From,
+        filter: Predicate,
+        on_msg: impl FnMut(&Msg<'_>) + Send + 'static,
+        on_event: impl FnMut(Event, u64, u64) + Send + 'static,
+    ) -> Result<Subscriber, SubscriberError> {
+        Subscriber::start_inner(cfg, from, Some(filter), on_msg, on_event).await
+    }
+
+    async fn start_inner(
+        cfg: SubscriberConfig,
+        from: From,
+        filter: Option<Predicate>,
+        on_msg: impl FnMut(&Msg<'_>) + Send + 'static,
+        on_event: impl FnMut(Event, u64, u64) + Send + 'static,
+    ) -> Result<Subscriber, SubscriberError> {
         let opts = LogOptions { segment_size: MAX_SEGMENT_SIZE, durability: cfg.durability };
         let dir = cfg.dir.clone();
         let (log, _report) = tokio::task::spawn_blocking(move || Log::open(dir, opts))
@@ -246,9 +396,14 @@ impl Subscriber {
             handle,
             cfg: cfg.clone(),
             stop,
+            gate: Mutex::new(()),
+            delivery: OnceLock::new(),
+            watch: OnceLock::new(),
+            clear: filter.as_ref().filter(|f| f.is_cached()).map(Predicate::clear_handle),
         });
         // what delivery waits for before it reads: a position the copy must reach
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<u64>();
+        let mut copier = None;
         match start {
             Some(p) => {
                 let _ = first_tx.send(p);
@@ -257,23 +412,24 @@ impl Subscriber {
                     let seed = fresh.then(|| {
                         (From::Position(Position::from_u64(p).segment().start().as_u64() as i64), None)
                     });
-                    tokio::spawn(copy_loop(shared.clone(), seed));
+                    copier = Some(spawn_copier(&shared, seed));
                 }
             }
             None if cfg.cluster.is_empty() => {
                 let _ = first_tx.send(shared.handle.latest_position().as_u64());
             }
             None => {
-                tokio::spawn(copy_loop(shared.clone(), Some((from, Some(first_tx)))));
+                copier = Some(spawn_copier(&shared, Some((from, Some(first_tx)))));
             }
         }
-        let watch = watch_dir(&shared, &cfg.dir)?;
+        let (watch, watcher) = watch_dir(&shared, &cfg.dir)?;
+        let _ = shared.watch.set(watch);
         let d = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("rt-sub-{}", cfg.stream))
-            .spawn(move || deliver(d, rx, first_rx, on_msg, on_event))
+            .spawn(move || deliver(d, rx, first_rx, filter, on_msg, on_event))
             .map_err(|e| SubscriberError::Unexpected(e.to_string()))?;
-        Ok(Subscriber { shared, thread: Some(thread), watch: Some(watch) })
+        Ok(Subscriber { shared, thread: Some(thread), watcher: Some(watcher), copier })
     }
 
     /// The position after the last message or event delivered: restart from here.
@@ -291,28 +447,34 @@ impl Subscriber {
         &self.shared.handle
     }
 
-    /// Stops delivery; the copy keeps growing (`.rt.pause`).
+    /// Stops delivery; the copy keeps growing (`.rt.pause`). Once this returns no callback runs until
+    /// [`Subscriber::resume`] (a callback in flight on another thread is waited for; called from a callback, the
+    /// callback in progress finishes and none follows).
     pub fn pause(&self) {
-        self.shared.paused.store(true, Ordering::Release);
-        self.shared.wake(Wake::Ctl);
+        self.shared.pause();
     }
 
-    /// Resumes delivery where it stopped (`.rt.resume`).
+    /// Resumes delivery where it stopped (`.rt.resume`): the next message is the one after the last delivered,
+    /// read from the copy, which grew meanwhile.
     pub fn resume(&self) {
-        self.shared.paused.store(false, Ordering::Release);
-        self.shared.wake(Wake::Ctl);
+        self.shared.resume();
     }
 
-    /// Ends the subscription (`.rt.unsub`): no callback runs after this returns (unless called from one), and the
-    /// copying stops.
+    /// Ends the subscription (`.rt.unsub`): no callback runs after this returns (a callback in flight on another
+    /// thread is waited for; called from a callback, none follows it), and the copying stops.
     pub fn unsub(&self) {
-        self.shared.stopped.store(true, Ordering::Release);
-        self.shared.stop.send_replace(true);
-        self.shared.wake(Wake::Ctl);
-        if let Some((fd, wd)) = &self.watch {
-            // the watch's removal wakes the watching thread (`IN_IGNORED`), which then sees `stopped`
-            let _ = rustix::fs::inotify::remove_watch(fd.as_ref(), *wd);
-        }
+        self.shared.unsub();
+    }
+
+    /// Forgets a cached filter's kept answers (rt.qpk's `` filter[f;`clear_cache] ``): the predicate is asked
+    /// again, once per symbol pair, from the next message on. Nothing to do without a cached filter.
+    pub fn clear_cache(&self) {
+        self.shared.clear_cache();
+    }
+
+    /// A handle for callbacks and other threads: pause, resume, unsub and clear the cache from anywhere.
+    pub fn control(&self) -> Control {
+        Control { shared: self.shared.clone() }
     }
 
     /// Removes the copy's rolled segments whose messages are all before `pos` (`.rt.prune`), on a background
@@ -344,19 +506,57 @@ impl Subscriber {
     }
 }
 
+/// Longest a dropped [`Subscriber`] waits for its copying task to stop, so that the local copy's directory (its
+/// lock) is free for a restart in the same process when `drop` returns. The task stops at its next await point: at
+/// once while copying or waiting to reconnect, after one connection attempt while connecting. In seconds.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Drop for Subscriber {
+    /// Unsubscribes and waits for the delivery thread, the directory watch and the copying task to end, so the
+    /// local copy is closed (and its directory free for a new `Subscriber`) when this returns. Waiting for the
+    /// copying task needs a runtime thread to run it: on a current-thread runtime (where it would wait for
+    /// itself) it is not waited for, and the directory is free once the runtime runs the task to its end.
     fn drop(&mut self) {
         self.unsub();
-        if let Some(t) = self.thread.take()
-            && t.thread().id() != std::thread::current().id()
-        {
-            let _ = t.join();
+        let me = std::thread::current().id();
+        for t in [self.thread.take(), self.watcher.take()].into_iter().flatten() {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        if let Some(done) = self.copier.take() {
+            let wait = || {
+                if done.recv_timeout(CLOSE_WAIT) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    warn!(stream = %self.shared.stream, "the copying task did not stop in time; the local copy stays open until it does");
+                }
+            };
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {}
+                Ok(_) => tokio::task::block_in_place(wait),
+                Err(_) => wait(),
+            }
         }
     }
 }
 
+/// Spawns the copying task; the receiver disconnects when the task has ended.
+fn spawn_copier(
+    s: &Arc<Shared>,
+    first: Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>,
+) -> mpsc::Receiver<()> {
+    let (done, rx) = mpsc::channel::<()>();
+    let s = s.clone();
+    tokio::spawn(async move {
+        let _done = done;
+        copy_loop(s, first).await;
+    });
+    rx
+}
+
 /// Watches `dir` for file-system events on a thread of its own, waking delivery on each.
-fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<(Arc<rustix::fd::OwnedFd>, i32)> {
+type Watch = ((Arc<rustix::fd::OwnedFd>, i32), std::thread::JoinHandle<()>);
+
+fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<Watch> {
     use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
     let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
     let flags = WatchFlags::MODIFY
@@ -366,7 +566,7 @@ fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<(Arc<rus
         | WatchFlags::CLOSE_WRITE;
     let wd = inotify::add_watch(fd.as_ref(), dir, flags)?;
     let (f, w) = (fd.clone(), s.clone());
-    std::thread::Builder::new().name(format!("rt-watch-{}", s.stream)).spawn(move || {
+    let thread = std::thread::Builder::new().name(format!("rt-watch-{}", s.stream)).spawn(move || {
         let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut reader = inotify::Reader::new(f.as_ref(), &mut buf);
         loop {
@@ -383,19 +583,23 @@ fn watch_dir(s: &Arc<Shared>, dir: &std::path::Path) -> std::io::Result<(Arc<rus
             }
         }
     })?;
-    Ok((fd, wd))
+    Ok(((fd, wd), thread))
 }
 
 fn deliver(
     s: Arc<Shared>,
     rx: mpsc::Receiver<Wake>,
     first: tokio::sync::oneshot::Receiver<u64>,
+    mut filter: Option<Predicate>,
     mut on_msg: impl FnMut(&Msg<'_>),
     mut on_event: impl FnMut(Event, u64, u64),
 ) {
+    let _ = s.delivery.set(std::thread::current().id());
     let Ok(start) = first.blocking_recv() else { return };
     s.pos.store(start, Ordering::Release);
     let mut reader: Option<Reader> = None;
+    // an item read while a pause arrived: delivered first on resume
+    let mut pending: Option<Item> = None;
     loop {
         if s.stopped.load(Ordering::Acquire) {
             return;
@@ -426,18 +630,47 @@ fn deliver(
             }
         }
         let Some(r) = reader.as_mut() else { continue };
-        match r.next() {
-            Ok(Some(Item::Entry(e))) => {
+        let item = match pending.take() {
+            Some(item) => item,
+            None => match r.next() {
+                Ok(Some(item)) => item,
+                Ok(None) => {
+                    if rx.recv().is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(stream = %s.stream, error = %e, "reading the local copy failed; subscription ended");
+                    return;
+                }
+            },
+        };
+        // callbacks run under the gate, after a last look at the controls: `pause` and `unsub` wait for it
+        let gate = s.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if s.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if s.paused.load(Ordering::Acquire) {
+            pending = Some(item);
+            continue;
+        }
+        match item {
+            Item::Entry(e) => {
                 let next = e.next.as_u64();
                 let payload = e.payload();
-                if matches!(qmesh_codec::object_extent(payload, true), Ok(n) if n == payload.len()) {
-                    on_msg(&Msg { payload, pos: next, at: e.position.as_u64() });
-                } else {
-                    on_event(Event::BadMsg, e.position.as_u64(), next);
+                let decision = filter.as_mut().map_or(Decision::Deliver, |f| f.decide(payload));
+                if decision != Decision::Drop {
+                    if matches!(qmesh_codec::object_extent(payload, true), Ok(n) if n == payload.len()) {
+                        on_msg(&Msg { payload, pos: next, at: e.position.as_u64() });
+                    } else {
+                        on_event(Event::BadMsg, e.position.as_u64(), next);
+                    }
                 }
+                // a filtered-out message moves the position too: a restart never delivers it
                 s.pos.store(next, Ordering::Release);
             }
-            Ok(Some(Item::Event(ev))) => {
+            Item::Event(ev) => {
                 let (p1, p2) = ev.positions();
                 let event = match ev.name() {
                     "badtail" => Event::BadTail,
@@ -447,16 +680,8 @@ fn deliver(
                 on_event(event, p1.as_u64(), p2.as_u64());
                 s.pos.store(ev.next().as_u64(), Ordering::Release);
             }
-            Ok(None) => {
-                if rx.recv().is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                warn!(stream = %s.stream, error = %e, "reading the local copy failed; subscription ended");
-                return;
-            }
         }
+        drop(gate);
     }
 }
 

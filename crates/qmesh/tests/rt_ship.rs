@@ -1,57 +1,76 @@
 //! Log shipping as real processes: `Publisher`s (`qmesh rt publish`, a hidden subcommand) write local logs that
-//! are shipped to a `qmesh rt` node, while the node and a publisher are killed with SIGKILL and restarted.
-//! Nothing acknowledged is lost or duplicated. Waiting is for states, never for a time.
+//! are shipped to a `qmesh rt` node, and a `Subscriber` (`qmesh rt subscribe`, hidden too) copies the node's log and
+//! reads its copy, while the node, a publisher and the subscriber are killed with SIGKILL and restarted. Nothing
+//! acknowledged is lost or duplicated. Waiting is for states, never for a time.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::rt::{latest, tmpdir as tmp};
 use qmesh_codec::{Atom, K};
 use qmesh_rt::From;
 use qmesh_rt::client::{Delivery, Subscriber};
 use qmesh_testkit::Process;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_qmesh")
-}
-
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qmesh-rt-ship-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tmp("rt-ship", name)
 }
 
-fn node(dir: &Path, port: u16) -> Process {
-    let port = port.to_string();
-    let args = [
-        "rt",
-        "--bind",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "--http",
-        "0",
-        "--data",
-        dir.to_str().unwrap(),
-        "--stream",
-        "s",
-        "--segment-bytes",
-        "4MiB",
-    ];
-    Process::qmesh(bin(), &args, &["ipc", "http"])
+fn node(dir: &std::path::Path, port: u16) -> Process {
+    common::rt::node(dir, port, "4MiB", &[])
 }
 
-fn publisher(path: &Path, port: u16, id: &str, to: usize) -> Child {
-    Command::new(bin())
-        .args(["rt", "publish", "--stream", "s", "--cluster", &format!("127.0.0.1:{port}")])
-        .args(["--path", path.to_str().unwrap(), "--publisher-id", id, "--to", &to.to_string()])
-        .args(["--batch", "200", "--segment-bytes", "1MiB", "--rate", &rate().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn publisher(path: &std::path::Path, port: u16, id: &str, to: usize) -> Child {
+    common::rt::publisher(path, port, id, to, rate())
+}
+
+/// A `qmesh rt subscribe` process and the messages it printed: `(pos after, publisher, id)`, sent by a thread
+/// reading its stdout (a line cut by SIGKILL is dropped: it was never delivered as far as the test knows).
+struct SubProc {
+    child: Child,
+    lines: std::thread::JoinHandle<()>,
+}
+
+fn sub_proc(
+    copy: &std::path::Path,
+    port: u16,
+    from: &str,
+    tx: std::sync::mpsc::Sender<(u64, String, i64)>,
+) -> SubProc {
+    let mut child = common::rt::subscriber(copy, port, from, &[], &[]);
+    let out = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(out);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) == 0 || !line.ends_with('\n') {
+                return;
+            }
+            // `POS (`A;17)`
+            let Some((pos, v)) = line.trim_end().split_once(' ') else { continue };
+            let Some((key, id)) =
+                v.strip_prefix("(`").and_then(|v| v.strip_suffix(')')).and_then(|v| v.split_once(';'))
+            else {
+                continue;
+            };
+            let _ = tx.send((pos.parse().unwrap(), key.to_string(), id.parse().unwrap()));
+        }
+    });
+    SubProc { child, lines }
+}
+
+impl SubProc {
+    /// SIGKILL, then every complete line it printed.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.lines.join();
+    }
 }
 
 /// Messages the test publishes (`QMESH_RT_SHIP_MESSAGES`; the figure is 1,000,000).
@@ -63,17 +82,6 @@ fn messages() -> usize {
 /// publish.
 fn rate() -> usize {
     (messages() / 8).max(1000)
-}
-
-/// The node's latest position (waits through restarts).
-async fn latest(port: u16) -> Option<i64> {
-    let addr = qmesh_ipc::Address::parse(&format!("127.0.0.1:{port}")).ok()?;
-    let c = qmesh_ipc::Connection::connect(&addr, qmesh_ipc::ClientOptions::default()).await.ok()?;
-    let m = c.call(&K::list(vec![K::sym(".rt.get_latest_position"), K::sym("s")])).await.ok()?;
-    match m.decode().ok()? {
-        K::Atom(Atom::Long(j)) => Some(j),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,6 +96,11 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
 
     let mut a = publisher(&logs, port, "A", per);
     let b = publisher(&logs, port, "B", per);
+    // a subscriber process with a local copy, killed and restarted from its last printed position below
+    let copy = tmpdir("copy");
+    let (sub_tx, sub_rx) = std::sync::mpsc::channel();
+    let mut sp = Some(sub_proc(&copy, port, "start", sub_tx.clone()));
+    let mut from_sub: Vec<(u64, String, i64)> = Vec::new();
 
     // the same publisher id on the same host cannot run twice: the directory is locked
     let wait_for = |dir: PathBuf| async move {
@@ -107,22 +120,35 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     // kill the node whenever its log has grown again, and publisher A once, then restart them
     // bytes of merged log so far: rolls of 4 MiB plus the offset
     let bytes = |l: i64| (l & ((1 << 30) - 1)) + ((l >> 30) & 0x3fff) * (4 << 20);
-    // records are over 60 bytes: this many bytes are reached well before the publishers finish
+    // records are over 60 bytes (79 with this test's keys and host names): the k-th kill comes at k steps of 50
+    // bytes per message, fixed thresholds well before the publishers finish. (Thresholds measured from the last
+    // kill's reading accumulate the overshoot of every burst after a restart, when the publishers ship what they
+    // wrote while the node was down, and can pass the log's final size: the test then waits for growth that never
+    // comes.)
     let step_bytes = (total as i64 * 50) / (KILLS as i64 + 1);
-    let mut last = 0i64;
     for k in 0..KILLS {
         let deadline = Instant::now() + Duration::from_secs(120);
+        let threshold = (k as i64 + 1) * step_bytes;
         loop {
             if let Some(l) = latest(port).await
-                && bytes(l) >= last + step_bytes
+                && bytes(l) >= threshold
             {
-                last = bytes(l);
                 break;
             }
-            assert!(Instant::now() < deadline, "the node's log stopped growing");
+            assert!(
+                Instant::now() < deadline,
+                "the node's log stopped growing before {threshold} bytes (kill {k})"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         n.kill();
+        if k == KILLS - 1 {
+            // the subscriber dies too, and restarts from the last position it printed while the node is down
+            sp.take().unwrap().kill();
+            from_sub.extend(sub_rx.try_iter());
+            let from = from_sub.last().map_or("start".to_string(), |m| m.0.to_string());
+            sp = Some(sub_proc(&copy, port, &from, sub_tx.clone()));
+        }
         if k == 1 {
             // a publisher crash too: the restarted one resumes from its local log and the node's mark
             let _ = a.kill();
@@ -149,16 +175,23 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     let mut next_id = std::collections::HashMap::new();
     let mut seen = 0usize;
     let mut after = 0i64;
+    let mut order: Vec<(String, i64)> = Vec::new();
     while seen < 2 * per {
-        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no message after {seen} of {}: {next_id:?}", 2 * per))
-            .unwrap()
-            .unwrap();
+        let Ok(d) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await else {
+            // what the node says about this subscription (its position, what it delivered) tells a stall in the
+            // node's reading from one in the connection
+            let node_view = common::http_get(n.addr("http"), "/api/streams").await;
+            panic!(
+                "no message after {seen} of {} (last position {after}): {next_id:?}\nnode: {node_view:?}",
+                2 * per
+            );
+        };
+        let d = d.unwrap().unwrap();
         let Delivery::Message { value, pos, .. } = d else { panic!("unexpected event {d:?}") };
         after = pos;
         let K::List(_, items) = value else { panic!("{value:?}") };
         let (K::Atom(Atom::Symbol(key)), K::Atom(Atom::Long(id))) = (&items[0], &items[1]) else { panic!() };
+        order.push((String::from_utf8_lossy(key).into_owned(), *id));
         let want = next_id.entry(key.to_vec()).or_insert(1i64);
         assert_eq!(*id, *want, "publisher {} out of order or repeated", String::from_utf8_lossy(key));
         *want += 1;
@@ -166,6 +199,27 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
     }
     // and nothing else: the last message ends the log
     assert_eq!(latest(port).await, Some(after), "the node holds more than the published messages");
+    // the subscriber process, killed once, delivered each message exactly once, in the node's order
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while from_sub.len() < 2 * per {
+        match sub_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => from_sub.push(m),
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "the subscriber process stopped at {} of {} messages",
+                from_sub.len(),
+                2 * per
+            ),
+        }
+    }
+    sp.take().unwrap().kill();
+    from_sub.extend(sub_rx.try_iter());
+    assert_eq!(from_sub.len(), 2 * per, "the subscriber process got messages twice");
+    assert_eq!(from_sub.last().unwrap().0, after as u64);
+    assert!(
+        from_sub.iter().map(|m| (m.1.as_str(), m.2)).eq(order.iter().map(|(k, i)| (k.as_str(), *i))),
+        "the subscriber process saw another order than the node's"
+    );
     // the publishers' acknowledged local segments were truncated (1 MiB segments, ~6 MB each)
     for id in ["A", "B"] {
         let d = logs.join(format!("{id}.{host}.s"));
@@ -175,10 +229,14 @@ async fn two_publishers_ship_through_node_and_publisher_crashes() {
             .count();
         assert!(segs <= 3, "{} holds {segs} segments", d.display());
     }
-    eprintln!("ship test: {total} messages, {KILLS} node kills, 1 publisher kill");
+    eprintln!(
+        "ship test: {total} messages ({} bytes of merged log each), {KILLS} node kills, 1 publisher kill, 1 subscriber kill",
+        bytes(after) / total as i64
+    );
     drop(n);
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_dir_all(logs);
+    for d in [dir, logs, copy] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// A `Subscriber` copies the node's log into its own directory and reads from there: it restarts from its position

@@ -41,6 +41,36 @@ pub enum Command {
     /// process tests and benchmarks.
     #[command(hide = true)]
     Publish(PublishArgs),
+    /// Subscribe through a `Subscriber` (a local copy of the node's log, read from disk) and print each message
+    /// delivered as `POS VALUE` (the position after it, then the value in one line); events are logged by the
+    /// default handler. For process tests.
+    #[command(hide = true)]
+    Subscribe(SubscribeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubscribeArgs {
+    /// The stream.
+    #[arg(long)]
+    pub stream: String,
+    /// A node to copy from (repeatable; none: read the local copy only).
+    #[arg(long = "cluster", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// The local copy's directory (default `$RT_LOG_PATH/$stream`).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Where to start: `start` (`::`), `latest`, or a position printed earlier.
+    #[arg(long, default_value = "start")]
+    pub from: String,
+    /// Exit after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Deliver only `(`upd;`TABLE;…)` messages for these tables (a cached filter).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// The local copy's durability: always, interval or never.
+    #[arg(long, default_value = "always", value_parser = parse_durability)]
+    pub durability: Durability,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +168,7 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
         Some(Command::Tail(t)) => tail(t).await,
         Some(Command::Reset(r)) => reset(r).await,
         Some(Command::Publish(p)) => publish(p).await,
+        Some(Command::Subscribe(a)) => subscribe(a).await,
         None => serve(args.serve).await,
     }
 }
@@ -253,4 +284,61 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     out.flush()?;
     p.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn subscribe(args: SubscribeArgs) -> anyhow::Result<ExitCode> {
+    use qmesh_rt::filter::Predicate;
+    use qmesh_rt::subscriber::{Subscriber as Sub, SubscriberConfig, log_event};
+    let from = match args.from.as_str() {
+        "start" | "::" => From::Start,
+        "latest" => From::Latest,
+        p => From::Position(p.parse().with_context(|| format!("--from {p}: start, latest or a position"))?),
+    };
+    let mut cfg = SubscriberConfig::new(&args.stream);
+    if let Some(d) = args.dir {
+        cfg.dir = d;
+    }
+    cfg.cluster = args.cluster;
+    cfg.durability = args.durability;
+    let shutdown = Shutdown::on_signals().context("signal handlers")?;
+    // `None`: the count is reached; `Some`: stdout failed
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Option<std::io::Error>>();
+    let count = args.count;
+    let mut seen = 0u64;
+    let on_msg = move |m: &qmesh_rt::subscriber::Msg<'_>| {
+        let line = match m.decode() {
+            Ok(v) => format!("{} {}\n", m.pos, qmesh_codec::display::repr(&v)),
+            Err(e) => format!("{} <undecodable: {e}>\n", m.pos),
+        };
+        // one write per message: a position printed is a position delivered
+        if let Err(e) = std::io::stdout().lock().write_all(line.as_bytes()) {
+            let _ = done_tx.send(Some(e));
+            return;
+        }
+        seen += 1;
+        if count == Some(seen) {
+            let _ = done_tx.send(None);
+        }
+    };
+    let stream = args.stream.clone();
+    let on_event = move |e, p1, p2| log_event(&stream, e, p1, p2);
+    let sub = if args.tables.is_empty() {
+        Sub::start(cfg, from, on_msg).await?
+    } else {
+        let tables = args.tables;
+        let pred = Predicate::cached(move |x, y| x == b"upd" && tables.iter().any(|t| t.as_bytes() == y));
+        Sub::start_filtered(cfg, from, pred, on_msg, on_event).await?
+    };
+    let ended = tokio::select! {
+        e = done_rx.recv() => e.flatten(),
+        () = shutdown.triggered() => None,
+    };
+    sub.unsub();
+    match ended {
+        Some(e) => Err(e.into()),
+        None => {
+            writeln!(std::io::stdout().lock(), "position {}", sub.position())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

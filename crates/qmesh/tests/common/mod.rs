@@ -1,6 +1,9 @@
-//! Helpers shared by the routing process tests (`routing.rs`, `mserve.rs`):
-//! reading a gateway's `/api/services` and waiting, bounded, for a state.
+//! Helpers shared by the process tests: for routing (`routing.rs`, `mserve.rs`),
+//! reading a gateway's `/api/services` and waiting, bounded, for a state; for
+//! log shipping, [`rt`].
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses its own subset
+
+pub mod rt;
 
 use std::net::SocketAddr;
 use std::time::Duration;
