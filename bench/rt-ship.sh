@@ -16,7 +16,8 @@
 # env:   MESSAGES (200000), UNBATCHED (20000: the unbatched ship run, one
 #        fsync per message), SIZE (100), PUBLISHERS (2), WINDOW (1000),
 #        BATCH (1000), RATE (100000), NATS (nats-server; /usr/sbin/nats-server),
-#        QMESH (the release qmesh binary; built if absent)
+#        QMESH (the qmesh binary running the node; default: this tree's release build),
+#        NATS_TIMEOUT (120: seconds a NATS run may take)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/qmesh-target}"
@@ -28,11 +29,16 @@ W="${WINDOW:-1000}"
 BATCH="${BATCH:-1000}"
 RATE="${RATE:-100000}"
 NATS="${NATS:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
-QMESH="${QMESH:-$CARGO_TARGET_DIR/release/qmesh}"
 
-[ -x "$QMESH" ] || cargo build --release --locked -q -p qmesh --bin qmesh
-cargo build --release --locked -q -p qmesh-rt-node --example rt_bench
-B="$CARGO_TARGET_DIR/release/examples/rt_bench"
+# where cargo put an executable (artifacts may live outside $CARGO_TARGET_DIR: cargo's build-dir)
+exe() {
+    cargo build --release --locked -q --message-format=json "$@" |
+        python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' |
+        tail -1
+}
+QMESH="${QMESH:-$(exe -p qmesh --bin qmesh)}"
+NATS_TIMEOUT="${NATS_TIMEOUT:-120}"
+B=$(exe -p qmesh-rt-node --example rt_bench)
 
 tmp=$(mktemp -d)
 pids=()
@@ -83,7 +89,8 @@ if [ -x "$NATS" ]; then
         "$NATS" -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 &
         local pid=$!; pids+=($pid)
         wait_port "$port"
-        "$B" nats "127.0.0.1:$port" "$@"
+        # bounded: rt_bench's JetStream subscriber has been seen waiting for deliveries that never come
+        timeout "$NATS_TIMEOUT" "$B" nats "127.0.0.1:$port" "$@" || echo "NATS run did not finish in ${NATS_TIMEOUT}s"
         kill "$pid"; wait "$pid" 2>/dev/null || true
     }
     NATS_OUT=$(nats --messages "$N" "${common[@]}"); echo "$NATS_OUT"
