@@ -9,12 +9,21 @@
 //! `bench`) in this process, as `qmesh rt` would, so the benchmark needs no
 //! build of the whole binary.
 //!
-//! usage: rt_bench rt|redis|nats ADDR [--messages N] [--size BYTES]
+//! usage: rt_bench rt|ship|redis|nats ADDR [--messages N] [--size BYTES]
 //!        [--publishers P] [--window W] [--rate MSGS_PER_S] [--async]
+//!        [--batch B] [--dir DIR]
 //!
 //! * rt: sync `` (`.rt.pub;`bench;payload) `` (a byte vector whose
 //!   serialization is SIZE bytes); `--async` sends `neg[h]` and one sync
 //!   call at the end (the batching publisher).
+//! * ship: log shipping — each publisher a `qmesh_rt::publisher::Publisher`
+//!   writing its local log in `DIR/pubs` (fsync per call, `--durability
+//!   always`), shipped to the node; the subscriber a
+//!   `qmesh_rt::subscriber::Subscriber` reading its local copy in
+//!   `DIR/copy`. `--batch B` publishes B messages per call (one write, one
+//!   fsync); 1 is unbatched. Throughput counts messages the node
+//!   acknowledged (each publisher's `flush`), as for `rt`; latency is
+//!   publish call → subscriber callback.
 //! * redis: `XADD bench * d payload`, pipelined.
 //! * nats: JetStream publish to subject `bench` with a reply inbox (the
 //!   publish ack), pipelined; the subscriber is a push consumer.
@@ -43,6 +52,8 @@ struct Opts {
     window: usize,
     rate: Option<f64>,
     async_pub: bool,
+    batch: usize,
+    dir: String,
 }
 
 fn parse() -> Opts {
@@ -56,6 +67,8 @@ fn parse() -> Opts {
         window: 1000,
         rate: None,
         async_pub: false,
+        batch: 1,
+        dir: std::env::temp_dir().join(format!("rt-bench-{}", std::process::id())).display().to_string(),
     };
     let mut i = 2;
     while i < a.len() {
@@ -65,6 +78,8 @@ fn parse() -> Opts {
             "--publishers" => o.publishers = a[i + 1].parse().unwrap(),
             "--window" => o.window = a[i + 1].parse().unwrap(),
             "--rate" => o.rate = Some(a[i + 1].parse().unwrap()),
+            "--batch" => o.batch = a[i + 1].parse().unwrap(),
+            "--dir" => o.dir = a[i + 1].clone(),
             "--async" => {
                 o.async_pub = true;
                 i += 1;
@@ -129,6 +144,9 @@ async fn main() {
         return serve(&args[2], args[3].parse().unwrap()).await;
     }
     let o = parse();
+    if o.kind == "ship" {
+        return ship(&o).await;
+    }
     let per_rate = o.rate.map(|r| r / o.publishers as f64);
     let n_per = o.messages / o.publishers;
     let total = n_per * o.publishers;
@@ -229,6 +247,107 @@ async fn sub_rt(o: &Opts, total: u64, ready: tokio::sync::oneshot::Sender<()>) -
         }
     }
     Report { latencies }
+}
+
+// ---------- qmesh rt, log shipping ----------
+
+/// A serialized byte vector (the payload `rt_msg` publishes) of `size` bytes carrying its send time.
+fn ship_payload(size: usize) -> Vec<u8> {
+    qmesh_codec::RawObject::encode(&K::Vector(Attr::None, Vector::Byte(stamped(size.saturating_sub(6)))))
+        .bytes()
+        .to_vec()
+}
+
+async fn ship(o: &Opts) {
+    use qmesh_rt::publisher::{Header, Publisher, PublisherConfig};
+    use qmesh_rt::subscriber::{Subscriber as CopySubscriber, SubscriberConfig, latest_position};
+    let _ = std::fs::remove_dir_all(&o.dir);
+    let per_rate = o.rate.map(|r| r / o.publishers as f64);
+    let n_per = o.messages / o.publishers;
+    let total = n_per * o.publishers;
+    // the subscriber: a local copy from the node's current end
+    let mut sc = SubscriberConfig::new("bench");
+    sc.dir = std::path::Path::new(&o.dir).join("copy");
+    std::fs::create_dir_all(&sc.dir).unwrap();
+    sc.cluster = vec![o.addr.clone()];
+    let from = latest_position(&o.addr, "bench").await.unwrap();
+    let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut done_tx = Some(done_tx);
+    let l = lat.clone();
+    let _sub = CopySubscriber::start(sc, From::Position(from as i64), move |m| {
+        // a byte vector: type, attribute, length (6 bytes), then the stamp
+        let t = now_ns().saturating_sub(stamp_of(&m.payload[6..]));
+        let mut v = l.lock().unwrap();
+        v.push(t);
+        if v.len() as u64 == total
+            && let Some(tx) = done_tx.take()
+        {
+            let _ = tx.send(());
+        }
+    })
+    .await
+    .unwrap();
+    let mut pubs = Vec::new();
+    for p in 0..o.publishers {
+        let mut pc = PublisherConfig::new("bench");
+        pc.path = std::path::Path::new(&o.dir).join("pubs");
+        std::fs::create_dir_all(&pc.path).unwrap();
+        // ids unique to this run: a node remembers what each id shipped before
+        pc.publisher_id = Some(format!("bench{p}x{}", std::process::id()));
+        pc.cluster = vec![o.addr.clone()];
+        pubs.push(Arc::new(Publisher::start(pc).await.unwrap()));
+    }
+    let start = Instant::now();
+    let batch = o.batch.max(1) as u64;
+    let mut threads = Vec::new();
+    let size = o.size;
+    for p in &pubs {
+        let p = p.clone();
+        threads.push(std::thread::spawn(move || {
+            let header = Header::default();
+            let mut sent = 0u64;
+            while sent < n_per {
+                // what is due now (everything, without a rate), at most one batch
+                let due = per_rate.map_or(n_per, |r| ((start.elapsed().as_secs_f64() * r) as u64).min(n_per));
+                if due <= sent {
+                    let next = Duration::from_secs_f64((sent + 1) as f64 / per_rate.unwrap_or(f64::INFINITY));
+                    std::thread::sleep(next.saturating_sub(start.elapsed()));
+                    continue;
+                }
+                let k = (due - sent).min(batch);
+                let msgs: Vec<Vec<u8>> = (0..k).map(|_| ship_payload(size)).collect();
+                p.publish_batch(msgs.iter().map(|m| (m.as_slice(), &header))).unwrap();
+                sent += k;
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let local_secs = start.elapsed().as_secs_f64();
+    for p in &pubs {
+        p.flush().await.unwrap();
+    }
+    let acked_secs = start.elapsed().as_secs_f64();
+    tokio::time::timeout(Duration::from_secs(600), done_rx).await.expect("subscriber done").unwrap();
+    let e2e_secs = start.elapsed().as_secs_f64();
+    let mut v = std::mem::take(&mut *lat.lock().unwrap());
+    v.sort_unstable();
+    println!(
+        "kind=ship messages={total} size={} publishers={} batch={} rate={} throughput_msgs_per_s={:.0} local_msgs_per_s={:.0} e2e_msgs_per_s={:.0} p50_us={:.1} p99_us={:.1} max_us={:.1}",
+        o.size,
+        o.publishers,
+        batch,
+        o.rate.map_or("max".into(), |r| format!("{r}")),
+        total as f64 / acked_secs,
+        total as f64 / local_secs,
+        total as f64 / e2e_secs,
+        pct(&v, 0.5),
+        pct(&v, 0.99),
+        pct(&v, 1.0),
+    );
+    let _ = std::fs::remove_dir_all(&o.dir);
 }
 
 // ---------- Redis streams (RESP) ----------

@@ -175,6 +175,8 @@ struct Shared {
     stream: String,
     paused: AtomicBool,
     stopped: AtomicBool,
+    /// Whether the copying task holds a connection to a node that answered its pull.
+    copying: AtomicBool,
     pos: AtomicU64,
     wake: Mutex<mpsc::Sender<Wake>>,
     writer: Mutex<Log>,
@@ -390,6 +392,7 @@ impl Subscriber {
             stream: cfg.stream.clone(),
             paused: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            copying: AtomicBool::new(false),
             pos: AtomicU64::new(start.unwrap_or(0)),
             wake: Mutex::new(tx),
             writer: Mutex::new(log),
@@ -440,6 +443,12 @@ impl Subscriber {
     /// The local copy's latest position (what is readable locally).
     pub fn copy_latest_position(&self) -> u64 {
         self.shared.handle.latest_position().as_u64()
+    }
+
+    /// Whether the copy is being fed: the copying task is connected to a node that accepted its pull (`false`
+    /// while the node is down or unreachable, and with no `cluster`; the local copy still serves what it holds).
+    pub fn copying(&self) -> bool {
+        self.shared.copying.load(Ordering::Acquire)
     }
 
     /// The local copy (tests and tools).
@@ -696,7 +705,9 @@ async fn copy_loop(s: Arc<Shared>, mut first: Option<(From, Option<tokio::sync::
         }
         let addr = s.cfg.cluster[i % s.cfg.cluster.len()].clone();
         i += 1;
-        match copy_once(&s, &addr, &mut first, &mut stop).await {
+        let r = copy_once(&s, &addr, &mut first, &mut stop).await;
+        s.copying.store(false, Ordering::Release);
+        match r {
             Ok(()) => return,
             Err(e) => {
                 failures += 1;
@@ -747,6 +758,7 @@ async fn copy_once(
             let _ = tx.send(deliver_from.max(start));
         }
     }
+    s.copying.store(true, Ordering::Release);
     info!(stream = %s.stream, %addr, start, "copying the node's log");
     loop {
         let msg = tokio::select! {

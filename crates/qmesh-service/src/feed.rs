@@ -24,34 +24,39 @@
 //!
 //! # Rate and batches
 //!
-//! The publisher sends at most `rate` messages a second on average: every
-//! tick it sends the messages due since the start (`elapsed × rate`), in
-//! batches of at most `batch`. A batch is `batch` sync `.rt.pub` requests
-//! written back to back on one connection, answered in order once durable
-//! (the node's group commit makes one fsync of a whole batch), so the rate
-//! is not bound by one round trip per message. The rate achieved is logged
-//! every [`REPORT_EVERY`].
+//! The feed publishes at most `rate` messages a second on average: every
+//! tick it publishes the messages due since the start (`elapsed × rate`),
+//! in batches of at most `batch`. A batch is one write and one fsync of the
+//! local log ([`Publisher::publish_batch`], group commit), and publishing
+//! returns once the batch is there, so the rate is bound by the local disk,
+//! not by a round trip to the node. The rate achieved is logged every
+//! [`REPORT_EVERY`].
 //!
-//! # Delivery
+//! # Delivery: a publisher with a local log
 //!
-//! [`publish`] is the one function that touches the transport (today the
-//! node's sync `.rt.pub` over IPC; later the local-log `Publisher`). When
-//! the node goes away the feed reconnects with backoff and sends the
-//! unanswered batch again: at least once — a batch the node stored before
-//! the connection dropped is stored twice. A refusal by the node (`'unknown
-//! stream`, `'message too large` …) stops the feed with that error.
+//! The feed is an rt.qpk publisher ([`qmesh_rt::publisher::Publisher`]):
+//! every message goes to its local log
+//! `PATH/PUBLISHER_ID.HOSTNAME.STREAM` first, and a background task ships
+//! the log to the node, resuming from what the node acknowledged after any
+//! disconnect. So the feed keeps publishing while the node is down and
+//! loses nothing: what the node has not taken stays in the local log and is
+//! shipped when it returns — or by the next start of a feed with the same
+//! `publisher_id` (the directory is locked: two feeds with one id on one
+//! host refuse to run). Nothing is stored twice. A refusal (a message over
+//! the size limit) stops the feed with that error.
+//!
+//! With [`FeedConfig::count`], [`run`] returns once the node has
+//! acknowledged every message ([`Publisher::flush`]), or at `stop`.
 //!
 //! [`demo`]: crate::demo
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use qmesh_codec::{Atom, Attr, K, Message, Symbols, Table, Vector};
-use qmesh_ipc::client::Backoff;
-use qmesh_ipc::{Address, ClientOptions, Connection, IpcError, Sender};
+use qmesh_codec::{Attr, K, RawObject, Symbols, Table, Vector};
 use qmesh_process::Shutdown;
+use qmesh_rt::publisher::{Header, Publisher, PublisherConfig, PublisherError};
 use tracing::{info, warn};
 
 use crate::demo::{DEFAULT_SEED, DEMO_SYMS, Rng};
@@ -60,11 +65,9 @@ use crate::mapping::KDB_EPOCH_DAYS;
 /// How often the achieved rate is logged.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 
-/// Most messages in one batch: bounds the sync requests in flight on one
-/// connection (a qmesh server disconnects a client with more than
-/// `qmesh_ipc`'s `DEFAULT_MAX_PENDING`, 4096, unanswered) and the memory a
-/// batch holds.
-pub const MAX_BATCH: usize = 1024;
+/// Most messages in one batch (one write and one fsync of the local log):
+/// bounds the memory a batch holds and the time one batch takes.
+pub const MAX_BATCH: usize = 8192;
 
 /// Most rows in one message.
 pub const MAX_ROWS: usize = 100_000;
@@ -75,27 +78,15 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 /// Longest tick, so a low rate still sends on time.
 const MAX_TICK: Duration = Duration::from_millis(100);
 
-/// Waits between attempts to reach the node.
-const RETRY: Backoff = Backoff {
-    initial: Duration::from_millis(100),
-    max: Duration::from_secs(5),
-    factor: 2.0,
-    max_attempts: None,
-};
-
 /// Errors of the feed.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
-    #[error("address: {0}")]
-    Address(#[from] qmesh_ipc::AddressError),
-    /// The node refused a message (its q error text).
-    #[error("the node refused a message: {0}")]
-    Refused(String),
-    /// The node could not be reached or the connection dropped.
+    /// The publisher failed: its local log, a refused message, its directory locked by another feed.
     #[error("{0}")]
-    Ipc(IpcError),
-    #[error("the node answered .rt.pub with {0}, not a position")]
-    Unexpected(String),
+    Publisher(#[from] PublisherError),
+    /// The blocking task writing the local log failed.
+    #[error("publishing task: {0}")]
+    Task(String),
     #[error("bad spec: {0}")]
     Spec(String),
 }
@@ -208,55 +199,18 @@ impl Generator {
     }
 }
 
-/// One sync request in flight.
-type Call<'a> = Pin<Box<dyn Future<Output = Result<Message, IpcError>> + Send + 'a>>;
-
-/// Publishes `msgs` to `stream`, in order, and returns the position the
-/// node answered for the last (where it stored it) once all are durable: the one place the feed touches the
-/// transport (the node's sync `.rt.pub` today).
-///
-/// All requests are written before the first answer is awaited: each call
-/// is polled once, in order, which queues its request on the connection,
-/// so the node receives them in `msgs` order and answers in that order.
-pub async fn publish(sender: &Sender, stream: &str, msgs: &[K]) -> Result<i64, FeedError> {
-    let mut calls: Vec<Call<'_>> = Vec::with_capacity(msgs.len());
-    let mut done: Vec<Option<Result<Message, IpcError>>> = Vec::with_capacity(msgs.len());
-    let mut cx = Context::from_waker(Waker::noop());
-    for m in msgs {
-        let req = K::list(vec![K::sym(".rt.pub"), K::sym(stream), m.clone()]);
-        let mut call: Call<'_> = Box::pin(async move { sender.call(&req).await });
-        // the first poll encodes and queues the request, in order
-        match call.as_mut().poll(&mut cx) {
-            Poll::Ready(r) => done.push(Some(r)),
-            Poll::Pending => done.push(None),
-        }
-        calls.push(call);
-    }
-    let mut last = None;
-    for (call, early) in calls.into_iter().zip(done) {
-        let answer = match early {
-            Some(r) => r,
-            None => call.await,
-        };
-        let msg = answer.map_err(|e| match e {
-            IpcError::Remote(text) => FeedError::Refused(text),
-            other => FeedError::Ipc(other),
-        })?;
-        match msg.decode() {
-            Ok(K::Atom(Atom::Long(p))) => last = Some(p),
-            Ok(other) => return Err(FeedError::Unexpected(format!("{other:?}"))),
-            Err(e) => return Err(FeedError::Unexpected(e.to_string())),
-        }
-    }
-    last.ok_or_else(|| FeedError::Unexpected("an empty batch".into()))
-}
-
 /// How the feed runs.
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
-    /// The node (`host:port`, `:host:port:user:password`).
-    pub node: String,
+    /// The nodes the local log is shipped to (`host:port`, `:host:port:user:password`), tried in turn.
+    pub cluster: Vec<String>,
+    /// The stream.
     pub stream: String,
+    /// The parent of the local log's directory (rt.qpk's `path`).
+    pub path: PathBuf,
+    /// The publisher's stable id (rt.qpk's `publisher_id`): names the local
+    /// log and the publisher on the node, so a restarted feed resumes its log.
+    pub publisher_id: String,
     /// Messages per second, on average.
     pub rate: f64,
     /// Stop after this many messages (`None`: until stopped).
@@ -269,11 +223,14 @@ pub struct FeedConfig {
 /// What a feed did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FeedReport {
-    /// Messages the node acknowledged.
+    /// Messages written to the local log.
     pub sent: u64,
-    /// The position the node answered for the last acknowledged message
-    /// (0: none).
-    pub position: i64,
+    /// The local log's position of the last message (0: none).
+    pub position: u64,
+    /// Whether the node acknowledged every message published (`false`: some
+    /// wait in the local log for the node, or for the next start).
+    pub acknowledged: bool,
+    /// From the start to the last message written.
     pub elapsed: Duration,
 }
 
@@ -284,32 +241,23 @@ impl FeedReport {
     }
 }
 
-async fn connect(addr: &Address, stop: &Shutdown) -> Option<Sender> {
-    let mut failures = 0;
-    loop {
-        tokio::select! {
-            _ = stop.triggered() => return None,
-            _ = tokio::time::sleep(RETRY.delay(failures)) => {}
-        }
-        match Connection::connect(addr, ClientOptions::default()).await {
-            Ok(c) => {
-                info!(node = %addr, "feed connected");
-                return Some(c.split().0);
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    warn!(node = %addr, error = %e, "feed cannot reach the node; retrying");
-                }
-            }
-        }
-    }
+/// Writes `msgs` to the local log as one batch, off the async threads;
+/// returns the local position of the last.
+async fn publish(publisher: &Arc<Publisher>, msgs: Vec<K>) -> Result<u64, FeedError> {
+    let p = Arc::clone(publisher);
+    tokio::task::spawn_blocking(move || {
+        let raw: Vec<RawObject> = msgs.iter().map(RawObject::encode).collect();
+        let header = Header::default();
+        let positions = p.publish_batch(raw.iter().map(|r| (r.bytes().as_ref(), &header)))?;
+        Ok(positions.last().map_or(0, |p| p.as_u64()))
+    })
+    .await
+    .map_err(|e| FeedError::Task(e.to_string()))?
 }
 
-/// Publishes until `config.count` messages are acknowledged or `stop`
-/// triggers; a batch in flight at `stop` is finished first.
+/// Publishes until `config.count` messages are acknowledged by the node or
+/// `stop` triggers; a batch being written at `stop` is finished first.
 pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedError> {
-    let addr = Address::parse(&config.node)?;
     if !(config.rate > 0.0 && config.rate.is_finite()) {
         return Err(FeedError::Spec(format!(
             "rate must be a positive number of messages a second, got {}",
@@ -319,51 +267,47 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
     if config.batch == 0 || config.batch > MAX_BATCH {
         return Err(FeedError::Spec(format!("batch must be 1..={MAX_BATCH}, got {}", config.batch)));
     }
+    if config.cluster.is_empty() {
+        return Err(FeedError::Spec("no node to publish to".into()));
+    }
     let mut generator = Generator::new(config.spec.clone())?;
+    let mut pc = PublisherConfig::new(&config.stream);
+    pc.path = config.path.clone();
+    pc.publisher_id = Some(config.publisher_id.clone());
+    pc.cluster = config.cluster.clone();
+    let publisher = Arc::new(Publisher::start(pc).await?);
+    info!(
+        key = publisher.key(),
+        dir = %publisher.dir().display(),
+        cluster = ?config.cluster,
+        "feed publishing through its local log"
+    );
     let started = Instant::now();
-    let mut report = FeedReport { sent: 0, position: 0, elapsed: Duration::ZERO };
-    let Some(mut sender) = connect(&addr, &stop).await else {
-        return Ok(report);
-    };
+    let mut report = FeedReport { sent: 0, position: 0, acknowledged: false, elapsed: Duration::ZERO };
     let tick = Duration::from_secs_f64(1.0 / config.rate).clamp(MIN_TICK, MAX_TICK);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut window_at, mut window_sent) = (Instant::now(), 0u64);
     let limit = config.count.unwrap_or(u64::MAX);
-    let begun = Instant::now();
     'outer: while report.sent < limit {
         tokio::select! {
             _ = stop.triggered() => break,
             _ = ticker.tick() => {}
         }
-        let due = ((begun.elapsed().as_secs_f64() * config.rate) as u64).min(limit);
+        let due = ((started.elapsed().as_secs_f64() * config.rate) as u64).min(limit);
         while report.sent < due {
             let n = (due - report.sent).min(config.batch as u64) as usize;
             let (date, time) = kdb_now();
             let msgs: Vec<K> = (0..n).map(|_| generator.next_message(date, time)).collect();
-            loop {
-                match publish(&sender, &config.stream, &msgs).await {
-                    Ok(pos) => {
-                        report.sent += n as u64;
-                        report.position = pos;
-                        break;
-                    }
-                    Err(FeedError::Ipc(e)) => {
-                        warn!(node = %addr, error = %e, "feed lost the node; reconnecting to send the batch again");
-                        match connect(&addr, &stop).await {
-                            Some(s) => sender = s,
-                            None => break 'outer,
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            report.position = publish(&publisher, msgs).await?;
+            report.sent += n as u64;
             if window_at.elapsed() >= REPORT_EVERY {
                 let secs = window_at.elapsed().as_secs_f64();
                 info!(
                     sent = report.sent,
                     rate = format!("{:.0}", (report.sent - window_sent) as f64 / secs),
                     target = config.rate,
+                    acked = ?publisher.acked().map(|p| p.as_u64()),
                     position = report.position,
                     "feed rate (messages/s over the last window)"
                 );
@@ -379,8 +323,29 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
         sent = report.sent,
         rate = format!("{:.0}", report.rate()),
         position = report.position,
-        "feed done"
+        "feed done writing; waiting for the node to acknowledge"
     );
+    if config.count.is_some() {
+        tokio::select! {
+            _ = stop.triggered() => {}
+            r = publisher.flush() => { r?; report.acknowledged = true; }
+        }
+    } else {
+        // stopped: what the node took already is acknowledged; the rest is shipped by the next start
+        report.acknowledged =
+            report.sent == 0 || publisher.acked().is_some_and(|a| a.as_u64() >= report.position);
+    }
+    if !report.acknowledged {
+        warn!(
+            dir = %publisher.dir().display(),
+            position = report.position,
+            acked = ?publisher.acked().map(|p| p.as_u64()),
+            "stopped before the node acknowledged everything: the rest stays in the local log for the next start"
+        );
+    }
+    if let Ok(p) = Arc::try_unwrap(publisher) {
+        p.close().await;
+    }
     Ok(report)
 }
 
@@ -388,6 +353,7 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
 mod tests {
     use super::*;
     use crate::store::{Ingest, Store};
+    use qmesh_codec::Atom;
 
     #[test]
     fn messages_fit_the_demo_tables() {

@@ -40,7 +40,7 @@ use crate::engine::{Engine, Limits, QueryError};
 use crate::load::{self, LoadSpec};
 use crate::protocol::{self, Request};
 use crate::store::{Ingest, Store};
-use crate::stream::{Applier, IpcSource, StreamConfig, StreamStatus};
+use crate::stream::{Applier, CopySource, StreamConfig, StreamStatus};
 use qmesh_whitepaper::{Address as WpAddress, ServiceName, ToLb};
 
 /// Longest wait between attempts to reach the load balancer; the
@@ -585,7 +585,7 @@ impl Bound {
             status.register(shell.metrics());
             api = api.merge(crate::stream::router(Arc::clone(&status)));
             let applier = Applier::new(Arc::clone(engine.store()), status, pos);
-            let source = IpcSource::new(sc.node.clone(), sc.stream.clone());
+            let source = CopySource::new(sc.node.clone(), sc.stream.clone(), sc.copy_dir());
             stream_task = Some(tokio::spawn(crate::stream::run(source, applier, sc, stream_stop.clone())));
         }
         shell.health().set_ready(true);

@@ -1,7 +1,7 @@
 //! The service fed from a stream: messages with positions in, tables out.
 //!
 //! `qmesh service --rt HOST:PORT --stream NAME --data DIR` subscribes to a
-//! stream of a `qmesh rt` node and applies every `` (`upd;`table;data) ``
+//! stream of a `qmesh rt` node (through a local copy of its log) and applies every `` (`upd;`table;data) ``
 //! (or `` (`.u.upd;…) ``) message to its tables through [`Ingest`], in the
 //! stream's order. Beside the tables it keeps the position after the last
 //! message applied, and writes both to `DIR` as one [`snapshot`] file —
@@ -16,14 +16,13 @@
 //! Three parts, so the source can change without touching the rest:
 //!
 //! * [`Source`]: where deliveries come from — subscribe from a position,
-//!   then [`Delivery`] values in stream order. [`IpcSource`] is the node's
-//!   IPC subscription (`.rt.sub`, pushes `` (`.rt.msg;s;msg;pos) ``), what
-//!   `qmesh rt tail` uses; a local-log subscriber plugs in as another
-//!   implementation.
+//!   then [`Delivery`] values in stream order. [`CopySource`] is rt.qpk's
+//!   log-shipping subscriber ([`qmesh_rt::subscriber::Subscriber`]): the
+//!   node's merged log is copied to `DIR/rt/STREAM` and read from there.
 //! * [`Applier`]: applies one delivery to the store and moves the
 //!   position; captures a [`Snapshot`] between two deliveries. No I/O.
-//! * [`run`]: the driver — resubscribes with backoff when the source goes
-//!   away (from the last applied position), writes snapshots off the async
+//! * [`run`]: the driver — resubscribes with backoff when the source
+//!   ends (from the last applied position), writes snapshots off the async
 //!   threads, keeps the metrics and the `/api/stream` status.
 //!
 //! The stream is the only writer of a stream-fed service's tables: IPC
@@ -31,14 +30,47 @@
 //! `--load`/`--demo` cannot be combined with `--rt`, so a snapshot's
 //! tables are exactly the messages before its position.
 //!
+//! # Positions, the copy and the snapshot
+//!
+//! The copy holds the node's records at the node's positions, so the
+//! snapshot's position is a position of the stream, whichever copy reads
+//! it. After SIGKILL a restarted instance loads its snapshot (position
+//! `P`) and subscribes from `P`: the copy, fsynced before any of its
+//! records is delivered, holds everything the killed instance applied, so
+//! the messages after `P` are delivered from the local copy — while the
+//! node is down too — and the copy then grows from where it ends.
+//!
 //! # The node going away
 //!
-//! When the subscription ends (the node stopped, crashed or closed the
-//! connection), the service keeps serving its tables, writes a snapshot if
-//! anything was applied since the last, and resubscribes from the position
-//! after the last message it applied, waiting [`RETRY_INITIAL`] doubling up
-//! to [`RETRY_MAX`] between attempts. `qmesh_service_stream_connected` is 0
-//! meanwhile.
+//! Delivery does not stop: the copy serves what it holds and its copying
+//! task reconnects to the node on its own; `connected` in `/api/stream`
+//! and `qmesh_service_stream_connected` say whether the copy is being fed
+//! (refreshed every second). If the subscription itself ends (the copy
+//! cannot be read), the driver writes a snapshot if anything was applied
+//! since the last and resubscribes from the position after the last
+//! message it applied, waiting [`RETRY_INITIAL`] doubling up to
+//! [`RETRY_MAX`] between attempts.
+//!
+//! # Garbage collection and the archiver
+//!
+//! The copy follows the node's archiver (rt.qpk's default): segments the
+//! node archived are removed from the copy. Two rules keep that from
+//! silently losing data at a restart:
+//!
+//! * when the copy's oldest position passes the last snapshot's position
+//!   while the tables are past it, a snapshot is written at once (within a
+//!   second) instead of at the next interval ([`Source::oldest`]);
+//! * an instance restarted from a position the node and the copy no longer
+//!   hold (it was down, or behind, while the node archived) gets a
+//!   `skip-forward` event (p1 its position, p2 the first position held): it
+//!   is logged as an error, counted, and shown in `/api/stream` — the
+//!   tables have a gap there.
+//!
+//! With `REPLICATOR_EXCHANGE_ARCHIVED=0` or `REPLICATOR_TRUNCATE_ARCHIVED=0`
+//! the copy is not truncated by the node; the service prunes it itself up
+//! to each snapshot's position ([`Source::snapshot_written`]) — and with
+//! `REPLICATOR_EXCHANGE_ARCHIVED=1` that prune is sent to the node too
+//! (rt.qpk's lead subscriber).
 //!
 //! # What it shows
 //!
@@ -63,7 +95,7 @@
 //! |---|---|
 //! | `` (`upd;`t;data) `` that fits `t` | appended; counted in `qmesh_service_stream_messages_total` |
 //! | any other message, or `upd` data that does not fit (schema mismatch …) | skipped with a warning, counted in `qmesh_service_stream_rejected_total`; the position moves past it (every instance skips the same message, so they still agree) |
-//! | `badtail` (p1 corrupt record, p2 next segment) | logged as an error (data lost at the node), counted; the tables keep what they have and the position moves to p2 |
+//! | `badtail` (p1 corrupt record, p2 next segment) | logged as an error (data lost in the log or the copy), counted; the tables keep what they have and the position moves to p2 |
 //! | `badmsg` (p1 undecodable record, p2 next) | logged, counted; position p2 |
 //! | `reset` (p1 end of the old session, p2 start of the new) | logged as a warning (the node was hard-reset: publishers may resend, so rows may repeat or be missing), counted; the tables are kept, the position moves to p2 |
 //! | `skip-forward` (p1 archived position, p2 first unarchived) | logged as an error (the messages in between are gone: the tables have a gap), counted; position p2 |
@@ -89,7 +121,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use qmesh_ipc::client::Backoff;
 use qmesh_process::Metrics;
 use qmesh_rt::From;
-use qmesh_rt::client::{ClientError, Delivery, Subscriber};
+use qmesh_rt::client::Delivery;
+use qmesh_rt::event::Event;
+use qmesh_rt::subscriber::{Msg, Subscriber, SubscriberConfig, SubscriberError};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -134,13 +169,38 @@ impl StreamConfig {
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
         }
     }
+
+    /// The directory of the subscriber's local copy of the stream:
+    /// `DATA/rt/STREAM` beside the snapshot, or, without `data`, a directory
+    /// of this process under the system's temporary directory
+    /// (`qmesh-service-PID/rt/STREAM`), emptied when the stream starts and
+    /// removed when it stops.
+    pub fn copy_dir(&self) -> PathBuf {
+        match &self.data {
+            Some(d) => d.join("rt").join(&self.stream),
+            None => std::env::temp_dir()
+                .join(format!("qmesh-service-{}", std::process::id()))
+                .join("rt")
+                .join(&self.stream),
+        }
+    }
 }
+
+/// Messages the delivery thread may have decoded ahead of the driver: it
+/// blocks when this many wait, so a slow store holds back reading the local
+/// copy (which keeps growing), never memory. Unit: deliveries.
+pub const DELIVERY_QUEUE: usize = 1024;
 
 /// Errors of a stream source.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The log-shipping subscriber could not start (its local copy, its node address …).
     #[error("{0}")]
-    Client(#[from] ClientError),
+    Subscriber(#[from] SubscriberError),
+    /// The subscriber's task failed.
+    #[error("subscriber task: {0}")]
+    Task(String),
+    /// [`Source::next`] before [`Source::subscribe`].
     #[error("not subscribed")]
     NotSubscribed,
 }
@@ -150,44 +210,172 @@ pub enum SourceError {
 /// subscription's start position exactly once, in stream order.
 pub trait Source: Send + 'static {
     /// Subscribes from `from`, ending any earlier subscription; returns the
-    /// position the subscription starts at.
+    /// position the subscription starts at (0 when not yet known).
     fn subscribe(&mut self, from: From) -> impl Future<Output = Result<i64, SourceError>> + Send;
 
     /// The next delivery; `Ok(None)` when the source closed (the driver
     /// resubscribes from its position).
     fn next(&mut self) -> impl Future<Output = Result<Option<Delivery>, SourceError>> + Send;
-}
 
-/// The node's IPC subscription ([`qmesh_rt::client::Subscriber`]).
-#[derive(Debug)]
-pub struct IpcSource {
-    node: String,
-    stream: String,
-    sub: Option<Subscriber>,
-}
+    /// Whether the source is fed by the node right now (`/api/stream`'s
+    /// `connected`). A source that reads a local copy keeps delivering what
+    /// the copy holds while this is `false`.
+    fn node_connected(&self) -> bool;
 
-impl IpcSource {
-    pub fn new(node: impl Into<String>, stream: impl Into<String>) -> IpcSource {
-        IpcSource { node: node.into(), stream: stream.into(), sub: None }
+    /// The oldest position the source can still deliver from without a
+    /// `skip-forward` (`None`: unknown, or anything). The driver writes a
+    /// snapshot as soon as this passes the last snapshot's position, so a
+    /// restart does not land in what was archived.
+    fn oldest(&self) -> Option<i64> {
+        None
+    }
+
+    /// Told after a snapshot holding the stream up to `position` is on disk:
+    /// nothing before it is needed again.
+    fn snapshot_written(&mut self, position: i64) {
+        let _ = position;
+    }
+
+    /// Ends the subscription for good (the driver stops).
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }
 
-impl Source for IpcSource {
+/// The log-shipping subscriber ([`qmesh_rt::subscriber::Subscriber`]): the
+/// node's merged log is copied into `copy_dir` (byte for byte, at the
+/// node's positions) and read from there, so the service restarts from its
+/// position while the node is down. Messages are decoded on the
+/// subscriber's delivery thread and handed over through a queue of
+/// [`DELIVERY_QUEUE`].
+///
+/// The copy follows the node's archiver by default (rt.qpk's
+/// `REPLICATOR_EXCHANGE_ARCHIVED`/`REPLICATOR_TRUNCATE_ARCHIVED`); when
+/// either is set to 0 the copy is pruned here instead, up to each
+/// snapshot's position ([`Source::snapshot_written`]) — with
+/// `REPLICATOR_EXCHANGE_ARCHIVED=1` that makes the service a lead
+/// subscriber, whose prune also truncates the node.
+pub struct CopySource {
+    config: SubscriberConfig,
+    sub: Option<Subscriber>,
+    rx: Option<mpsc::Receiver<Delivery>>,
+}
+
+impl std::fmt::Debug for CopySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopySource")
+            .field("stream", &self.config.stream)
+            .field("dir", &self.config.dir)
+            .field("subscribed", &self.sub.is_some())
+            .finish()
+    }
+}
+
+impl CopySource {
+    /// `stream` on `node`, its local copy in `copy_dir`; the garbage
+    /// collection flags from the environment.
+    pub fn new(node: impl Into<String>, stream: impl Into<String>, copy_dir: PathBuf) -> CopySource {
+        let mut config = SubscriberConfig::new(stream);
+        config.dir = copy_dir;
+        config.cluster = vec![node.into()];
+        CopySource { config, sub: None, rx: None }
+    }
+
+    /// The subscriber's configuration (its directory, its GC flags).
+    pub fn config(&self) -> &SubscriberConfig {
+        &self.config
+    }
+
+    /// Ends the running subscription, if any: its delivery thread is joined
+    /// off the async threads.
+    async fn end(&mut self) {
+        // the receiver first: a delivery thread blocked on a full queue returns
+        self.rx = None;
+        if let Some(sub) = self.sub.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(sub)).await;
+        }
+    }
+}
+
+impl Source for CopySource {
     async fn subscribe(&mut self, from: From) -> Result<i64, SourceError> {
-        self.sub = None;
-        let sub = Subscriber::connect(&self.node, &self.stream, from).await?;
-        let start = sub.start();
+        self.end().await;
+        let dir = self.config.dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&dir))
+            .await
+            .map_err(|e| SourceError::Task(e.to_string()))?
+            .map_err(|e| SourceError::Subscriber(SubscriberError::Watch(e)))?;
+        let (tx, rx) = mpsc::channel(DELIVERY_QUEUE);
+        let (msgs, events) = (tx.clone(), tx);
+        let stream = self.config.stream.clone();
+        let (s1, s2) = (stream.clone(), stream);
+        let on_msg = move |m: &Msg<'_>| {
+            let d = match m.decode() {
+                Ok(value) => Delivery::Message { stream: s1.clone(), value, pos: m.pos as i64 },
+                // the copy checked its extent; a payload that still does not decode is a bad message
+                Err(_) => Delivery::Event {
+                    stream: s1.clone(),
+                    event: Event::BadMsg.name().to_string(),
+                    p1: m.at as i64,
+                    p2: m.pos as i64,
+                },
+            };
+            // an error: the source was ended and nobody reads any more
+            let _ = msgs.blocking_send(d);
+        };
+        let on_event = move |e: Event, p1: u64, p2: u64| {
+            let d = Delivery::Event {
+                stream: s2.clone(),
+                event: e.name().to_string(),
+                p1: p1 as i64,
+                p2: p2 as i64,
+            };
+            let _ = events.blocking_send(d);
+        };
+        let sub = Subscriber::start_with(self.config.clone(), from, on_msg, on_event).await?;
+        let start = match from {
+            From::Position(p) => p,
+            _ => sub.position() as i64,
+        };
         self.sub = Some(sub);
+        self.rx = Some(rx);
         Ok(start)
     }
 
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        let sub = self.sub.as_mut().ok_or(SourceError::NotSubscribed)?;
-        let d = sub.next().await;
-        if !matches!(d, Ok(Some(_))) {
-            self.sub = None;
+        let rx = self.rx.as_mut().ok_or(SourceError::NotSubscribed)?;
+        match rx.recv().await {
+            Some(d) => Ok(Some(d)),
+            None => {
+                // the delivery thread ended (reading the copy failed; logged there)
+                self.end().await;
+                Ok(None)
+            }
         }
-        Ok(d?)
+    }
+
+    fn node_connected(&self) -> bool {
+        self.sub.as_ref().is_some_and(Subscriber::copying)
+    }
+
+    fn oldest(&self) -> Option<i64> {
+        let sub = self.sub.as_ref()?;
+        let copy = sub.local_copy();
+        // a copy holding nothing yet says nothing about what was archived
+        (copy.latest_position() > copy.first_position()).then(|| copy.first_position().as_u64() as i64)
+    }
+
+    async fn close(&mut self) {
+        self.end().await;
+    }
+
+    fn snapshot_written(&mut self, position: i64) {
+        if let Some(sub) = &self.sub
+            && !self.config.follows_archiver()
+            && position > 0
+        {
+            sub.prune(position as u64);
+        }
     }
 }
 
@@ -349,6 +537,10 @@ impl StreamStatus {
     fn set_connected(&self, up: bool) {
         self.lock().connected = up;
         self.metrics.connected.set(i64::from(up));
+    }
+
+    fn snapshot_position(&self) -> Option<i64> {
+        self.lock().snapshot_position
     }
 
     fn refresh_age(&self) {
@@ -547,26 +739,51 @@ fn start_write(dir: &Option<PathBuf>, snap: Snapshot) -> Option<Writing> {
     }))
 }
 
+/// Records a finished write; the position it holds when it was written.
 fn finish_write(
     status: &StreamStatus,
     done: Result<(i64, Result<u64, SnapshotError>), tokio::task::JoinError>,
-) {
+) -> Option<i64> {
     match done {
         Ok((pos, Ok(bytes))) => {
             debug!(position = pos, bytes, "snapshot written");
             status.snapshot_written(pos, bytes);
+            Some(pos)
         }
         Ok((pos, Err(e))) => {
-            error!(position = pos, error = %e, "snapshot not written; the previous one stays")
+            error!(position = pos, error = %e, "snapshot not written; the previous one stays");
+            None
         }
-        Err(e) => error!(error = %e, "snapshot task failed; the previous snapshot stays"),
+        Err(e) => {
+            error!(error = %e, "snapshot task failed; the previous snapshot stays");
+            None
+        }
     }
+}
+
+/// Whether the source's copy no longer holds the last snapshot's position
+/// (its node archived it) while the tables are past that point: a snapshot
+/// now, so a restart resumes inside what the copy still holds.
+fn archived_past_snapshot<S: Source>(source: &S, status: &StreamStatus, applier: &Applier) -> bool {
+    let Some(oldest) = source.oldest() else { return false };
+    let snap = status.snapshot_position().unwrap_or(NO_POSITION);
+    let behind = snap < oldest && applier.position() >= oldest && applier.dirty();
+    if behind {
+        info!(
+            snapshot = snap,
+            oldest,
+            position = applier.position(),
+            "the node archived the last snapshot's position: writing a snapshot now"
+        );
+    }
+    behind
 }
 
 /// Feeds the store from `source` until `stop`: subscribes from the
 /// applier's position, applies every delivery, resubscribes with backoff
 /// from the last applied position whenever the source goes away, writes a
-/// snapshot every `config.snapshot_interval` when something was applied,
+/// snapshot every `config.snapshot_interval` when something was applied
+/// (and at once when the source's copy was archived past the last one),
 /// and a last one on stop.
 pub async fn run<S: Source>(
     mut source: S,
@@ -575,6 +792,12 @@ pub async fn run<S: Source>(
     stop: CancellationToken,
 ) {
     let status = Arc::clone(&applier.status);
+    // without a data directory the copy is this run's alone
+    let scratch = config.data.is_none().then(|| config.copy_dir());
+    if let Some(d) = &scratch {
+        let d = d.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
+    }
     let backoff = Backoff { initial: RETRY_INITIAL, max: RETRY_MAX, factor: 2.0, max_attempts: None };
     let mut failures = 0u32;
     let mut subscribed = false;
@@ -584,17 +807,19 @@ pub async fn run<S: Source>(
     let mut age_tick = tokio::time::interval(AGE_TICK);
     loop {
         if !subscribed {
-            // while the node is away, keep what was applied: a snapshot now
+            // while the source is away, keep what was applied: a snapshot now
             if writing.is_none() && applier.dirty() {
                 writing = start_write(&config.data, applier.capture());
             }
             if let Some(w) = writing.as_mut().filter(|w| w.is_finished()) {
                 let done = w.await;
                 writing = None;
-                finish_write(&status, done);
+                if let Some(pos) = finish_write(&status, done) {
+                    source.snapshot_written(pos);
+                }
             }
             status.refresh_age();
-            let wait = backoff.delay(failures);
+            let wait = if failures == 0 { Duration::ZERO } else { backoff.delay(failures) };
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
@@ -615,7 +840,7 @@ pub async fn run<S: Source>(
                     );
                     failures = 0;
                     subscribed = true;
-                    status.set_connected(true);
+                    status.set_connected(source.node_connected());
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -633,7 +858,7 @@ pub async fn run<S: Source>(
             d = source.next() => match d {
                 Ok(Some(d)) => { applier.apply(d); }
                 Ok(None) => {
-                    warn!(node = config.node, position = applier.position(), "the stream node closed the subscription; resubscribing");
+                    warn!(node = config.node, position = applier.position(), "the subscription ended; resubscribing");
                     subscribed = false;
                     failures = 1;
                     status.set_connected(false);
@@ -647,14 +872,22 @@ pub async fn run<S: Source>(
             },
             done = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
                 writing = None;
-                finish_write(&status, done);
+                if let Some(pos) = finish_write(&status, done) {
+                    source.snapshot_written(pos);
+                }
             }
             _ = snap_tick.tick() => {
                 if writing.is_none() && applier.dirty() {
                     writing = start_write(&config.data, applier.capture());
                 }
             }
-            _ = age_tick.tick() => status.refresh_age(),
+            _ = age_tick.tick() => {
+                status.refresh_age();
+                status.set_connected(source.node_connected());
+                if writing.is_none() && archived_past_snapshot(&source, &status, &applier) {
+                    writing = start_write(&config.data, applier.capture());
+                }
+            }
         }
     }
     status.set_connected(false);
@@ -667,6 +900,11 @@ pub async fn run<S: Source>(
     {
         finish_write(&status, w.await);
         info!(position = applier.position(), "snapshot written at shutdown");
+    }
+    source.close().await;
+    if let Some(root) = scratch.as_ref().and_then(|d| d.parent()).and_then(|d| d.parent()) {
+        let root = root.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(root)).await;
     }
 }
 

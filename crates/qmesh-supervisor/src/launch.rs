@@ -9,7 +9,7 @@
 //! | lb | `--name -p --http --bind --discovery` |
 //! | gateway | `--name -p --http --bind --lb --discovery` |
 //! | service | `--name SERVICE -p --http --bind --lb --discovery`, and with `rt`: `--rt --stream --data DIR` |
-//! | feed | `--rt --stream --rate --discovery` |
+//! | feed | `--name --data DIR --rt --stream --rate --discovery` (its local log under `DIR/rt`) |
 //!
 //! then the process's `args` as they are.
 
@@ -34,9 +34,10 @@ pub fn log_file(data: &Path, name: &str) -> PathBuf {
 /// Whether the process keeps state in its data directory.
 pub fn uses_data(p: &ProcessSpec) -> bool {
     match p.kind {
-        Kind::Discovery | Kind::Rt => true,
+        // the feed's publisher keeps its local log there (messages the node has not taken yet)
+        Kind::Discovery | Kind::Rt | Kind::Feed => true,
         Kind::Service => p.rt.is_some(),
-        Kind::Lb | Kind::Gateway | Kind::Feed => false,
+        Kind::Lb | Kind::Gateway => false,
     }
 }
 
@@ -49,10 +50,10 @@ pub fn args(estate: &Estate, p: &ProcessSpec, data: &Path) -> Vec<String> {
         a.push(value);
     };
     match p.kind {
-        // the feed's flags are `--rt --stream --rate [--discovery]`
-        Kind::Discovery | Kind::Feed => {}
+        Kind::Discovery => {}
         Kind::Service => flag("--name", p.service.clone().unwrap_or_else(|| p.name.clone())),
-        Kind::Rt | Kind::Lb | Kind::Gateway => flag("--name", p.name.clone()),
+        // a feed's name is its publisher id: stable across restarts, unique in the estate
+        Kind::Rt | Kind::Lb | Kind::Gateway | Kind::Feed => flag("--name", p.name.clone()),
     }
     if let Some(port) = p.port {
         flag("-p", port.to_string());
@@ -120,7 +121,10 @@ mod tests {
                  --lb localhost:5002 --rt localhost:5003 --stream trades {d}"
             )
         );
-        assert_eq!(line(&e, "feed"), format!("feed --rt localhost:5003 --stream trades --rate 100 {d}"));
+        assert_eq!(
+            line(&e, "feed"),
+            format!("feed --name feed --data /d/feed --rt localhost:5003 --stream trades --rate 100 {d}")
+        );
     }
 
     #[test]

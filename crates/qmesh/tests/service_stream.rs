@@ -1,9 +1,12 @@
-//! The query service fed from a stream, as real processes: a `qmesh rt`
-//! node, `qmesh feed --count`, and `qmesh service --rt` instances — one
-//! killed with SIGKILL mid-stream and restarted from its snapshot. Its
-//! tables must equal, row for row, those of an instance that never died
-//! and of one built afterwards from the whole stream. Waiting is for
-//! states (positions in `/api/stream`), never for a time.
+//! The query service fed from a stream, as real processes, over log
+//! shipping: a `qmesh rt` node, `qmesh feed --count` (a publisher with a
+//! local log), and `qmesh service --rt` instances (subscribers with a local
+//! copy of the node's log) — one killed with SIGKILL mid-stream and
+//! restarted from its snapshot and its copy. Its tables must equal, row for
+//! row, those of an instance that never died and of one built afterwards
+//! from the whole stream. The node killed with SIGKILL while the feed
+//! publishes loses nothing once it returns. Waiting is for states
+//! (positions in `/api/stream`, the local log growing), never for a time.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
@@ -127,13 +130,14 @@ async fn a_killed_service_comes_back_from_its_snapshot_without_gap_or_duplicate(
     let mut b = service(&node, Some(&dir_b), "FEEDB");
 
     let rt = format!("127.0.0.1:{}", node.port("ipc"));
+    let feed_path = root.join("feed").to_str().unwrap().to_string();
     let count = MESSAGES.to_string();
     let rows_arg = ROWS.to_string();
     let feed = Process::qmesh(
         bin(),
         &[
             "feed", "--rt", &rt, "--stream", "trades", "--rate", "3000", "--count", &count, "--batch", "50",
-            "--rows", &rows_arg, "--seed", "7",
+            "--rows", &rows_arg, "--seed", "7", "--path", &feed_path,
         ],
         &[],
     );
@@ -145,6 +149,8 @@ async fn a_killed_service_comes_back_from_its_snapshot_without_gap_or_duplicate(
     b.kill();
     let killed_at = before["position"].as_i64().unwrap();
 
+    // the copy of the stream is kept beside the snapshot
+    assert!(dir_b.join("rt").join("trades").is_dir(), "B's local copy under its data dir");
     // restarted on the same directory: it loads the snapshot (not the start)
     let b = service(&node, Some(&dir_b), "FEEDB");
     let restored = stream_status(&b);
@@ -238,10 +244,14 @@ async fn a_clean_stop_snapshots_the_end_and_the_node_going_away_is_survived() {
     let dir = root.join("svc");
     // no periodic snapshot within the test: only the one written at shutdown
     let mut svc = service_every(&node, Some(&dir), "TERM", "1h");
+    let feed_path = root.join("feed").to_str().unwrap().to_string();
     let feed = |n: &str| {
         Process::qmesh(
             bin(),
-            &["feed", "--rt", &rt, "--stream", "trades", "--rate", "5000", "--count", n],
+            &[
+                "feed", "--rt", &rt, "--stream", "trades", "--rate", "5000", "--count", n, "--path",
+                &feed_path,
+            ],
             &[],
         )
     };
@@ -271,5 +281,182 @@ async fn a_clean_stop_snapshots_the_end_and_the_node_going_away_is_survived() {
     let n = rows(&query(&svc, "select * from quote").await) + rows(&query(&svc, "select * from trade").await);
     assert_eq!(n, 800);
     drop(svc);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Bytes in the feed's local log directories under `path`.
+fn local_log_bytes(path: &Path) -> u64 {
+    let mut n = 0;
+    for d in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            n += f.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    n
+}
+
+/// The node killed with SIGKILL while the feed publishes: the feed keeps
+/// writing its local log while the node is down, the node restarted on the
+/// same data directory takes the rest, and the service — which kept
+/// serving its copy meanwhile — ends with every message exactly once, equal
+/// row for row to an instance built afterwards from the whole stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_publishing_while_the_node_is_down_loses_nothing() {
+    const MESSAGES: u64 = 6_000;
+    let root = tmpdir("nodedown");
+    let node_dir = root.join("node");
+    let node_args = |port: &str| -> Vec<String> {
+        [
+            "rt",
+            "--bind",
+            "127.0.0.1",
+            "-p",
+            port,
+            "--http",
+            "0",
+            "--data",
+            node_dir.to_str().unwrap(),
+            "--stream",
+            "trades",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let start_node = |port: &str| {
+        let args = node_args(port);
+        Process::qmesh(bin(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &["ipc", "http"])
+    };
+    let mut node = start_node("0");
+    let port = node.port("ipc").to_string();
+    let rt = format!("127.0.0.1:{port}");
+    let svc = service(&node, Some(&root.join("svc")), "DOWN");
+    let feed_path = root.join("feed");
+    let count = MESSAGES.to_string();
+    let fp = feed_path.to_str().unwrap().to_string();
+    let feed = Process::qmesh(
+        bin(),
+        &[
+            "feed", "--rt", &rt, "--stream", "trades", "--rate", "1000", "--count", &count, "--path", &fp,
+            "--name", "downfeed",
+        ],
+        &[],
+    );
+
+    // the node has taken part of the stream: kill it hard, mid-feed
+    wait_for(&svc, "part of the stream", |s| s["applied"].as_u64().unwrap_or(0) > 200);
+    node.kill();
+    let s = wait_for(&svc, "the service to see the node gone", |s| s["connected"] == false);
+    let applied_at_kill = s["applied"].as_u64().unwrap();
+    assert!(applied_at_kill < MESSAGES, "killed mid-feed: {s}");
+
+    // the feed keeps publishing into its local log while the node is down
+    let at_kill = local_log_bytes(&feed_path);
+    let deadline = Instant::now() + WAIT;
+    while local_log_bytes(&feed_path) <= at_kill + 4096 {
+        assert!(Instant::now() < deadline, "the feed's local log did not grow while the node was down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // the service still serves what it applied
+    assert!(rows(&query(&svc, "select * from quote").await) > 0);
+
+    // the node comes back on its data directory and port: the feed ships the rest
+    let node = start_node(&port);
+    let line = feed.next_line(WAIT).expect("the feed's report line");
+    assert!(line.starts_with(&format!("feed published {MESSAGES} messages")), "{line}");
+    let s = wait_for(&svc, "every message", |s| s["applied"].as_u64() == Some(MESSAGES));
+    assert_eq!(s["rejected"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["connected"], true, "{s}");
+    let end = s["position"].as_i64().unwrap();
+
+    // an instance built afterwards from the whole stream holds the same rows
+    let c = service(&node, None, "DOWNC");
+    let sc = wait_for(&c, "C at the end of the stream", |s| s["position"].as_i64() == Some(end));
+    assert_eq!(sc["applied"].as_u64(), Some(MESSAGES), "nothing lost, nothing twice: {sc}");
+    let mut total = 0;
+    for table in ["trade", "quote"] {
+        let sql = format!("select * from {table}");
+        let (a, c) = (query(&svc, &sql).await, query(&c, &sql).await);
+        total += rows(&a);
+        assert!(a == c, "{table}: the service across the node's crash equals the whole stream, row for row");
+    }
+    assert_eq!(total as u64, MESSAGES, "every message once");
+    drop((svc, c, feed, node));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A service down while the node archives past its snapshot's position
+/// gets a `skip-forward` event at restart — logged, counted and shown in
+/// `/api/stream` — not silence; it then follows the stream from the first
+/// position the node still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_into_archived_segments_says_skip_forward() {
+    let root = tmpdir("archived");
+    let node = Process::qmesh(
+        bin(),
+        &[
+            "rt",
+            "--bind",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--http",
+            "0",
+            "--data",
+            root.join("node").to_str().unwrap(),
+            "--stream",
+            "trades",
+            "--segment-bytes",
+            "64KiB",
+            "--archive-max-bytes",
+            "256KiB",
+            "--archive-interval",
+            "100ms",
+        ],
+        &["ipc", "http"],
+    );
+    let rt = format!("127.0.0.1:{}", node.port("ipc"));
+    let fp = root.join("feed").to_str().unwrap().to_string();
+    let feed = |n: &str| {
+        Process::qmesh(
+            bin(),
+            &["feed", "--rt", &rt, "--stream", "trades", "--rate", "20000", "--count", n, "--path", &fp],
+            &[],
+        )
+    };
+    let dir = root.join("svc");
+    let mut svc = service(&node, Some(&dir), "ARCH");
+    assert!(feed("300").next_line(WAIT).unwrap().starts_with("feed published 300"));
+    let s = wait_for(&svc, "a snapshot of the first messages", |s| {
+        s["applied"].as_u64() == Some(300) && s["snapshot"]["position"] == s["position"]
+    });
+    let snap = s["position"].as_i64().unwrap();
+    svc.kill();
+
+    // while it is down the node rolls and archives past the snapshot's position
+    let f = feed("20000");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = get(node.addr("http"), "/api/streams");
+        if v["streams"]["trades"]["first"].as_i64().unwrap_or(0) > snap {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node did not archive past {snap}: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(f.next_line(WAIT).unwrap().starts_with("feed published 20000"));
+
+    let svc = service(&node, Some(&dir), "ARCH");
+    let s = wait_for(&svc, "the skip-forward event", |s| s["events"]["skip-forward"].as_u64() >= Some(1));
+    assert_eq!(s["restored_position"].as_i64(), Some(snap), "{s}");
+    let first = get(node.addr("http"), "/api/streams")["streams"]["trades"]["first"].as_i64().unwrap();
+    assert!(s["position"].as_i64().unwrap() >= first, "moved to what the node still holds: {s}");
+    // the metric names the event too
+    let mut c = TcpStream::connect(svc.addr("http")).unwrap();
+    write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut m = String::new();
+    c.read_to_string(&mut m).unwrap();
+    assert!(m.contains("qmesh_service_stream_events_total{event=\"skip-forward\"}"), "{m}");
+    drop((svc, node));
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -1,11 +1,15 @@
 //! `qmesh feed --rt HOST:PORT --stream NAME --rate N [--symbols a,b,c]
 //! [--seed S] [--count N] [--batch N] [--rows N] [--name NAME]
-//! [--discovery HOST:PORT]`: publishes trades and quotes to a stream (see
+//! [--path DIR | --data DIR] [--discovery HOST:PORT]`: publishes trades and
+//! quotes to a stream through a publisher with a local log (see
 //! `qmesh_service::feed`). A client, not a server: no ports; SIGINT/SIGTERM
-//! stop it after the batch in flight. With `--count` it prints
-//! `feed published N messages, position P` and exits.
+//! stop it after the batch being written. With `--count` it waits until
+//! the node has acknowledged every message, prints
+//! `feed published N messages, position P` (P: the local log's position of
+//! the last) and exits.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -15,9 +19,9 @@ use qmesh_service::feed::{FeedConfig, FeedSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The stream node (`host:port`, `:host:port:user:password`).
-    #[arg(long, env = "QMESH_RT")]
-    pub rt: String,
+    /// The stream node (`host:port`, `:host:port:user:password`); several, comma-separated, are tried in turn.
+    #[arg(long, env = "QMESH_RT", value_delimiter = ',', required = true)]
+    pub rt: Vec<String>,
     /// The stream to publish to.
     #[arg(long, env = "QMESH_STREAM")]
     pub stream: String,
@@ -33,15 +37,24 @@ pub struct Args {
     /// Stop after this many messages (default: until stopped).
     #[arg(long, env = "QMESH_COUNT")]
     pub count: Option<u64>,
-    /// Most messages sent together (sync .rt.pub requests in flight at once).
+    /// Most messages written to the local log together (one write, one fsync).
     #[arg(long, env = "QMESH_BATCH", default_value_t = 100)]
     pub batch: usize,
     /// Rows in each message's table.
     #[arg(long, env = "QMESH_ROWS", default_value_t = 1)]
     pub rows: usize,
-    /// The feed's name (to discovery).
+    /// The feed's name: its publisher id (names its local log and the publisher on the node; unique on a host)
+    /// and its name to discovery.
     #[arg(long, env = "QMESH_NAME", default_value = "feed")]
     pub name: String,
+    /// The parent of the local log's directory, `PATH/NAME.HOSTNAME.STREAM` (rt.qpk's `path`; default
+    /// `$RT_LOG_PATH`, else `DATA/rt`).
+    #[arg(long, env = "RT_LOG_PATH")]
+    pub path: Option<PathBuf>,
+    /// The feed's data directory, holding the local log when neither --path nor `$RT_LOG_PATH` is set (default:
+    /// the user's qmesh data directory's `feed-NAME`).
+    #[arg(long, env = "QMESH_DATA")]
+    pub data: Option<PathBuf>,
     /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_DISCOVERY")]
     pub discovery: Option<String>,
@@ -52,9 +65,19 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     if !args.symbols.is_empty() {
         spec.symbols = args.symbols;
     }
+    let path = match (args.path, args.data) {
+        (Some(p), _) => p,
+        (None, Some(d)) => d.join("rt"),
+        (None, None) => {
+            qmesh_supervisor::config::default_data_dir().join(format!("feed-{}", args.name)).join("rt")
+        }
+    };
+    std::fs::create_dir_all(&path).with_context(|| format!("the local log's parent {}", path.display()))?;
     let config = FeedConfig {
-        node: args.rt,
+        cluster: args.rt,
         stream: args.stream,
+        path,
+        publisher_id: args.name.clone(),
         rate: args.rate,
         count: args.count,
         batch: args.batch,

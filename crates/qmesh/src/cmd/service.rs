@@ -1,6 +1,8 @@
 //! `qmesh service --name NAME [--lb HOST:PORT] [-p PORT]`: the query service;
 //! with `--rt HOST:PORT --stream NAME [--data DIR]` its tables are fed from
-//! a stream and kept in a snapshot (see `qmesh_service::stream`).
+//! a stream through a log-shipping subscriber (a local copy of the node's
+//! log under `DATA/rt/STREAM`) and kept in a snapshot (see
+//! `qmesh_service::stream`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,7 +71,8 @@ pub struct Args {
     /// The stream to apply (`upd;table;data` messages) from the --rt node.
     #[arg(long, env = "QMESH_STREAM", requires = "rt")]
     pub stream: Option<String>,
-    /// Directory of the stream-fed tables' snapshot and position (none: every start replays the stream from its start).
+    /// Directory of the stream-fed tables' snapshot and position, and of the subscriber's local copy of the stream
+    /// (`DATA/rt/STREAM`; none: a temporary copy, and every start replays the stream from its start).
     #[arg(long, env = "QMESH_DATA", requires = "rt")]
     pub data: Option<PathBuf>,
     /// Time between snapshots of the stream-fed tables (written only when something changed; also at shutdown).
