@@ -91,6 +91,11 @@ pub fn public_address(text: &str) -> Option<String> {
         return Some(String::new());
     }
     let with_colon = if text.starts_with(':') { text.to_string() } else { format!(":{text}") };
+    let bare = &with_colon[1..];
+    if !bare.is_empty() && !bare.contains([':', '/']) && !bare.bytes().all(|b| b.is_ascii_digit()) {
+        // a host and no port: a process that listens on none (a feed)
+        return Some(with_colon);
+    }
     let a = qmesh_ipc::Address::parse_listen(&with_colon).ok()?;
     Some(match a.endpoint {
         qmesh_ipc::Endpoint::Tcp { host, port } => {
@@ -400,7 +405,7 @@ mod tests {
         assert_eq!(public_address(":h1:0").as_deref(), Some(":h1:0"), "a process with no port (\\p 0)");
         assert_eq!(public_address("").as_deref(), Some(""));
         assert_eq!(public_address(":h:99999"), None);
-        assert_eq!(public_address(":h"), None);
+        assert_eq!(public_address(":feedhost").as_deref(), Some(":feedhost"), "no port: listens on none");
         assert_eq!(ip_of_int(&K::Atom(Atom::Int(0x7f00_0001))).as_deref(), Some("127.0.0.1"));
         assert_eq!(version_of_float(&K::Atom(Atom::Float(4.1))).as_deref(), Some("4.1"));
     }
