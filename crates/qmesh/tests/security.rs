@@ -138,6 +138,15 @@ fn server(args: &[&str]) -> Process {
     Process::qmesh(bin(), args, &["ipc", "http"])
 }
 
+/// `qmesh KIND` on free loopback ports with `-u USERS --permissions PERMS`
+/// and `extra`.
+fn locked_down(kind: &str, users: &str, perms: &str, extra: &[&str]) -> Process {
+    let mut args =
+        vec![kind, "--bind", "127.0.0.1", "-p", "0", "--http", "0", "-u", users, "--permissions", perms];
+    args.extend_from_slice(extra);
+    server(&args)
+}
+
 /// `qmesh [--credentials C] q ADDR EXPR`: (exit success, stdout).
 fn q(credentials: Option<&str>, addr: &str, expr: &str) -> (bool, String) {
     let mut cmd = std::process::Command::new(bin());
@@ -492,23 +501,7 @@ async fn the_stream_node_checks_publish_and_subscribe_on_every_path() {
     let dir = Dir::new("rtperm");
     let users = dir.file("users.txt", "feed:feedpw\nreader:readerpw\n");
     let perms = dir.file("permissions", "feed publish trades\nreader subscribe trades\n");
-    let rt = server(&[
-        "rt",
-        "--bind",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--http",
-        "0",
-        "-u",
-        &users,
-        "--permissions",
-        &perms,
-        "--data",
-        &dir.path("rt"),
-        "--stream",
-        "trades",
-    ]);
+    let rt = locked_down("rt", &users, &perms, &["--data", &dir.path("rt"), "--stream", "trades"]);
     let port = rt.port("ipc");
     let as_user = |user: &str, pw: &str| Address::parse(&format!(":127.0.0.1:{port}:{user}:{pw}")).unwrap();
     let feed = Connection::connect(&as_user("feed", "feedpw"), ClientOptions::default()).await.unwrap();
@@ -592,19 +585,7 @@ async fn discovery_checks_who_may_heartbeat_as_which_name() {
     let dir = Dir::new("hbperm");
     let users = dir.file("users.txt", "feed:feedpw\nalice:secret\n");
     let perms = dir.file("permissions", "feed heartbeat feed1\n");
-    let disc = server(&[
-        "discovery",
-        "--bind",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--http",
-        "0",
-        "-u",
-        &users,
-        "--permissions",
-        &perms,
-    ]);
+    let disc = locked_down("discovery", &users, &perms, &[]);
     let addr = Address::parse(&format!(":127.0.0.1:{}:feed:feedpw", disc.port("ipc"))).unwrap();
     let feed = std::sync::Arc::new(Connection::connect(&addr, ClientOptions::default()).await.unwrap());
     assert!(call(&feed, heartbeat("feed1", 1)).await.is_ok(), "feed may beat as feed1");
@@ -632,24 +613,7 @@ async fn a_service_instance_checks_its_permissions_over_ipc_and_http() {
     let dir = Dir::new("svcperm");
     let users = dir.file("users.txt", "alice:secret\nbob:pw\n");
     let perms = dir.file("permissions", "alice query EQ\n");
-    let svc = server(&[
-        "service",
-        "--name",
-        "EQ",
-        "--bind",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--http",
-        "0",
-        "-u",
-        &users,
-        "--permissions",
-        &perms,
-        "--demo",
-        "--demo-rows",
-        "10",
-    ]);
+    let svc = locked_down("service", &users, &perms, &["--name", "EQ", "--demo", "--demo-rows", "10"]);
     let ipc = |user: &str, pw: &str| {
         Address::parse(&format!(":127.0.0.1:{}:{user}:{pw}", svc.port("ipc"))).unwrap()
     };
