@@ -71,9 +71,10 @@ impl Health {
 
     /// Records a fault under `key` (replacing that key's earlier reason):
     /// the process runs but part of it cannot serve, and `/healthz` says so
-    /// with `reason` until [`Health::clear_fault`].
-    pub fn set_fault(&self, key: impl Into<String>, reason: impl Into<String>) {
-        self.faults_lock().insert(key.into(), reason.into());
+    /// with `reason` until [`Health::clear_fault`]. Returns whether the key
+    /// is new (so a caller reports a fault once, not at every repeat).
+    pub fn set_fault(&self, key: impl Into<String>, reason: impl Into<String>) -> bool {
+        self.faults_lock().insert(key.into(), reason.into()).is_none()
     }
 
     /// Clears the fault under `key`, if any.
@@ -419,7 +420,8 @@ mod tests {
         assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
         health.set_ready(true);
         assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-        health.set_fault("stream trades", "position space exhausted");
+        assert!(health.set_fault("stream trades", "position space exhausted"), "a new fault");
+        assert!(!health.set_fault("stream trades", "position space exhausted"), "the same fault again");
         let answer = http_get(addr, "/healthz").await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         assert!(answer.ends_with("fault stream trades: position space exhausted\n"), "{answer}");

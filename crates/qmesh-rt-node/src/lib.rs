@@ -218,10 +218,6 @@ pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
     let node_metrics = metrics::NodeMetrics::new(shell.metrics());
     let mut streams = BTreeMap::new();
     for name in &config.streams {
-        check_stream_name(name)?;
-        if streams.contains_key(name) {
-            return Err(NodeError::DuplicateStream(name.clone()));
-        }
         let opts = stream::StreamOptions {
             dir: config.data.join(name),
             segment_bytes: config.segment_bytes,

@@ -657,12 +657,13 @@ impl Writer {
     /// until then; each refused append gets the catalog's `limit` with what to do.
     fn exhausted(&mut self, e: &qmesh_log::Error) -> WireError {
         let key = format!("stream {}", self.name);
-        let reason =
-            format!("{e}: appends are refused until `qmesh rt reset {}` starts a new session", self.name);
-        if !self.health.faults().iter().any(|(k, _)| *k == key) {
+        let reason = format!(
+            "{e}: appends are refused until a reset starts a new session (`qmesh rt reset HOST:HTTP_PORT {0}`, or POST /api/streams/{0}/reset)",
+            self.name
+        );
+        if self.health.set_fault(key, reason.clone()) {
             tracing::error!(stream = %self.name, error = %e, "position space exhausted: appends refused until the stream is reset");
         }
-        self.health.set_fault(key, reason.clone());
         WireError::with_detail(ErrorKind::Limit, reason)
     }
 

@@ -341,9 +341,11 @@ impl ServiceHandler {
     }
 }
 
-/// `--permissions` on the service's HTTP routes: `query` on this service
-/// for `/query` and `/api/tables` (the user HTTP Basic authenticated; none
-/// without `-u`), the catalog's `access` (403) when refused.
+/// `--permissions` on the service's own HTTP routes (`/query`,
+/// `/api/tables`, `/api/stream`): `query` on this service for the user HTTP
+/// Basic authenticated (none without `-u`), the catalog's `access` (403)
+/// when refused. `/healthz`, `/metrics` and `/api/identity` are the shell's
+/// and not affected.
 async fn http_permission(
     p: qmesh_process::Permissions,
     service: String,

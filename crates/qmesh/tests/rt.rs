@@ -693,7 +693,7 @@ async fn exhausted_position_space_is_a_health_fault_until_reset() {
 
     let refused = call(&c, vec![K::sym(".rt.pub"), K::sym("s"), upd("trade", rolls)]).await.unwrap_err();
     assert!(refused.starts_with("limit"), "{refused}");
-    assert!(refused.contains("qmesh rt reset s"), "says what to do: {refused}");
+    assert!(refused.contains("qmesh rt reset HOST:HTTP_PORT s"), "says what to do: {refused}");
     let (status, body) = http(p.addr("http"), "GET", "/healthz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("fault stream s: position space exhausted"), "{body}");
