@@ -168,6 +168,64 @@ fn flush_corked() {
     });
 }
 
+/// Gathers the messages this thread queues on any connection until it is dropped, then writes each of those
+/// connections once (one `writev` per connection, up to [`crate::link::MAX_IOVECS`] frames each; the writer task
+/// takes the rest). For a synchronous stretch of code outside a read loop that sends many messages: a stream's
+/// writer thread answering a group-committed batch of publishers, a subscription task pushing a batch of records.
+/// Without it each message is its own `writev` (a syscall per message).
+///
+/// Hold it only across code that does not wait: it must be dropped before an `.await` or a blocking wait, or the
+/// gathered messages wait with it. Inside a read loop (or another `Gather`) it does nothing: the enclosing batch
+/// already gathers. Not `Send`: it belongs to the thread that made it.
+#[must_use = "a Gather writes when it is dropped"]
+#[derive(Debug)]
+pub struct Gather {
+    active: bool,
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// The connection id a [`Gather`] scope stands under: no read loop's, so no connection is treated as "the one
+/// read from".
+const GATHER_OWNER: ConnId = ConnId(u64::MAX);
+
+impl Gather {
+    /// Starts gathering on this thread (a no-op inside an enclosing batch).
+    pub fn new() -> Gather {
+        let active = BATCH.with_borrow_mut(|b| {
+            if b.scope.is_some() {
+                return false;
+            }
+            let links = std::mem::take(&mut b.spare);
+            b.scope = Some(Scope { own: GATHER_OWNER, links });
+            true
+        });
+        Gather { active, _thread: std::marker::PhantomData }
+    }
+}
+
+impl Default for Gather {
+    fn default() -> Gather {
+        Gather::new()
+    }
+}
+
+impl Drop for Gather {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        let mut links = BATCH.with_borrow_mut(|b| b.scope.take().map(|s| s.links).unwrap_or_default());
+        for link in links.drain(..) {
+            link.write_queued();
+        }
+        BATCH.with_borrow_mut(|b| {
+            if b.spare.is_empty() {
+                b.spare = links;
+            }
+        });
+    }
+}
+
 /// A read loop's future, run with its writes batched: the scope is set up
 /// around each poll and its batch ended when the poll returns (even by
 /// panic), so nothing deferred outlives a suspension.
@@ -243,6 +301,33 @@ mod tests {
         // this thread never ran on_thread_park: nothing is corked
         assert_eq!(values(&mut own_far, 4), vec![K::long(0), K::long(1), K::long(2), K::long(3)]);
         assert_eq!(values(&mut other_far, 3), vec![K::long(10), K::long(11), K::long(12)]);
+    }
+
+    /// A `Gather` outside a read loop holds every message until it is dropped; then each connection gets one
+    /// write, in order. Nested inside another it does nothing.
+    #[tokio::test]
+    async fn a_gather_writes_when_dropped() {
+        let (a, mut a_far, _r1) = link(limits()).await;
+        let (b, mut b_far, _r2) = link(limits()).await;
+        let (pa, pb) = (Peer { link: a.clone() }, Peer { link: b.clone() });
+        {
+            let _g = Gather::new();
+            let inner = Gather::new();
+            assert!(!inner.active, "an enclosing scope already gathers");
+            drop(inner);
+            // fewer than MAX_IOVECS frames: the one write at the end takes them all (no writer task needed here)
+            for i in 0..20 {
+                pa.send_async(&K::long(i)).unwrap();
+                pb.send_async(&K::long(1000 + i)).unwrap();
+            }
+            assert!(nothing_written(&mut a_far), "held until the gather ends");
+            assert!(nothing_written(&mut b_far));
+        }
+        assert_eq!(values(&mut a_far, 20), (0..20).map(K::long).collect::<Vec<_>>());
+        assert_eq!(values(&mut b_far, 20), (1000..1020).map(K::long).collect::<Vec<_>>());
+        // without one, a message leaves at once
+        pa.send_async(&K::long(7)).unwrap();
+        assert_eq!(values(&mut a_far, 1), vec![K::long(7)]);
     }
 
     /// On a thread whose runtime flushes at park, writes to other

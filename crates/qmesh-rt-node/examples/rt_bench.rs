@@ -15,7 +15,8 @@
 //!
 //! * rt: sync `` (`.rt.pub;`bench;payload) `` (a byte vector whose
 //!   serialization is SIZE bytes); `--async` sends `neg[h]` and one sync
-//!   call at the end (the batching publisher).
+//!   call at the end (the batching publisher: without `--rate`, 1,000
+//!   messages per write).
 //! * ship: log shipping — each publisher a `qmesh_rt::publisher::Publisher`
 //!   writing its local log in `DIR/pubs` (fsync per call, `--durability
 //!   always`), shipped to the node; the subscriber a
@@ -213,7 +214,27 @@ async fn pub_rt(o: &Opts, n: u64, rate: Option<f64>, start: Instant, acked: &Ato
         Connection::connect(&Address::parse(&o.addr).unwrap(), ClientOptions::default()).await.unwrap();
     let (sender, _rx) = conn.split();
     if o.async_pub {
-        for i in 0..n - 1 {
+        if rate.is_none() {
+            // a batching publisher: up to BATCHED messages per write (`qmesh_ipc::batch::Gather`), as a kdb+
+            // publisher's buffered async writes; yield between chunks so the reader and the node's answers run
+            const BATCHED: u64 = 1000;
+            let mut i = 0;
+            while i < n - 1 {
+                {
+                    let _gather = qmesh_ipc::batch::Gather::new();
+                    for _ in i..(i + BATCHED).min(n - 1) {
+                        sender.send_async(&rt_msg(o.size)).unwrap();
+                    }
+                }
+                i = (i + BATCHED).min(n - 1);
+                // q's `neg[h][]` now and then: bounded memory, and the node reads at its own pace
+                if sender.queued_bytes() > 4 << 20 {
+                    sender.flush().await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        for i in (0..n - 1).filter(|_| rate.is_some()) {
             pace(start, i, rate).await;
             sender.send_async(&rt_msg(o.size)).unwrap();
         }
@@ -490,7 +511,9 @@ async fn nats_connect(
     (r, w)
 }
 
-/// Reads the next MSG (skipping PING/PONG/+OK); returns (subject, payload).
+/// Reads the next MSG or HMSG (answering PING, skipping +OK); returns (subscription id, payload without
+/// headers). A JetStream push consumer delivers with the stream's subject (`bench`), not the deliver subject:
+/// the subscription id tells deliveries apart.
 async fn nats_msg(
     r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
@@ -507,7 +530,7 @@ async fn nats_msg(
                 let mut b = vec![0u8; len + 2];
                 r.read_exact(&mut b).await.unwrap();
                 b.truncate(len);
-                return (t[1].to_string(), b);
+                return (t[2].to_string(), b);
             }
             Some("HMSG") => {
                 let total: usize = t.last().unwrap().parse().unwrap();
@@ -515,7 +538,7 @@ async fn nats_msg(
                 let mut b = vec![0u8; total + 2];
                 r.read_exact(&mut b).await.unwrap();
                 b.truncate(total);
-                return (t[1].to_string(), b[hdr..].to_vec());
+                return (t[2].to_string(), b[hdr..].to_vec());
             }
             Some("PING") => w.write_all(b"PONG\r\n").await.unwrap(),
             Some("-ERR") => panic!("nats: {line}"),
@@ -608,8 +631,9 @@ async fn sub_nats(o: &Opts, total: u64, ready: tokio::sync::oneshot::Sender<()>)
     ready.send(()).unwrap();
     let mut latencies = Vec::with_capacity(total as usize);
     while (latencies.len() as u64) < total {
-        let (subject, b) = nats_msg(&mut r, &mut w).await;
-        if subject == "deliv" && b.len() >= 8 {
+        let (sid, b) = nats_msg(&mut r, &mut w).await;
+        // sid 3: the deliver subscription; an idle heartbeat or flow-control message has no payload
+        if sid == "3" && b.len() >= 8 {
             latencies.push(now_ns().saturating_sub(stamp_of(&b)));
         }
     }

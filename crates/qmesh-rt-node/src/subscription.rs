@@ -147,6 +147,8 @@ pub async fn deliver(
         let mut bytes = 0usize;
         let mut frames = 0usize;
         let mut progressed = false;
+        // the frames of this batch leave in one write (up to MAX_IOVECS frames), not one syscall each
+        let gather = qmesh_ipc::batch::Gather::new();
         // a pause or unsub answered before a record is read stops it from going out; a full connection queue
         // stops the reading too (the outer loop waits for the socket)
         while bytes < READ_BATCH_BYTES
@@ -217,6 +219,7 @@ pub async fn deliver(
             }
             ctl.pos.store(next, Ordering::Release);
         }
+        drop(gather);
         if peer.queued_bytes() > SUB_QUEUE_BYTES || unflushed >= SUB_QUEUE_FRAMES {
             // the socket drains the queue; the log keeps the rest
             if peer.flush().await.is_err() {

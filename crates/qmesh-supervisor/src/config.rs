@@ -68,8 +68,8 @@ pub mod layout {
     pub const MAX_OFFSET: u16 = SERVICE_IPC + 1 + HTTP_OFFSET;
 }
 
-/// The default base port: the gateway's kdb+ IPC port, as in
-/// `scripts/estate.sh` and the whitepaper's examples.
+/// The default base port: the gateway's kdb+ IPC port, as in the
+/// whitepaper's examples.
 pub const DEFAULT_BASE_PORT: u16 = 5000;
 
 /// The service the default estate runs (the whitepaper's example name).
