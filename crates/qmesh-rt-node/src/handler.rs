@@ -185,6 +185,8 @@ impl Node {
                         format!("prune position {pos} is not in the stream (latest position {})", s.latest()),
                     ));
                 }
+                // a position inside a record is a typo, not a prune point (it would prune as its record does)
+                s.check_position(pos as u64)?;
                 Ok(Some(K::long(s.prune(pos as u64).await? as i64)))
             }
         }
@@ -230,7 +232,12 @@ impl Node {
                             format!("position {p} is ahead of the stream's latest position {}", s.latest()),
                         ));
                     }
-                    From::Position(p) => p as u64,
+                    From::Position(p) => {
+                        // the copy starts at the segment's start, but a position inside a record is the same
+                        // client error as for .rt.sub (a Subscriber asks from the position it will read from)
+                        s.check_position(p as u64)?;
+                        p as u64
+                    }
                 };
                 // whole segments: the copy's records land at the node's positions
                 let start = Position::from_u64(pos).segment().start();
