@@ -62,7 +62,7 @@ pub enum Error {
     /// falls in, when there is one; `next` the first restart point after the position.
     #[error(
         "position {pos} is not the start of a record{}; the next record boundary is {next}",
-        inside.map(|r| format!(" (it falls inside the record at {r})")).unwrap_or_default()
+        inside_note(.inside)
     )]
     NotARecordStart {
         /// The position asked for.
@@ -96,6 +96,10 @@ pub enum Error {
     /// Bad [`LogOptions`](crate::LogOptions).
     #[error("invalid log options: {0}")]
     Options(String),
+}
+
+fn inside_note(inside: &Option<Position>) -> String {
+    inside.map(|r| format!(" (it falls inside the record at {r})")).unwrap_or_default()
 }
 
 /// The log's result type.

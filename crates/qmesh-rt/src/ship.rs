@@ -46,7 +46,9 @@
 //! and the copy records the same event ([`qmesh_log::Log::mark_badtail`]: a mark at `at` that its readers report
 //! as `badtail` with the same two positions, then the next roll), so a subscriber reading its copy sees the
 //! event a direct `.rt.sub` subscriber sees. A copy pulled after the damage gets the same push when the node's
-//! reader crosses the damage again; a copy that holds the mark pulls from after it and is not sent it twice.
+//! reader crosses the damage again; a copy that holds the mark pulls from after it and is not sent it twice. A copy
+//! that holds records of that segment past `at` (copied before the damage) marks the event where its own records
+//! end: what followed them is lost on the node, and the copy says so rather than jump to `next` silently.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use qmesh_codec::{Atom, K, Message, RawObject, types};

@@ -883,12 +883,22 @@ async fn copy_once(
 
 /// The node's reader reported `badtail` at `at` (its record there is corrupt) and continues at `next`: the copy
 /// marks the same event where it is, unless it holds it already (a re-pull from the segment's start).
+///
+/// A copy that holds records of that segment past `at` copied them before the damage (the node's reader never
+/// yields records after a corrupt one): whatever followed them in the segment is lost on the node, so the copy
+/// marks `badtail` where its own records end rather than jump to the next segment without a word.
 fn copy_badtail(s: &Shared, at: Position, next: Position) -> Result<(), SubscriberError> {
     let mut w = s.writer.lock().unwrap_or_else(|p| p.into_inner());
     if at.segment() > w.active_segment() {
         w.continue_at(at.segment())?;
     }
     let end = w.end_position();
+    let at = if at < end && end.segment() == at.segment() {
+        warn!(stream = %s.stream, %at, %end, "the node's record is corrupt behind what the copy holds; badtail marked at the copy's end");
+        end
+    } else {
+        at
+    };
     if at < end {
         return Ok(()); // held already
     }
