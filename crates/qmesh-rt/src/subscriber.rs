@@ -397,10 +397,11 @@ impl Subscriber {
             && handle.segments().len() <= 1
             && handle.latest_position().as_u64() == 0;
         if let From::Position(p) = from {
-            let p = Position::from_u64(p as u64);
-            if p <= handle.latest_position() {
-                handle.check_position(p)?;
-            }
+            // the copy holds it: a position inside a record is refused now (the check may walk a segment)
+            let (h, p) = (handle.clone(), Position::from_u64(p as u64));
+            tokio::task::spawn_blocking(move || if p <= h.latest_position() { h.check_position(p) } else { Ok(()) })
+                .await
+                .map_err(|e| SubscriberError::Unexpected(e.to_string()))??;
         }
         // where delivery starts, and where copying starts when the copy is fresh
         let start = match from {
