@@ -327,7 +327,11 @@ pub(crate) fn check_position<S: Storage>(shared: &Shared<S>, pos: Position) -> R
         if off == 0 || first.is_none_or(|f| seg < f) {
             return Ok(());
         }
-        return Err(Error::NotARecordStart { pos, inside: None, next: later.map_or(latest, SegmentId::start) });
+        return Err(Error::NotARecordStart {
+            pos,
+            inside: None,
+            next: later.map_or(latest, SegmentId::start),
+        });
     };
     if off == 0 || off == meta.visible {
         return Ok(()); // a segment's start or end

@@ -461,8 +461,8 @@ mod tests {
             ShipPush::parse(&m),
             Some(Ok(ShipPush::Ack { stream: "s".into(), key: "k".into(), pos: 9 }))
         );
-        let frame =
-            Message::encode(MsgType::Async, &badtail_k("s", 7, 1 << 30), EncodeOptions::default()).expect("e");
+        let frame = Message::encode(MsgType::Async, &badtail_k("s", 7, 1 << 30), EncodeOptions::default())
+            .expect("e");
         let m = Message::from_frame(frame, u64::MAX).expect("frame");
         assert_eq!(
             ShipPush::parse(&m),

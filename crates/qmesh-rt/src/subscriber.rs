@@ -399,9 +399,11 @@ impl Subscriber {
         if let From::Position(p) = from {
             // the copy holds it: a position inside a record is refused now (the check may walk a segment)
             let (h, p) = (handle.clone(), Position::from_u64(p as u64));
-            tokio::task::spawn_blocking(move || if p <= h.latest_position() { h.check_position(p) } else { Ok(()) })
-                .await
-                .map_err(|e| SubscriberError::Unexpected(e.to_string()))??;
+            tokio::task::spawn_blocking(
+                move || if p <= h.latest_position() { h.check_position(p) } else { Ok(()) },
+            )
+            .await
+            .map_err(|e| SubscriberError::Unexpected(e.to_string()))??;
         }
         // where delivery starts, and where copying starts when the copy is fresh
         let start = match from {
@@ -799,7 +801,8 @@ async fn copy_once(
         // the position `start` was given is refused: asking again will not help
         Err(qmesh_ipc::IpcError::Remote(text))
             if checked.is_some()
-                && qmesh_process::ErrorKind::from_word(&text) == Some(qmesh_process::ErrorKind::BadRequest) =>
+                && qmesh_process::ErrorKind::from_word(&text)
+                    == Some(qmesh_process::ErrorKind::BadRequest) =>
         {
             return Err(SubscriberError::Refused(text));
         }

@@ -520,7 +520,10 @@ async fn a_position_inside_a_record_is_refused() {
     ] {
         let what = format!("{:?}", req[0]);
         let e = call(&c, req).await.expect_err(&what);
-        assert!(e.starts_with(&format!("bad request: position {bad} is not the start of a record")), "{what}: {e}");
+        assert!(
+            e.starts_with(&format!("bad request: position {bad} is not the start of a record")),
+            "{what}: {e}"
+        );
         assert!(e.contains(&format!("inside the record at {}", pos[5])), "{what}: {e}");
         assert!(e.contains(&format!("the next record boundary is {}", pos[6])), "{what}: {e}");
     }
@@ -559,7 +562,9 @@ async fn a_position_inside_a_record_is_refused() {
     let p = node(&dir, port, &["--segment-bytes", "4096"]);
     let mut sub = Subscriber::connect(&ipc(&p), "s", From::Position(pos[5])).await.unwrap();
     match next(&mut sub).await {
-        Delivery::Event { event, p1, p2, .. } => assert_eq!((event.as_str(), p1, p2), ("badtail", pos[5], 1 << 30)),
+        Delivery::Event { event, p1, p2, .. } => {
+            assert_eq!((event.as_str(), p1, p2), ("badtail", pos[5], 1 << 30))
+        }
         other => panic!("expected badtail, got {other:?}"),
     }
     let c = connect(&p).await;

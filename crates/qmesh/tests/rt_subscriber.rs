@@ -660,7 +660,11 @@ async fn badtail_in_the_node_log_reaches_the_copies() {
     let at = want.iter().position(|s| *s == bad).expect("the direct subscriber gets badtail");
     assert_eq!(want[at - 1], Seen::Msg(filled(victim - 1, 200), pos[victim]));
     assert_eq!(want[at + 1], Seen::Msg(filled(seg2, 200), pos[seg2 + 1]));
-    assert_eq!(want.len(), 60 - (seg2 - victim) + 1, "every message but the damaged segment's rest, one event");
+    assert_eq!(
+        want.len(),
+        60 - (seg2 - victim) + 1,
+        "every message but the damaged segment's rest, one event"
+    );
     // the copy that was behind: pulled again, it marks the damage where the node's reader reports it
     let (sub, mut rx) = start(cfg(&copy, port), From::Position(resume as i64), None).await;
     assert_eq!(collect(&mut rx, latest).await, want[10..].to_vec());
@@ -693,8 +697,13 @@ async fn a_start_position_inside_a_record_is_refused() {
     let pos = fill(port, 0, 20, 200).await;
     let bad = pos[5] + 3;
     let (tx, _rx) = unbounded_channel();
-    let r = Subscriber::start_with(cfg(&copy, port), From::Position(bad as i64), on_msg(tx.clone()), on_event(tx))
-        .await;
+    let r = Subscriber::start_with(
+        cfg(&copy, port),
+        From::Position(bad as i64),
+        on_msg(tx.clone()),
+        on_event(tx),
+    )
+    .await;
     match r {
         Err(SubscriberError::Refused(e)) => {
             assert!(e.contains(&format!("position {bad} is not the start of a record")), "{e}")
