@@ -679,6 +679,42 @@ impl<S: Storage> Log<S> {
         Ok(next.start())
     }
 
+    /// As [`Log::mark_badtail`], for a copy that starts (or resumes) at `resume`, later in the same segment as
+    /// `at`: its source's records from `resume` on are readable (the damage lies behind it). Writes
+    /// [`BADTAIL_MARK`] at `at` and zeros up to `resume`, syncs, and stays in the segment: copied records go on at
+    /// `resume`. Readers reaching `at` report `badtail` there and skip to the next roll, as the source's do; readers
+    /// starting at `resume` read on, as the source's do. `at` must be [`Log::end_position`] and `resume` at least
+    /// [`BADTAIL_MARK`]'s length after it in the active segment ([`Error::MarkNotAtEnd`] otherwise). Returns
+    /// `resume`.
+    ///
+    /// Unlike [`Log::mark_badtail`]'s, this mark is not crash-proof for readers starting at `resume`: if the copy
+    /// crashes before records follow it, recovery seals the segment at its end (a corrupt record with data after
+    /// it), and the copy continues in the next roll.
+    pub fn fill_badtail(&mut self, at: Position, resume: Position) -> Result<Position> {
+        self.check()?;
+        let end = self.end_position();
+        let fits =
+            resume.segment() == self.active && resume.offset() >= at.offset() + BADTAIL_MARK.len() as u64;
+        if at != end || at.segment() != self.active || !fits {
+            return Err(Error::MarkNotAtEnd { at, end });
+        }
+        let gap = resume.offset() - at.offset();
+        self.pending.extend_from_slice(&BADTAIL_MARK);
+        self.write_out()?;
+        // the zeros go out a buffer's worth at a time: the gap may be most of a segment
+        let zeros = vec![0u8; WRITE_BUFFER.min((gap - BADTAIL_MARK.len() as u64) as usize)];
+        let mut left = gap - BADTAIL_MARK.len() as u64;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            self.write_direct(&[&zeros[..n]])?;
+            left -= n as u64;
+        }
+        self.end += gap;
+        self.sync()?;
+        tracing::warn!(%at, %resume, "badtail marked in the copy; the copy resumes after it in the segment");
+        Ok(resume)
+    }
+
     /// Removes segment `id` (never the active one): from the index first, so readers skip forward, then storage.
     pub(crate) fn remove_segment(&mut self, id: SegmentId) -> Result<u64> {
         if id == self.active {

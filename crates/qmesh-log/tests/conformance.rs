@@ -506,6 +506,49 @@ fn badtail_mark_in_a_copy<F: Fixture>(f: F) {
     assert_eq!(drain(&mut dst.reader(Start::Oldest).expect("reader")), items[..=i].to_vec());
 }
 
+/// A copy that starts after a corrupt record of the same segment (`fill_badtail`): readers from before the damage
+/// see `badtail` and the next roll, readers from the resume point read on: what the source's readers see.
+fn badtail_fill_in_a_copy<F: Fixture>(f: F) {
+    let (mut src, _) = Log::open_with(qmesh_log::MemStorage::new(), opts(400)).expect("open");
+    let pos = append_all(&mut src, &recs(30, |_| 50), 3);
+    let segs = src.handle().segments();
+    let in_seg1: Vec<Position> = pos.iter().copied().filter(|p| p.segment() == segs[1].id).collect();
+    assert!(in_seg1.len() >= 3, "{in_seg1:?}");
+    let (victim, resume) = (in_seg1[1], in_seg1[2]);
+    flip_byte(src.handle().storage(), victim.segment(), HDR + victim.offset() + 45);
+    let mut dst = open(&f, 400);
+    dst.continue_at(segs[1].id).expect("a fresh copy starts at the segment");
+    let first = drain(&mut src.reader(Start::At(segs[1].start)).expect("reader"));
+    let Item::Entry(e) = &first[0] else { panic!("{:?}", first[0]) };
+    dst.append_raw(e.raw()).expect("append raw");
+    assert_eq!(first[1], Item::Event(Event::Badtail { at: victim, next: segs[2].start }));
+    let wrong = Position::from_u64(resume.as_u64() + (1 << 30));
+    assert!(matches!(dst.fill_badtail(victim, wrong), Err(Error::MarkNotAtEnd { .. })));
+    assert_eq!(dst.fill_badtail(victim, resume).expect("fill"), resume);
+    let rest = drain(&mut src.reader(Start::At(resume)).expect("reader"));
+    for item in &rest {
+        match item {
+            Item::Entry(e) => {
+                if e.position.segment() > dst.active_segment() {
+                    dst.continue_at(e.position.segment()).expect("continue");
+                }
+                assert_eq!(dst.append_raw(e.raw()).expect("append raw"), e.position);
+            }
+            Item::Event(e) => panic!("{e:?}"),
+        }
+    }
+    dst.sync().expect("sync");
+    assert_eq!(drain(&mut dst.reader(Start::At(resume)).expect("reader")), rest, "from the resume point");
+    assert_eq!(
+        drain(&mut dst.reader(Start::At(segs[1].start)).expect("reader")),
+        first,
+        "from before the damage"
+    );
+    drop(dst);
+    let dst = open(&f, 400);
+    assert_eq!(drain(&mut dst.reader(Start::At(segs[1].start)).expect("reader")), first, "after a reopen");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod mem_storage {
@@ -535,4 +578,5 @@ suite!(
     positions_inside_records_are_refused,
     corrupt_record_at_a_boundary_is_badtail,
     badtail_mark_in_a_copy,
+    badtail_fill_in_a_copy,
 );

@@ -252,7 +252,8 @@ impl Node {
                     let _ = r.reply(K::long(start.as_u64() as i64));
                 }
                 debug!(conn = %peer.id(), stream = s.name(), %start, "subscriber copies the log");
-                tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader));
+                let resume = Position::from_u64(pos);
+                tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader, resume));
                 Ok(None)
             }
         }

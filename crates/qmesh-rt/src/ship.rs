@@ -46,9 +46,13 @@
 //! and the copy records the same event ([`qmesh_log::Log::mark_badtail`]: a mark at `at` that its readers report
 //! as `badtail` with the same two positions, then the next roll), so a subscriber reading its copy sees the
 //! event a direct `.rt.sub` subscriber sees. A copy pulled after the damage gets the same push when the node's
-//! reader crosses the damage again; a copy that holds the mark pulls from after it and is not sent it twice. A copy
-//! that holds records of that segment past `at` (copied before the damage) marks the event where its own records
-//! end: what followed them is lost on the node, and the copy says so rather than jump to `next` silently.
+//! reader crosses the damage again; a copy that holds the mark pulls from after it and is not sent it twice.
+//!
+//! When the damage lies before the pull's position in the same segment, the records from that position on are
+//! readable (a direct `.rt.sub` from there reads them), so the node reopens its reader there and `next` is that
+//! position, in the same segment: a copy that holds the segment up to there already takes the records that follow;
+//! a fresh copy marks `at` and fills the gap up to `next` ([`qmesh_log::Log::fill_badtail`]), so its readers see
+//! what the node's see: `badtail` at `at` reading from before it, the records reading from `next`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use qmesh_codec::{Atom, K, Message, RawObject, types};
@@ -99,7 +103,8 @@ pub enum ShipPush {
     Ack { stream: String, key: String, pos: u64 },
     /// Merged-log records for a subscriber's copy; `first` is the node's first unarchived position.
     Raw { stream: String, first: u64, batch: Bytes },
-    /// The node's reader reported `badtail`: the record at `at` is corrupt, reading continues at `next`.
+    /// The node's reader reported `badtail`: the record at `at` is corrupt, shipping continues at `next` (the next
+    /// roll's start, or the pull's position when that lies after `at` in the same segment).
     Badtail { stream: String, at: u64, next: u64 },
 }
 

@@ -897,6 +897,18 @@ fn copy_badtail(s: &Shared, at: Position, next: Position) -> Result<(), Subscrib
         w.continue_at(at.segment())?;
     }
     let end = w.end_position();
+    if next.segment() == at.segment() {
+        // the node resumes in the same segment, at the position this copy asked from
+        if end >= next {
+            return Ok(()); // the copy holds the segment up to there (copied before the damage)
+        }
+        if at != end {
+            return Err(SubscriberError::Unexpected(format!("gap in the copy: {end} then badtail at {at}")));
+        }
+        w.fill_badtail(at, next)?;
+        debug!(stream = %s.stream, %at, %next, "badtail copied; resuming in the segment");
+        return Ok(());
+    }
     let at = if at < end && end.segment() == at.segment() {
         warn!(stream = %s.stream, %at, %end, "the node's record is corrupt behind what the copy holds; badtail marked at the copy's end");
         end

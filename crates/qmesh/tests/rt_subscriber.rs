@@ -598,6 +598,17 @@ fn after(s: &Seen) -> u64 {
     }
 }
 
+/// Takes the messages `fill` published as numbers `0..n`; the position after the last.
+async fn delivered(rx: &mut UnboundedReceiver<Got>, n: usize) -> u64 {
+    let mut after = 0;
+    for i in 0..n {
+        let Got::Msg(v, _, pos) = next(rx).await else { panic!("expected message {i}") };
+        assert_eq!(v, filled(i, 200));
+        after = pos;
+    }
+    after
+}
+
 /// What a subscription delivers until it reaches `latest`.
 async fn collect(rx: &mut UnboundedReceiver<Got>, latest: u64) -> Vec<Seen> {
     let mut out = Vec::new();
@@ -625,29 +636,35 @@ async fn direct(port: u16, from: From, latest: u64) -> Vec<Seen> {
 /// `badtail` in the NODE's log (a byte flipped mid-record in a rolled segment while the node was stopped) reaches
 /// the copies: a subscriber whose copy was behind the damage, one with a fresh copy, and one restarted on its copy
 /// with the node gone each get the event with the node's two positions, then the next segment's messages: exactly
-/// the sequence a direct `.rt.sub` subscriber gets.
+/// the sequence a direct `.rt.sub` subscriber gets. A copy that held records past the damage, and a fresh copy
+/// from a position past it, read on in that segment, as a direct subscriber from there does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn badtail_in_the_node_log_reaches_the_copies() {
     let dir = tmpdir("node-bad");
     let copy = tmpdir("node-bad-copy");
     let fresh = tmpdir("node-bad-fresh");
+    let ahead = tmpdir("node-bad-ahead");
+    let fresh_after = tmpdir("node-bad-fresh-after");
     let mut n = node(&dir, 0, "4096", &[]);
     let port = n.port("ipc");
     // a copy holding the first ten messages (all in the first segment)
     let mut pos = fill(port, 0, 10, 200).await;
     assert!(pos.iter().all(|p| *p < 1 << 30));
     let (sub, mut rx) = start(cfg(&copy, port), From::Start, None).await;
-    for i in 0..10 {
-        assert_eq!(next_value(&mut rx).await, filled(i, 200));
-    }
-    let resume = sub.position();
+    let resume = delivered(&mut rx, 10).await;
     drop(sub);
-    pos.extend(fill(port, 10, 50, 200).await);
+    // a second copy holding twenty messages: past the record that will be damaged, in the same segment
+    pos.extend(fill(port, 10, 10, 200).await);
+    let (sub, mut rx) = start(cfg(&ahead, port), From::Start, None).await;
+    let resume_ahead = delivered(&mut rx, 20).await;
+    drop(sub);
+    pos.extend(fill(port, 20, 40, 200).await);
     // damage the third record of the second segment (rolled; the copy has not seen it)
     let seg1 = pos.iter().position(|&p| p == 1 << 30).unwrap();
     let seg2 = pos.iter().position(|&p| p == 2 << 30).unwrap();
     let victim = seg1 + 2;
     assert!(victim + 1 < seg2, "the damaged record has records after it in its segment");
+    assert!(victim < 20 && 21 < seg2 && victim + 2 < seg2, "records past the damaged one: {victim} {seg2}");
     assert!(n.terminate().success());
     let file = dir.join("s/log.0000000.00001");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -673,6 +690,20 @@ async fn badtail_in_the_node_log_reaches_the_copies() {
     let (sub, mut rx) = start(cfg(&fresh, port), From::Start, None).await;
     assert_eq!(collect(&mut rx, latest).await, want);
     drop(sub);
+    // the copy that held records past the damage: the node's reader reopens where it asked from, and the rest of
+    // the segment arrives, as a direct subscriber from there reads it
+    let (sub, mut rx) = start(cfg(&ahead, port), From::Position(resume_ahead as i64), None).await;
+    let got = collect(&mut rx, latest).await;
+    assert_eq!(got, direct(port, From::Position(resume_ahead as i64), latest).await);
+    assert_eq!(got[0], Seen::Msg(filled(20, 200), pos[21]));
+    drop(sub);
+    // a fresh copy from a position after the damaged record, in the same segment: marks it, fills the gap, reads on
+    let from = From::Position(pos[victim + 1] as i64);
+    let (sub, mut rx) = start(cfg(&fresh_after, port), from, None).await;
+    let got = collect(&mut rx, latest).await;
+    assert_eq!(got, direct(port, from, latest).await);
+    assert_eq!(got[0], Seen::Msg(filled(victim + 1, 200), pos[victim + 2]));
+    drop(sub);
     // restarted with the node gone: the copy alone replays the same sequence (the mark survived the reopen)
     drop(n);
     let mut alone = cfg(&copy, port);
@@ -680,7 +711,7 @@ async fn badtail_in_the_node_log_reaches_the_copies() {
     let (sub, mut rx) = start(alone, From::Start, None).await;
     assert_eq!(collect(&mut rx, latest).await, want);
     drop(sub);
-    for d in [dir, copy, fresh] {
+    for d in [dir, copy, fresh, ahead, fresh_after] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
