@@ -11,8 +11,9 @@
 //! - **Writing**: [`Log::append`] buffers, [`Log::sync`] writes and `fdatasync`s ([`Durability::Always`]) and makes
 //!   the records visible — many appends, one sync, then acknowledge them all (group commit).
 //!   [`Log::new_session`] is a hard reset. [`Log::append_raw`] takes records shipped from another log;
-//!   [`Log::continue_at`] and [`Log::mark_badtail`] let such a copy mirror its source's segment boundaries and
-//!   its `badtail`s (a corrupt record in the source), so the copy's readers see what the source's see.
+//!   [`Log::continue_at`] and [`Log::mark_badtail`] (or [`Log::fill_badtail`]) let such a copy mirror its
+//!   source's segment boundaries and its `badtail`s (a corrupt record in the source), so the copy's readers see
+//!   what the source's see.
 //! - **Recovery**: [`Log::open`] checks the last segment record by record and cuts a torn tail back to the last
 //!   whole record ([`RecoveryReport`]).
 //! - **Reading**: [`Reader`] (from [`LogHandle::reader`]) yields [`Item::Entry`] and [`Item::Event`] (`badtail`,
