@@ -504,6 +504,29 @@ fn badtail_mark_in_a_copy<F: Fixture>(f: F) {
     assert_eq!(report.cut, None);
     assert_eq!(dst.end_position(), segs[2].start);
     assert_eq!(drain(&mut dst.reader(Start::Oldest).expect("reader")), items[..=i].to_vec());
+    drop(dst);
+    // A mark torn by a crash: cut back to the corrupt record's position (a copy re-pulling from its end gets the
+    // event again), or kept once its length fields are whole.
+    let mark = qmesh_log::format::BADTAIL_MARK;
+    for keep in 0..mark.len() {
+        let s = f.storage();
+        for seg in s.list().expect("list") {
+            if seg > victim.segment() {
+                s.remove(seg).expect("remove");
+            }
+        }
+        s.truncate(victim.segment(), HDR + victim.offset()).expect("truncate");
+        s.append(victim.segment(), &mark[..keep]).expect("append");
+        drop(s);
+        let (dst, report) = Log::open_with(f.storage(), opts(300)).expect("reopen");
+        if keep < qmesh_log::format::RECORD_PREFIX_LEN {
+            assert_eq!(dst.end_position(), victim, "torn mark of {keep} bytes");
+            assert_eq!(report.cut.is_some(), keep > 0);
+        } else {
+            assert_eq!(report.sealed.map(|s| s.at), Some(victim), "mark of {keep} bytes");
+            assert_eq!(dst.end_position(), segs[2].start);
+        }
+    }
 }
 
 /// A copy that starts after a corrupt record of the same segment (`fill_badtail`): readers from before the damage

@@ -30,6 +30,9 @@
 //! (`.rt.ship.raw;`trades;first;0x…)     / async: first unarchived position on the node, then a batch of records
 //! ```
 //!
+//! `pos` must be a restart point, as for `.rt.sub`: past the latest position or inside a record it is refused
+//! (`'bad request: position … is not the start of a record …`).
+//!
 //! Shipping starts at the start of the segment holding `pos`, so the subscriber's copy holds whole segments and
 //! every record lands at the node's position, byte for byte ([`qmesh_log::Log::append_raw`],
 //! [`qmesh_log::Log::continue_at`] when the next record starts another segment). `first` lets a subscriber that
