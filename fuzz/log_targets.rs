@@ -2,10 +2,12 @@
 //! (crates/qmesh-log/tests/fuzz_corpus.rs), which includes this file with `#[path]`.
 
 use qmesh_log::format::{SegmentHeader, decode_record};
-use qmesh_log::{Item, Log, LogOptions, MemStorage, RecordHeader, SegmentId, Start};
+use qmesh_log::{Error, Item, Log, LogOptions, MemStorage, Position, RecordHeader, SegmentId, Start};
 
 /// Most items read back from one input: a bound, so a run stays short whatever the bytes say.
 pub const FUZZ_MAX_ITEMS: usize = 10_000;
+/// Most start offsets tried per input (each walks the segment's lengths up to it): a bound on a run's time.
+pub const FUZZ_MAX_STARTS: u64 = 512;
 
 /// Any bytes as a record, as a segment header, and as the image of a log's last segment (with a valid segment
 /// header prepended when the first byte is even): the decoder never panics; recovery opens the log or fails
@@ -41,6 +43,18 @@ pub fn decode_log(data: &[u8]) {
         }
         n
     };
+    // every offset of the first segment as a start position: refused with a reason, or read without panicking
+    for off in 0..FUZZ_MAX_STARTS {
+        let Some(p) = Position::new(0, 0, off) else { break };
+        match log.reader(Start::At(p)) {
+            Ok(mut r) => {
+                let _ = r.next().expect("read from memory");
+            }
+            Err(Error::NotARecordStart { pos, next, .. }) => assert!(next > pos),
+            Err(Error::PositionAhead { .. }) => break,
+            Err(e) => panic!("start at {p:?}: {e}"),
+        }
+    }
     let before = read_all(&log);
     let header = RecordHeader { on: b"fuzz", ts: 1, id: 1, to: 0, dedup: None };
     log.append(&header, b"after").expect("append after recovery");

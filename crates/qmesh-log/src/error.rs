@@ -55,6 +55,32 @@ pub enum Error {
         /// The log's latest position.
         latest: Position,
     },
+    /// A reader was asked to start at a position where no record starts: a byte inside a record, past the end of
+    /// a rolled segment, or inside a segment that does not exist between segments that do. No such position is
+    /// ever handed out (a typo, or arithmetic on an opaque position); reading there would take a record's inner
+    /// bytes for a corrupt record and skip the rest of its segment (`badtail`). `inside` is the record the position
+    /// falls in, when there is one; `next` the first restart point after the position.
+    #[error(
+        "position {pos} is not the start of a record{}; the next record boundary is {next}",
+        inside_note(.inside)
+    )]
+    NotARecordStart {
+        /// The position asked for.
+        pos: Position,
+        /// The record it falls inside, if any.
+        inside: Option<Position>,
+        /// The first valid restart point after it.
+        next: Position,
+    },
+    /// [`Log::mark_badtail`](crate::Log::mark_badtail) was asked to mark a position other than where the next record
+    /// goes: a copy must hold every record before the mark, and the mark goes right after them.
+    #[error("badtail mark at {at}: the log's end is {end}")]
+    MarkNotAtEnd {
+        /// The position to mark.
+        at: Position,
+        /// Where the log's next record goes.
+        end: Position,
+    },
     /// An earlier storage failure left the log in a state it could not repair; reopen it.
     #[error("log unusable after an earlier failure: {0}")]
     Poisoned(String),
@@ -70,6 +96,10 @@ pub enum Error {
     /// Bad [`LogOptions`](crate::LogOptions).
     #[error("invalid log options: {0}")]
     Options(String),
+}
+
+fn inside_note(inside: &Option<Position>) -> String {
+    inside.map(|r| format!(" (it falls inside the record at {r})")).unwrap_or_default()
 }
 
 /// The log's result type.

@@ -43,6 +43,25 @@
 //! - `ts` is a kdb+ timestamp (nanoseconds since 2000.01.01; `0Np` = `i64::MIN`), `id` the message id, `to`
 //!   reserved (RT: "reserved for future use").
 //! - `payload` is the kdb+ message body exactly as the publisher's serializer wrote it; the log never looks inside.
+//!
+//! # Badtail mark
+//!
+//! A copy of a log (a subscriber's local copy of the node's merged log) cannot copy a corrupt record: when its
+//! source's reader reports `badtail` at position `P` (the rest of that segment is unreadable), the copy writes the
+//! 16 bytes [`BADTAIL_MARK`] at `P` and continues in the next roll
+//! ([`Log::mark_badtail`](crate::Log::mark_badtail)), so its own readers report `badtail` with the same two
+//! positions:
+//!
+//! ```text
+//!  P        P+4      P+8      P+12     P+16
+//! ┌────────┬────────┬────────┬────────┐
+//! │ "QMES" │ "H:BA" │ "DTAI" │ "L:!!" │   `len` ("H:BA") and `!len` ("DTAI") disagree: corrupt, never torn
+//! └────────┴────────┴────────┴────────┘
+//! ```
+//!
+//! The mark is not a record (no reader or recovery ever takes it for one) and needs no version bump: a reader of
+//! any version sees a corrupt record there. Recovery keeps it when it ends the last segment (a crash before the
+//! next roll was created): a corrupt record that is not torn and not zeros seals its segment.
 
 use crate::position::SegmentId;
 
@@ -104,6 +123,11 @@ impl Source<'_> {
         SOURCE_FIXED_LEN + self.key.len()
     }
 }
+
+/// What a copy writes where its source had a corrupt record (see [Badtail mark](crate::format#badtail-mark)): 16
+/// bytes whose `len` and `!len` fields disagree, so every reader reports `badtail` there and recovery seals the
+/// segment rather than cutting it.
+pub const BADTAIL_MARK: [u8; 16] = *b"QMESH:BADTAIL:!!";
 
 /// Largest payload, in bytes: 1073741783, rt.qpk's limit ("the upper limit is 1073741783 bytes"), so that a
 /// message fits a segment whose offsets have 30 bits. A larger message is refused before anything is written.
@@ -423,6 +447,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn badtail_mark_is_corrupt_not_torn() {
+        assert_eq!(record_len(&BADTAIL_MARK), Err(DecodeError::Corrupt(Corruption::LengthCheck)));
+        assert!(matches!(decode_record(&BADTAIL_MARK), Err(DecodeError::Corrupt(_))));
+        assert!(BADTAIL_MARK.len() >= RECORD_PREFIX_LEN);
     }
 
     #[test]

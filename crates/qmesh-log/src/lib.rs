@@ -10,11 +10,16 @@
 //!   valid restart point, and positions depend only on the records, never on which node wrote them.
 //! - **Writing**: [`Log::append`] buffers, [`Log::sync`] writes and `fdatasync`s ([`Durability::Always`]) and makes
 //!   the records visible — many appends, one sync, then acknowledge them all (group commit).
-//!   [`Log::new_session`] is a hard reset. [`Log::append_raw`] takes records shipped from another log.
+//!   [`Log::new_session`] is a hard reset. [`Log::append_raw`] takes records shipped from another log;
+//!   [`Log::continue_at`] and [`Log::mark_badtail`] (or [`Log::fill_badtail`]) let such a copy mirror its
+//!   source's segment boundaries and its `badtail`s (a corrupt record in the source), so the copy's readers see
+//!   what the source's see.
 //! - **Recovery**: [`Log::open`] checks the last segment record by record and cuts a torn tail back to the last
 //!   whole record ([`RecoveryReport`]).
 //! - **Reading**: [`Reader`] (from [`LogHandle::reader`]) yields [`Item::Entry`] and [`Item::Event`] (`badtail`,
 //!   `skip-forward`, `reset`), tails the writer across rolls, and replays identically from any earlier position.
+//!   A start position where no record starts (inside a record: a typo) is refused
+//!   ([`Error::NotARecordStart`], [`LogHandle::check_position`]), never read as a corrupt record.
 //! - **Archiving**: [`Log::archive`] with an [`ArchivePolicy`] (age by record `ts`, total bytes, disk use %), and
 //!   [`Log::prune`] for a lead subscriber. Only rolled segments are removed.
 //! - **Storage**: everything goes through the [`Storage`] trait: [`FileStorage`] and [`MemStorage`] (which can

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    DecodeError, MAX_PAYLOAD, MAX_SYMBOL_LEN, NULL_TIMESTAMP, RecordHeader, SEGMENT_HEADER_LEN,
+    BADTAIL_MARK, DecodeError, MAX_PAYLOAD, MAX_SYMBOL_LEN, NULL_TIMESTAMP, RecordHeader, SEGMENT_HEADER_LEN,
     SegmentHeader, Source, decode_record, encode_record_head,
 };
 use crate::position::{MAX_OFFSET, Position, SegmentId};
@@ -176,21 +176,43 @@ impl<S: Storage> Clone for LogHandle<S> {
 }
 
 impl<S: Storage> LogHandle<S> {
-    /// A reader from `start`. [`Start::At`] a position after [`LogHandle::latest_position`] fails with
-    /// [`Error::PositionAhead`]; a position in an archived segment is accepted and the reader's first item is a
-    /// `skip-forward` event.
+    /// A reader from `start`. [`Start::At`] a position that [`LogHandle::check_position`] refuses fails with its
+    /// error ([`Error::PositionAhead`], [`Error::NotARecordStart`]); a position in an archived segment is accepted
+    /// and the reader's first item is a `skip-forward` event.
     pub fn reader(&self, start: Start) -> Result<Reader<S>> {
-        let idx = self.shared.index();
         let pos = match start {
-            Start::Oldest => first_of(&idx),
-            Start::Latest => idx.latest,
-            Start::At(p) if p > idx.latest => {
-                return Err(Error::PositionAhead { pos: p, latest: idx.latest });
+            Start::Oldest => first_of(&self.shared.index()),
+            Start::Latest => self.shared.index().latest,
+            Start::At(p) => {
+                crate::reader::check_position(&self.shared, p)?;
+                p
             }
-            Start::At(p) => p,
         };
-        drop(idx);
         Ok(Reader::new(self.shared.clone(), pos))
+    }
+
+    /// Whether `pos` is a valid restart point, as [`Start::At`] requires: every position the log hands out is.
+    ///
+    /// - After [`LogHandle::latest_position`]: [`Error::PositionAhead`].
+    /// - In an archived segment (before the first one): accepted, it cannot be checked (a reader skips forward).
+    /// - A segment's start, or the end of a segment's records: accepted (a reader moves on to the next segment;
+    ///   the start of a segment that is not there is where a `badtail` before a reset continues).
+    /// - Inside a segment's records: accepted if a whole record decodes there (length, its complement, checksum).
+    ///   Otherwise the segment's record lengths are walked from its start (reads of
+    ///   [`READ_CHUNK`](crate::READ_CHUNK) bytes, lengths checked against their complements, no checksums):
+    ///   landing exactly on `pos` means a genuine record that is corrupt (accepted: a reader reports `badtail`
+    ///   there, as it would reaching it from before); stepping over `pos` means it lies inside a record:
+    ///   [`Error::NotARecordStart`]. A length that does not check out before `pos` leaves nothing to say
+    ///   (accepted: `badtail` at `pos`).
+    /// - Past the end of a rolled segment's records, or inside a segment that is not there (between segments that
+    ///   are): [`Error::NotARecordStart`].
+    ///
+    /// The walk reads at most the segment's bytes before `pos`, and only for a position where no record decodes (a
+    /// client's typo, or damage). A position's offset counts from the end of the segment header, so no position
+    /// names a byte of the header. A record whose bytes happen to hold another whole record (a payload that is an
+    /// encoded record) would accept a position inside it: the checksum makes that a deliberate act, not a typo.
+    pub fn check_position(&self, pos: Position) -> Result<()> {
+        crate::reader::check_position(&self.shared, pos)
     }
 
     /// The first unarchived position: the start of the oldest segment (`::` in `.rt.sub`).
@@ -630,6 +652,67 @@ impl<S: Storage> Log<S> {
         self.pending.clear();
         self.handle.shared.storage.remove(old).map_err(io("remove", old))?;
         Ok(next.start())
+    }
+
+    /// Records, in a copy of another log, that the source's reader reported `badtail` at `at` (a corrupt record
+    /// there; the rest of its segment unreadable): writes [`BADTAIL_MARK`] at `at`, which must be where the next
+    /// record goes ([`Log::end_position`]; [`Error::MarkNotAtEnd`] otherwise — call [`Log::continue_at`] first when
+    /// `at` is in a later segment), then syncs and seals the segment and continues in the next roll, whose start
+    /// it returns. A reader of this log then reports `badtail` at `at` with the next roll's start, the same two
+    /// positions as the source's reader, and reads on from the records copied into the next roll.
+    ///
+    /// The mark survives a crash: written and synced before the next roll is created, and kept by recovery if it
+    /// ends the last segment (a corrupt record that is neither torn nor zeros seals the segment, and writing
+    /// continues in the next roll). A mark torn by a crash is cut, and the copy's end is `at` again, so a copy
+    /// re-pulling from its end receives the event again. See [Badtail mark](crate::format#badtail-mark).
+    pub fn mark_badtail(&mut self, at: Position) -> Result<Position> {
+        self.check()?;
+        let end = self.end_position();
+        if at != end || at.segment() != self.active {
+            return Err(Error::MarkNotAtEnd { at, end });
+        }
+        let next = self.active.next_roll().ok_or(Error::PositionSpaceExhausted(self.active))?;
+        self.pending.extend_from_slice(&BADTAIL_MARK);
+        self.end += BADTAIL_MARK.len() as u64;
+        self.roll_to(next)?;
+        tracing::warn!(%at, next = %next.start(), "badtail marked in the copy: the source's record there is corrupt");
+        Ok(next.start())
+    }
+
+    /// As [`Log::mark_badtail`], for a copy that starts (or resumes) at `resume`, later in the same segment as
+    /// `at`: its source's records from `resume` on are readable (the damage lies behind it). Writes
+    /// [`BADTAIL_MARK`] at `at` and zeros up to `resume`, syncs, and stays in the segment: copied records go on at
+    /// `resume`. Readers reaching `at` report `badtail` there and skip to the next roll, as the source's do; readers
+    /// starting at `resume` read on, as the source's do. `at` must be [`Log::end_position`] and `resume` at least
+    /// [`BADTAIL_MARK`]'s length after it in the active segment ([`Error::MarkNotAtEnd`] otherwise). Returns
+    /// `resume`.
+    ///
+    /// Unlike [`Log::mark_badtail`]'s, this mark is not crash-proof for readers starting at `resume`: if the copy
+    /// crashes before records follow it, recovery seals the segment at its end (a corrupt record with data after
+    /// it), and the copy continues in the next roll.
+    pub fn fill_badtail(&mut self, at: Position, resume: Position) -> Result<Position> {
+        self.check()?;
+        let end = self.end_position();
+        let fits =
+            resume.segment() == self.active && resume.offset() >= at.offset() + BADTAIL_MARK.len() as u64;
+        if at != end || at.segment() != self.active || !fits {
+            return Err(Error::MarkNotAtEnd { at, end });
+        }
+        let gap = resume.offset() - at.offset();
+        self.pending.extend_from_slice(&BADTAIL_MARK);
+        self.write_out()?;
+        // the zeros go out a buffer's worth at a time: the gap may be most of a segment
+        let zeros = vec![0u8; WRITE_BUFFER.min((gap - BADTAIL_MARK.len() as u64) as usize)];
+        let mut left = gap - BADTAIL_MARK.len() as u64;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            self.write_direct(&[&zeros[..n]])?;
+            left -= n as u64;
+        }
+        self.end += gap;
+        self.sync()?;
+        tracing::warn!(%at, %resume, "badtail marked in the copy; the copy resumes after it in the segment");
+        Ok(resume)
     }
 
     /// Removes segment `id` (never the active one): from the index first, so readers skip forward, then storage.

@@ -25,7 +25,9 @@ pub enum Start {
     Oldest,
     /// Only records synced from now on (`` `latest ``).
     Latest,
-    /// A position handed out earlier: the record starting there (or the next one, if it is a segment's end).
+    /// A position handed out earlier: the record starting there (or the next one, if it is a segment's end, or
+    /// the start of a segment). A position where no record starts is refused ([`Error::NotARecordStart`], see
+    /// [`LogHandle::check_position`](crate::LogHandle::check_position)).
     At(Position),
 }
 
@@ -268,6 +270,96 @@ impl<S: Storage> fmt::Debug for Reader<S> {
 
 fn next_roll_start(seg: SegmentId) -> Position {
     Position::after(seg, MAX_OFFSET + 1)
+}
+
+/// What walking a segment's record lengths from its start says about an offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Walk {
+    /// A record (whole or corrupt) starts exactly there.
+    Landed,
+    /// The offset falls inside the record at `record`, which ends at `end`.
+    Inside { record: u64, end: u64 },
+    /// A length before the offset does not check out (corruption before it): nothing can be said.
+    Unknown,
+}
+
+/// Steps through the record lengths of `seg` from offset 0 towards `off` (reading [`READ_CHUNK`] bytes at a time,
+/// checking each length against its complement, not the checksums), never reading at or past `visible`.
+fn walk<S: Storage + ?Sized>(s: &S, seg: SegmentId, off: u64, visible: u64) -> io::Result<Walk> {
+    let mut buf = Vec::new();
+    let mut buf_at = 0u64;
+    let mut at = 0u64;
+    while at < off {
+        if at + RECORD_PREFIX_LEN as u64 > visible {
+            return Ok(Walk::Unknown);
+        }
+        if at < buf_at || at + RECORD_PREFIX_LEN as u64 > buf_at + buf.len() as u64 {
+            buf.resize(READ_CHUNK.min((visible - at) as usize), 0);
+            read_exact_at(s, seg, HDR + at, &mut buf)?;
+            buf_at = at;
+        }
+        let Ok(len) = record_len(&buf[(at - buf_at) as usize..]) else { return Ok(Walk::Unknown) };
+        let end = at + len as u64;
+        if end > off {
+            // a record running past the readable bytes is itself damaged: no claim about what follows
+            return Ok(if end <= visible { Walk::Inside { record: at, end } } else { Walk::Unknown });
+        }
+        at = end;
+    }
+    Ok(Walk::Landed)
+}
+
+/// Whether a reader may start at `pos` (see [`LogHandle::check_position`](crate::LogHandle::check_position)).
+pub(crate) fn check_position<S: Storage>(shared: &Shared<S>, pos: Position) -> Result<()> {
+    let seg = pos.segment();
+    let (meta, first, later, latest) = {
+        let idx = shared.index();
+        let later = idx.segments.range((Bound::Excluded(seg), Bound::Unbounded)).next().map(|(k, _)| *k);
+        (idx.segments.get(&seg).copied(), idx.segments.keys().next().copied(), later, idx.latest)
+    };
+    if pos > latest {
+        return Err(Error::PositionAhead { pos, latest });
+    }
+    let off = pos.offset();
+    let Some(meta) = meta else {
+        // archived (the reader skips forward), or the start of a segment that is not there (a reader moves on
+        // from it with `skip-forward` or `reset`: a `badtail`'s next position before a reset, say)
+        if off == 0 || first.is_none_or(|f| seg < f) {
+            return Ok(());
+        }
+        return Err(Error::NotARecordStart {
+            pos,
+            inside: None,
+            next: later.map_or(latest, SegmentId::start),
+        });
+    };
+    if off == 0 || off == meta.visible {
+        return Ok(()); // a segment's start or end
+    }
+    if off > meta.visible {
+        // past the end of a rolled segment (past the active one's end is past `latest`)
+        return Err(Error::NotARecordStart { pos, inside: None, next: next_roll_start(seg) });
+    }
+    let storage = &shared.storage;
+    let gone = |e: &io::Error| matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof);
+    match Window::default().record(storage, seg, off, meta.visible) {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(_)) => {}
+        // archived under us: the reader skips forward
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(Error::Io { op: "read", segment: seg, source: e }),
+    }
+    match walk(storage, seg, off, meta.visible) {
+        // a genuine record that is corrupt (the reader reports `badtail` there), or damage before it
+        Ok(Walk::Landed | Walk::Unknown) => Ok(()),
+        Ok(Walk::Inside { record, end }) => Err(Error::NotARecordStart {
+            pos,
+            inside: Some(Position::after(seg, record)),
+            next: Position::after(seg, end),
+        }),
+        Err(e) if gone(&e) => Ok(()),
+        Err(e) => Err(Error::Io { op: "read", segment: seg, source: e }),
+    }
 }
 
 impl<S: Storage> Reader<S> {

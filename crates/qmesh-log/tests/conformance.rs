@@ -364,6 +364,214 @@ fn limits<F: Fixture>(f: F) {
     assert_eq!(log.handle().storage().len(log.active_segment()).expect("len"), HDR);
 }
 
+/// A reader at `pos` is refused: it lies inside the record at `record`, and `next` is the boundary after it.
+fn assert_inside<S: Storage>(log: &Log<S>, pos: Position, record: Position, next: Position) {
+    match log.reader(Start::At(pos)) {
+        Err(Error::NotARecordStart { pos: p, inside, next: n }) => {
+            assert_eq!((p, inside, n), (pos, Some(record), next), "{pos:?}")
+        }
+        other => panic!("{pos:?} inside the record at {record:?}: {other:?}"),
+    }
+}
+
+/// Every byte inside a record is refused as a start, every boundary accepted; past a rolled segment's end and inside
+/// a segment that is not there are refused; archived positions are accepted (skip-forward).
+fn positions_inside_records_are_refused<F: Fixture>(f: F) {
+    let mut log = open(&f, 300);
+    let rs = recs(40, |i| if i == 11 { 700 } else { (i * 13) % 150 });
+    append_all(&mut log, &rs[..30], 4);
+    let end_s0 = log.latest_position();
+    log.new_session().expect("session");
+    append_all(&mut log, &rs[30..], 4);
+    let all = drain(&mut log.reader(Start::Oldest).expect("reader"));
+    for e in entries(&all) {
+        for p in [e.position, e.next] {
+            log.handle().check_position(p).expect("a boundary");
+        }
+        let rest = drain(&mut log.reader(Start::At(e.position)).expect("reader"));
+        assert_eq!(rest.first(), Some(&Item::Entry((*e).clone())));
+        // every byte after the record's first is inside it; its end is the next boundary
+        assert_eq!(e.next.segment(), e.position.segment());
+        for off in e.position.offset() + 1..e.next.offset() {
+            let inside = Position::new(e.position.session(), e.position.roll(), off).expect("pos");
+            assert_inside(&log, inside, e.position, e.next);
+        }
+    }
+    for s in log.handle().segments() {
+        log.handle().check_position(s.start).expect("a segment's start");
+        log.handle().check_position(s.end).expect("a segment's end");
+        if s.rolled && s.end.segment() == s.id {
+            let past = Position::from_u64(s.end.as_u64() + 1);
+            match log.reader(Start::At(past)) {
+                Err(Error::NotARecordStart { inside: None, next, .. }) => {
+                    assert_eq!(next, s.id.next_roll().expect("roll").start())
+                }
+                other => panic!("past a rolled segment's end: {other:?}"),
+            }
+        }
+    }
+    // A segment that is not there, between segments that are: its start is where a reader moves on from (a
+    // `reset` next), any other offset is refused.
+    let missing = end_s0.segment().next_roll().expect("roll");
+    assert!(log.handle().segments().iter().all(|s| s.id != missing));
+    let items = drain(&mut log.reader(Start::At(missing.start())).expect("reader"));
+    assert!(matches!(items[0], Item::Event(Event::Reset { .. })), "{:?}", items[0]);
+    assert!(matches!(
+        log.reader(Start::At(Position::new(missing.session, missing.roll, 7).expect("pos"))),
+        Err(Error::NotARecordStart { inside: None, .. })
+    ));
+    let ahead = Position::from_u64(log.latest_position().as_u64() + 3);
+    assert!(matches!(log.reader(Start::At(ahead)), Err(Error::PositionAhead { .. })));
+    // An archived position cannot be checked: accepted, and the reader skips forward.
+    let first_seg = log.handle().segments()[0];
+    let Item::Entry(e0) = &all[0] else { panic!("{:?}", all[0]) };
+    log.prune(first_seg.end).expect("prune");
+    assert_ne!(log.handle().segments()[0].id, first_seg.id);
+    let archived = Position::from_u64(e0.position.as_u64() + 1);
+    let items = drain(&mut log.reader(Start::At(archived)).expect("reader"));
+    assert!(matches!(items[0], Item::Event(Event::SkipForward { from, .. }) if from == archived));
+}
+
+/// A corrupt record at a boundary is still a start (`badtail` there); inside it is still refused while its length
+/// holds; after a damaged length nothing can be said, and the position is read as today (`badtail`).
+fn corrupt_record_at_a_boundary_is_badtail<F: Fixture>(f: F) {
+    let mut log = open(&f, 600);
+    let pos = append_all(&mut log, &recs(20, |_| 60), 1);
+    let segs = log.handle().segments();
+    let in_first: Vec<Position> = pos.iter().copied().filter(|p| p.segment() == segs[0].id).collect();
+    assert!(in_first.len() >= 4, "{in_first:?}");
+    let victim = in_first[1];
+    flip_byte(log.handle().storage(), victim.segment(), HDR + victim.offset() + 45);
+    let items = drain(&mut log.reader(Start::At(victim)).expect("a corrupt record's start"));
+    assert_eq!(items[0], Item::Event(Event::Badtail { at: victim, next: segs[1].start }));
+    assert_inside(&log, Position::from_u64(victim.as_u64() + 3), victim, in_first[2]);
+    // records after it in the segment decode: still boundaries
+    log.handle().check_position(in_first[2]).expect("a whole record");
+    assert_inside(&log, Position::from_u64(in_first[2].as_u64() + 1), in_first[2], in_first[3]);
+    // the length of the record before is damaged: positions after it cannot be told
+    flip_byte(log.handle().storage(), victim.segment(), HDR + in_first[0].offset() + 5);
+    let odd = Position::from_u64(in_first[1].as_u64() + 3);
+    let items = drain(&mut log.reader(Start::At(odd)).expect("nothing to say: read as today"));
+    assert_eq!(items[0], Item::Event(Event::Badtail { at: odd, next: segs[1].start }));
+}
+
+/// A copy of a log with a corrupt record: `mark_badtail` where the source's reader reported `badtail` makes the
+/// copy's reader yield the same items; the mark survives a reopen, and a crash before the next roll was created.
+fn badtail_mark_in_a_copy<F: Fixture>(f: F) {
+    let (mut src, _) = Log::open_with(qmesh_log::MemStorage::new(), opts(300)).expect("open");
+    let pos = append_all(&mut src, &recs(30, |_| 50), 3);
+    let segs = src.handle().segments();
+    let victim = pos.iter().copied().filter(|p| p.segment() == segs[1].id).nth(1).expect("record");
+    flip_byte(src.handle().storage(), victim.segment(), HDR + victim.offset() + 45);
+    let items = drain(&mut src.reader(Start::Oldest).expect("reader"));
+    assert_eq!(events(&items), vec![Event::Badtail { at: victim, next: segs[2].start }]);
+    let mut dst = open(&f, 300);
+    for item in &items {
+        match item {
+            Item::Entry(e) => {
+                if e.position.segment() > dst.active_segment() {
+                    dst.continue_at(e.position.segment()).expect("continue");
+                }
+                assert_eq!(dst.append_raw(e.raw()).expect("append raw"), e.position);
+            }
+            Item::Event(Event::Badtail { at, next }) => {
+                let wrong = Position::from_u64(at.as_u64() + 1);
+                assert!(matches!(dst.mark_badtail(wrong), Err(Error::MarkNotAtEnd { .. })));
+                assert_eq!(dst.mark_badtail(*at).expect("mark"), *next);
+            }
+            Item::Event(e) => panic!("{e:?}"),
+        }
+    }
+    dst.sync().expect("sync");
+    assert_eq!(drain(&mut dst.reader(Start::Oldest).expect("reader")), items, "same items, same positions");
+    let i = items.iter().position(|i| matches!(i, Item::Event(_))).expect("event");
+    assert_eq!(drain(&mut dst.reader(Start::At(victim)).expect("reader")), items[i..].to_vec());
+    drop(dst);
+    let (dst, report) = Log::open_with(f.storage(), opts(300)).expect("reopen");
+    assert_eq!((report.cut, report.sealed), (None, None));
+    assert_eq!(drain(&mut dst.reader(Start::Oldest).expect("reader")), items, "after a reopen");
+    drop(dst);
+    // A crash after the mark, before the next roll held anything: the marked segment is the last one.
+    let s = f.storage();
+    for seg in s.list().expect("list") {
+        if seg > victim.segment() {
+            s.remove(seg).expect("remove");
+        }
+    }
+    drop(s);
+    let (dst, report) = Log::open_with(f.storage(), opts(300)).expect("reopen");
+    assert_eq!(report.sealed.map(|s| s.at), Some(victim), "the mark seals its segment");
+    assert_eq!(report.cut, None);
+    assert_eq!(dst.end_position(), segs[2].start);
+    assert_eq!(drain(&mut dst.reader(Start::Oldest).expect("reader")), items[..=i].to_vec());
+    drop(dst);
+    // A mark torn by a crash: cut back to the corrupt record's position (a copy re-pulling from its end gets the
+    // event again), or kept once its length fields are whole.
+    let mark = qmesh_log::format::BADTAIL_MARK;
+    for keep in 0..mark.len() {
+        let s = f.storage();
+        for seg in s.list().expect("list") {
+            if seg > victim.segment() {
+                s.remove(seg).expect("remove");
+            }
+        }
+        s.truncate(victim.segment(), HDR + victim.offset()).expect("truncate");
+        s.append(victim.segment(), &mark[..keep]).expect("append");
+        drop(s);
+        let (dst, report) = Log::open_with(f.storage(), opts(300)).expect("reopen");
+        if keep < qmesh_log::format::RECORD_PREFIX_LEN {
+            assert_eq!(dst.end_position(), victim, "torn mark of {keep} bytes");
+            assert_eq!(report.cut.is_some(), keep > 0);
+        } else {
+            assert_eq!(report.sealed.map(|s| s.at), Some(victim), "mark of {keep} bytes");
+            assert_eq!(dst.end_position(), segs[2].start);
+        }
+    }
+}
+
+/// A copy that starts after a corrupt record of the same segment (`fill_badtail`): readers from before the damage
+/// see `badtail` and the next roll, readers from the resume point read on: what the source's readers see.
+fn badtail_fill_in_a_copy<F: Fixture>(f: F) {
+    let (mut src, _) = Log::open_with(qmesh_log::MemStorage::new(), opts(400)).expect("open");
+    let pos = append_all(&mut src, &recs(30, |_| 50), 3);
+    let segs = src.handle().segments();
+    let in_seg1: Vec<Position> = pos.iter().copied().filter(|p| p.segment() == segs[1].id).collect();
+    assert!(in_seg1.len() >= 3, "{in_seg1:?}");
+    let (victim, resume) = (in_seg1[1], in_seg1[2]);
+    flip_byte(src.handle().storage(), victim.segment(), HDR + victim.offset() + 45);
+    let mut dst = open(&f, 400);
+    dst.continue_at(segs[1].id).expect("a fresh copy starts at the segment");
+    let first = drain(&mut src.reader(Start::At(segs[1].start)).expect("reader"));
+    let Item::Entry(e) = &first[0] else { panic!("{:?}", first[0]) };
+    dst.append_raw(e.raw()).expect("append raw");
+    assert_eq!(first[1], Item::Event(Event::Badtail { at: victim, next: segs[2].start }));
+    let wrong = Position::from_u64(resume.as_u64() + (1 << 30));
+    assert!(matches!(dst.fill_badtail(victim, wrong), Err(Error::MarkNotAtEnd { .. })));
+    assert_eq!(dst.fill_badtail(victim, resume).expect("fill"), resume);
+    let rest = drain(&mut src.reader(Start::At(resume)).expect("reader"));
+    for item in &rest {
+        match item {
+            Item::Entry(e) => {
+                if e.position.segment() > dst.active_segment() {
+                    dst.continue_at(e.position.segment()).expect("continue");
+                }
+                assert_eq!(dst.append_raw(e.raw()).expect("append raw"), e.position);
+            }
+            Item::Event(e) => panic!("{e:?}"),
+        }
+    }
+    dst.sync().expect("sync");
+    assert_eq!(drain(&mut dst.reader(Start::At(resume)).expect("reader")), rest, "from the resume point");
+    assert_eq!(
+        drain(&mut dst.reader(Start::At(segs[1].start)).expect("reader")),
+        first,
+        "from before the damage"
+    );
+    drop(dst);
+    let dst = open(&f, 400);
+    assert_eq!(drain(&mut dst.reader(Start::At(segs[1].start)).expect("reader")), first, "after a reopen");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod mem_storage {
@@ -390,4 +598,8 @@ suite!(
     prune,
     shipped_records,
     limits,
+    positions_inside_records_are_refused,
+    corrupt_record_at_a_boundary_is_badtail,
+    badtail_mark_in_a_copy,
+    badtail_fill_in_a_copy,
 );

@@ -29,6 +29,8 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut flipped = log.clone();
     flipped[20] ^= 0x40;
     out.push(("log_flipped".to_string(), flipped));
+    let marked = [&log[..], &qmesh_log::format::BADTAIL_MARK, &b].concat();
+    out.push(("log_badtail_mark".to_string(), marked));
     let mut zeros = log;
     zeros.extend_from_slice(&[0u8; 64]);
     out.push(("log_zeros".to_string(), zeros));

@@ -154,7 +154,11 @@ impl Node {
                     From::Latest => Start::Latest,
                     From::Position(p) => Start::At(Position::from_u64(p as u64)),
                 };
-                let reader = s.reader(start)?;
+                // checking a position that does not decode walks its segment: off the runtime's threads
+                let reader = {
+                    let s = s.clone();
+                    blocking(move || s.reader(start)).await?
+                };
                 let start = reader.position().as_u64();
                 // answer first: the pushes follow the answer on the connection
                 if let Some(r) = responder.take() {
@@ -185,6 +189,9 @@ impl Node {
                         format!("prune position {pos} is not in the stream (latest position {})", s.latest()),
                     ));
                 }
+                // a position inside a record is a typo, not a prune point (it would prune as its record does)
+                let c = s.clone();
+                blocking(move || c.check_position(pos as u64)).await?;
                 Ok(Some(K::long(s.prune(pos as u64).await? as i64)))
             }
         }
@@ -230,7 +237,13 @@ impl Node {
                             format!("position {p} is ahead of the stream's latest position {}", s.latest()),
                         ));
                     }
-                    From::Position(p) => p as u64,
+                    From::Position(p) => {
+                        // the copy starts at the segment's start, but a position inside a record is the same
+                        // client error as for .rt.sub (a Subscriber asks from the position it will read from)
+                        let c = s.clone();
+                        blocking(move || c.check_position(p as u64)).await?;
+                        p as u64
+                    }
                 };
                 // whole segments: the copy's records land at the node's positions
                 let start = Position::from_u64(pos).segment().start();
@@ -239,7 +252,8 @@ impl Node {
                     let _ = r.reply(K::long(start.as_u64() as i64));
                 }
                 debug!(conn = %peer.id(), stream = s.name(), %start, "subscriber copies the log");
-                tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader));
+                let resume = Position::from_u64(pos);
+                tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader, resume));
                 Ok(None)
             }
         }
@@ -305,6 +319,16 @@ impl Node {
             WireError::with_detail(ErrorKind::UnknownStream, stream)
         }
     }
+}
+
+/// Runs `f` on a blocking thread: checking a client's position may read its whole segment
+/// ([`qmesh_log::LogHandle::check_position`] walks the record lengths when no record decodes there).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WireError> + Send + 'static,
+) -> Result<T, WireError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WireError::with_detail(ErrorKind::Internal, e.to_string()))?
 }
 
 /// The IPC handler: a [`Node`] shared by every connection.

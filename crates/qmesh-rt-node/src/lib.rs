@@ -26,10 +26,18 @@
 //! message again, from the second the one after it. `::` (or a null long,
 //! `0N`) subscribes from the oldest message. Only positions the node handed
 //! out are restart points (rt.qpk's contract): a position past the latest
-//! is refused, but one inside a segment that is not a record boundary reads
-//! as a corrupt record — a `badtail` event, and the rest of that segment is
-//! skipped. `.rt.prune` refuses a position past the latest too, and answers
-//! how many segments it removed.
+//! is refused, and so is one where no record starts (a byte inside a record,
+//! a client's typo), rather than read as a corrupt record (`badtail`, which
+//! would skip the rest of the segment):
+//!
+//! ```q
+//! q)h(`.rt.sub;`trades;17592186044419;()!())
+//! 'bad request: position 17592186044419 is not the start of a record (it falls inside the record at 17592186044416); the next record boundary is 17592186044516
+//! ```
+//!
+//! ([`qmesh_log::LogHandle::check_position`] says how that is decided.)
+//! `.rt.prune` and `.rt.ship.pull` refuse the same positions; `.rt.prune`
+//! answers how many segments it removed.
 //!
 //! A reset (`qmesh rt reset STREAM`, `POST /api/streams/STREAM/reset`)
 //! starts a new session, as RT's hard reset: subscribers get a `reset`

@@ -4,13 +4,21 @@
 //! at most [`crate::subscription::SUB_QUEUE_BYTES`] queued on the connection before it waits for
 //! the socket. Every batch carries the node's first unarchived position; when the archiver moves it and nothing
 //! else is new, an empty batch tells the copy within [`FIRST_CHECK`].
+//!
+//! Events: `skip-forward` and `reset` need no message (the copy sees the next record's position and mirrors the
+//! jump); `badtail` does, since a roll looks the same to the copy as a corrupt record followed by the skipped rest
+//! of its segment. The records read before it leave first, then `` (`.rt.ship.badtail;`s;at;next) ``, then the
+//! records after it, so the copy marks the event exactly where the node's reader reports it. A corrupt record
+//! *before* the position the copy asked from, in the same segment, does not cost the copy the rest of that
+//! segment: the reader is reopened at that position (readable: the node's own reader from there would read on),
+//! and the push says so with `next` = that position.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use qmesh_codec::MsgType;
 use qmesh_ipc::Peer;
-use qmesh_log::{Item, Reader};
+use qmesh_log::{Event, Item, Position, Reader, Start};
 use qmesh_rt::ship::{self, Batch};
 use tracing::{debug, warn};
 
@@ -20,8 +28,9 @@ use crate::subscription::SUB_QUEUE_BYTES;
 /// How often an idle copying connection checks whether the node's first unarchived position moved.
 pub const FIRST_CHECK: Duration = Duration::from_secs(1);
 
-/// Feeds `peer`'s copy from `reader` until the connection closes.
-pub async fn ship_out(stream: Arc<Stream>, peer: Peer, mut reader: Reader) {
+/// Feeds `peer`'s copy from `reader` (at the start of `resume`'s segment) until the connection closes; `resume` is
+/// the position the copy asked from.
+pub async fn ship_out(stream: Arc<Stream>, peer: Peer, mut reader: Reader, resume: Position) {
     let mut tip = stream.tip();
     let mut batch = Batch::new();
     let mut sent_first = u64::MAX;
@@ -31,11 +40,33 @@ pub async fn ship_out(stream: Arc<Stream>, peer: Peer, mut reader: Reader) {
         }
         tip.borrow_and_update();
         let mut progressed = false;
+        let mut badtail = None;
         while batch.len() < ship::BATCH_BYTES {
             match reader.next() {
                 Ok(Some(Item::Entry(e))) => {
                     batch.push(e.position.as_u64(), e.raw());
                     progressed = true;
+                }
+                // the records before it leave first: the batch ends here
+                Ok(Some(Item::Event(Event::Badtail { at, next }))) => {
+                    // damage behind where the copy asked from, in the same segment: what follows is readable
+                    let next = if at.segment() == resume.segment() && at < resume {
+                        match stream.reader(Start::At(resume)) {
+                            Ok(r) => {
+                                reader = r;
+                                resume
+                            }
+                            Err(e) => {
+                                warn!(stream = stream.name(), conn = %peer.id(), error = %e, "reopening the stream failed; copy ended");
+                                return;
+                            }
+                        }
+                    } else {
+                        next
+                    };
+                    badtail = Some((at, next));
+                    progressed = true;
+                    break;
                 }
                 // the copy sees the jump in the next record's position and mirrors it
                 Ok(Some(Item::Event(ev))) => {
@@ -56,6 +87,12 @@ pub async fn ship_out(stream: Arc<Stream>, peer: Peer, mut reader: Reader) {
                 break;
             }
             sent_first = first;
+        }
+        if let Some((at, next)) = badtail {
+            warn!(stream = stream.name(), conn = %peer.id(), %at, %next, "copy crosses a corrupt record (badtail)");
+            if peer.send_async(&ship::badtail_k(stream.name(), at.as_u64(), next.as_u64())).is_err() {
+                break;
+            }
         }
         if peer.queued_bytes() > SUB_QUEUE_BYTES {
             if peer.flush().await.is_err() {

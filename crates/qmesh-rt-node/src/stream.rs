@@ -143,6 +143,17 @@ fn internal(e: impl std::fmt::Display) -> WireError {
     WireError::with_detail(ErrorKind::Internal, e.to_string())
 }
 
+/// A client's position the log refuses is the client's error (`bad request: position … is not the start of a
+/// record …`); anything else is ours.
+fn position_error(e: qmesh_log::Error) -> WireError {
+    match e {
+        qmesh_log::Error::PositionAhead { .. } | qmesh_log::Error::NotARecordStart { .. } => {
+            WireError::with_detail(ErrorKind::BadRequest, e.to_string())
+        }
+        other => internal(other),
+    }
+}
+
 impl Stream {
     /// Opens (recovering) the stream's log, rebuilds its dedup watermarks
     /// and starts its writer thread. Blocking: call from a blocking task.
@@ -212,14 +223,16 @@ impl Stream {
         self.handle.latest_position().as_u64()
     }
 
-    /// A reader from `start`; a position ahead of the latest is refused.
+    /// A reader from `start`; a position ahead of the latest, or where no record starts, is refused
+    /// (`bad request`, the log's reason as detail).
     pub fn reader(&self, start: Start) -> Result<Reader, WireError> {
-        self.handle.reader(start).map_err(|e| match e {
-            qmesh_log::Error::PositionAhead { .. } => {
-                WireError::with_detail(ErrorKind::BadRequest, e.to_string())
-            }
-            other => internal(other),
-        })
+        self.handle.reader(start).map_err(position_error)
+    }
+
+    /// Whether `pos` is a valid restart point of the log ([`qmesh_log::LogHandle::check_position`]): a position
+    /// ahead of the latest or where no record starts is a `bad request` saying so.
+    pub fn check_position(&self, pos: u64) -> Result<(), WireError> {
+        self.handle.check_position(Position::from_u64(pos)).map_err(position_error)
     }
 
     /// Changes whenever more records become readable.

@@ -48,6 +48,9 @@
 //! q)h(`.rt.prune;`trades;pos)              / a lead subscriber: drop rolled segments before pos
 //! ```
 //!
+//! A position must be one handed out: past the latest, or inside a record (a typo), `.rt.sub` and `.rt.prune`
+//! answer `'bad request: position … is not the start of a record …` (or `… is ahead of …`).
+//!
 //! The node pushes `` (`.rt.msg;`stream;msg;pos) `` per message and
 //! `` (`.rt.event;`stream;`event;(p1;p2)) `` per event ([`push`],
 //! [`event::Event`]), as async messages, in log order.

@@ -30,10 +30,32 @@
 //! (`.rt.ship.raw;`trades;first;0x…)     / async: first unarchived position on the node, then a batch of records
 //! ```
 //!
+//! `pos` must be a restart point, as for `.rt.sub`: past the latest position or inside a record it is refused
+//! (`'bad request: position … is not the start of a record …`).
+//!
 //! Shipping starts at the start of the segment holding `pos`, so the subscriber's copy holds whole segments and
 //! every record lands at the node's position, byte for byte ([`qmesh_log::Log::append_raw`],
 //! [`qmesh_log::Log::continue_at`] when the next record starts another segment). `first` lets a subscriber that
 //! follows the node's archiver drop its own copies of archived segments.
+//!
+//! A corrupt record in the node's log cannot be shipped: where the node's reader reports `badtail` (the record at
+//! `at` is corrupt, the rest of its segment is skipped, reading continues at `next`, the start of the next roll),
+//! the node pushes, after the records before it and before those after it:
+//!
+//! ```q
+//! (`.rt.ship.badtail;`trades;at;next)   / async: the record at `at` is corrupt; continue at `next`
+//! ```
+//!
+//! and the copy records the same event ([`qmesh_log::Log::mark_badtail`]: a mark at `at` that its readers report
+//! as `badtail` with the same two positions, then the next roll), so a subscriber reading its copy sees the
+//! event a direct `.rt.sub` subscriber sees. A copy pulled after the damage gets the same push when the node's
+//! reader crosses the damage again; a copy that holds the mark pulls from after it and is not sent it twice.
+//!
+//! When the damage lies before the pull's position in the same segment, the records from that position on are
+//! readable (a direct `.rt.sub` from there reads them), so the node reopens its reader there and `next` is that
+//! position, in the same segment: a copy that holds the segment up to there already takes the records that follow;
+//! a fresh copy marks `at` and fills the gap up to `next` ([`qmesh_log::Log::fill_badtail`]), so its readers see
+//! what the node's see: `badtail` at `at` reading from before it, the records reading from `next`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use qmesh_codec::{Atom, K, Message, RawObject, types};
@@ -51,6 +73,9 @@ pub const ACK: &str = ".rt.ship.ack";
 pub const PULL: &str = ".rt.ship.pull";
 /// `` (`.rt.ship.raw;`stream;first;bytes) ``: pushed to a subscriber: merged-log records.
 pub const RAW: &str = ".rt.ship.raw";
+/// `` (`.rt.ship.badtail;`stream;at;next) ``: pushed to a subscriber: the node's record at `at` is corrupt, the
+/// copy continues at `next` (the next roll's start).
+pub const BADTAIL: &str = ".rt.ship.badtail";
 
 /// Bytes of records a shipper puts in one batch before sending it (a single larger record still goes alone).
 /// Large enough that one batch's fsync is shared by thousands of 100-byte messages, small enough to bound the
@@ -81,6 +106,9 @@ pub enum ShipPush {
     Ack { stream: String, key: String, pos: u64 },
     /// Merged-log records for a subscriber's copy; `first` is the node's first unarchived position.
     Raw { stream: String, first: u64, batch: Bytes },
+    /// The node's reader reported `badtail`: the record at `at` is corrupt, shipping continues at `next` (the next
+    /// roll's start, or the pull's position when that lies after `at` in the same segment).
+    Badtail { stream: String, at: u64, next: u64 },
 }
 
 fn bad(s: impl Into<String>) -> RequestError {
@@ -234,6 +262,11 @@ pub fn ack_k(stream: &str, key: &str, pos: u64) -> K {
     K::list(vec![K::sym(ACK), K::sym(stream), K::sym(key), K::long(pos as i64)])
 }
 
+/// The node's push `` (`.rt.ship.badtail;`stream;at;next) ``.
+pub fn badtail_k(stream: &str, at: u64, next: u64) -> K {
+    K::list(vec![K::sym(BADTAIL), K::sym(stream), K::long(at as i64), K::long(next as i64)])
+}
+
 impl ShipPush {
     /// Parses a push from the node; `None` when `msg` is not one.
     pub fn parse(msg: &Message) -> Option<Result<ShipPush, RequestError>> {
@@ -254,7 +287,16 @@ impl ShipPush {
                     batch: byte_vector(&args[2]).ok_or_else(|| bad(".rt.ship.raw: a byte vector"))?,
                 })
             })(),
-            b".rt.ship.ack" | b".rt.ship.raw" => Err(bad("a shipping push has 4 items")),
+            b".rt.ship.badtail" if args.len() == 3 => (|| {
+                Ok(ShipPush::Badtail {
+                    stream: name(&args[0], "the stream", usize::MAX)?,
+                    at: long_of(&args[1]).ok_or_else(|| bad(".rt.ship.badtail: at is a long"))? as u64,
+                    next: long_of(&args[2]).ok_or_else(|| bad(".rt.ship.badtail: next is a long"))? as u64,
+                })
+            })(),
+            b".rt.ship.ack" | b".rt.ship.raw" | b".rt.ship.badtail" => {
+                Err(bad("a shipping push has 4 items"))
+            }
             _ => return None,
         };
         Some(r)
@@ -427,6 +469,17 @@ mod tests {
             ShipPush::parse(&m),
             Some(Ok(ShipPush::Ack { stream: "s".into(), key: "k".into(), pos: 9 }))
         );
+        let frame = Message::encode(MsgType::Async, &badtail_k("s", 7, 1 << 30), EncodeOptions::default())
+            .expect("e");
+        let m = Message::from_frame(frame, u64::MAX).expect("frame");
+        assert_eq!(
+            ShipPush::parse(&m),
+            Some(Ok(ShipPush::Badtail { stream: "s".into(), at: 7, next: 1 << 30 }))
+        );
+        let short = K::list(vec![K::sym(BADTAIL), K::sym("s"), K::long(7)]);
+        let frame = Message::encode(MsgType::Async, &short, EncodeOptions::default()).expect("e");
+        let m = Message::from_frame(frame, u64::MAX).expect("frame");
+        assert!(matches!(ShipPush::parse(&m), Some(Err(_))));
         // not ours: another protocol's request
         let frame = Message::encode(
             MsgType::Sync,

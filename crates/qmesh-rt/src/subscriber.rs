@@ -2,7 +2,9 @@
 //! subscriber's own directory, byte for byte and at the node's positions ([`crate::ship`]), and a delivery thread
 //! reads the copy with the [`qmesh_log`] reader and calls back with each message and its position. Because
 //! messages are read from the local copy, a subscriber restarts from its position while the node is down, and a
-//! paused subscriber's copy keeps growing.
+//! paused subscriber's copy keeps growing. A corrupt record in the node's log reaches the copy as a `badtail` mark
+//! (`.rt.ship.badtail`, [`qmesh_log::Log::mark_badtail`]), so reading the copy yields the event, with the node's
+//! two positions, that a direct `.rt.sub` subscriber gets.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), qmesh_rt::subscriber::SubscriberError> {
@@ -74,7 +76,7 @@ use qmesh_codec::{Atom, K};
 use qmesh_ipc::{Address, ClientOptions, Connection, Incoming};
 use qmesh_log::{Durability, Item, Log, LogHandle, LogOptions, MAX_SEGMENT_SIZE, Position, Reader, Start};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::event::Event;
 use crate::filter::{ClearCache, Decision, Predicate};
@@ -164,7 +166,14 @@ pub enum SubscriberError {
     /// Watching the copy's directory failed.
     #[error("watching the local copy: {0}")]
     Watch(#[from] std::io::Error),
+    /// The node refused the copy's first pull: the position is not one it handed out (ahead of its latest, or
+    /// not the start of a record); the text is the node's error.
+    #[error("the node refused the position: {0}")]
+    Refused(String),
 }
+
+/// Tells [`Subscriber::start`] whether the node accepted the position of a fresh copy's first pull.
+type Checked = tokio::sync::oneshot::Sender<Result<(), SubscriberError>>;
 
 enum Wake {
     Data,
@@ -338,6 +347,14 @@ impl Subscriber {
     /// `From::Latest` (only messages after the node's latest position), or a position handed out earlier (which
     /// the local copy serves while the node is down). `on_event` gets `badtail`, `badmsg`, `reset` and
     /// `skip-forward` with their two positions.
+    ///
+    /// A position where no record starts (a byte inside a record: a typo) is refused, never read as a corrupt
+    /// record: checked against the local copy when the copy holds it
+    /// ([`SubscriberError::Log`] with [`qmesh_log::Error::NotARecordStart`]), by the node when the copy is fresh
+    /// (the first pull carries the position; [`SubscriberError::Refused`], and `start` waits for that one
+    /// answer, or for the first failure to reach a node, after which the copy checks it as below). When the copy
+    /// holds something but not yet that position, the copy checks it once it gets there: a refusal then ends
+    /// the subscription with an error in the log.
     pub async fn start_with(
         cfg: SubscriberConfig,
         from: From,
@@ -379,6 +396,15 @@ impl Subscriber {
         let fresh = handle.total_bytes() <= qmesh_log::format::SEGMENT_HEADER_LEN as u64
             && handle.segments().len() <= 1
             && handle.latest_position().as_u64() == 0;
+        if let From::Position(p) = from {
+            // the copy holds it: a position inside a record is refused now (the check may walk a segment)
+            let (h, p) = (handle.clone(), Position::from_u64(p as u64));
+            tokio::task::spawn_blocking(
+                move || if p <= h.latest_position() { h.check_position(p) } else { Ok(()) },
+            )
+            .await
+            .map_err(|e| SubscriberError::Unexpected(e.to_string()))??;
+        }
         // where delivery starts, and where copying starts when the copy is fresh
         let start = match from {
             From::Position(p) => Some(p as u64),
@@ -407,23 +433,39 @@ impl Subscriber {
         // what delivery waits for before it reads: a position the copy must reach
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<u64>();
         let mut copier = None;
+        let mut checked = None;
         match start {
             Some(p) => {
                 let _ = first_tx.send(p);
                 if !cfg.cluster.is_empty() {
-                    // a fresh copy of a known position starts with that position's whole segment
-                    let seed = fresh.then(|| {
-                        (From::Position(Position::from_u64(p).segment().start().as_u64() as i64), None)
+                    // a fresh copy of a known position starts with that position's whole segment: the node
+                    // answers its start, after checking the position itself
+                    let (ck_tx, ck_rx) = tokio::sync::oneshot::channel();
+                    let seed = fresh.then(|| (From::Position(p as i64), None));
+                    let ck = (fresh && matches!(from, From::Position(_))).then(|| {
+                        checked = Some(ck_rx);
+                        ck_tx
                     });
-                    copier = Some(spawn_copier(&shared, seed));
+                    copier = Some(spawn_copier(&shared, seed, ck));
                 }
             }
             None if cfg.cluster.is_empty() => {
                 let _ = first_tx.send(shared.handle.latest_position().as_u64());
             }
             None => {
-                copier = Some(spawn_copier(&shared, Some((from, Some(first_tx)))));
+                copier = Some(spawn_copier(&shared, Some((from, Some(first_tx))), None));
             }
+        }
+        let refused = match checked {
+            Some(ck) => ck.await.ok().and_then(Result::err),
+            None => None,
+        };
+        if let Some(e) = refused {
+            // the copying task has ended: wait until it has let go of the copy (its directory lock)
+            if let Some(done) = copier.take() {
+                let _ = tokio::task::spawn_blocking(move || done.recv_timeout(CLOSE_WAIT)).await;
+            }
+            return Err(e);
         }
         let (watch, watcher) = watch_dir(&shared, &cfg.dir)?;
         let _ = shared.watch.set(watch);
@@ -548,16 +590,18 @@ impl Drop for Subscriber {
     }
 }
 
-/// Spawns the copying task; the receiver disconnects when the task has ended.
+/// Spawns the copying task; the receiver disconnects when the task has ended. `checked` is told how the node
+/// answered the first pull (a refusal ends the task) or that no node could be reached.
 fn spawn_copier(
     s: &Arc<Shared>,
     first: Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>,
+    checked: Option<Checked>,
 ) -> mpsc::Receiver<()> {
     let (done, rx) = mpsc::channel::<()>();
     let s = s.clone();
     tokio::spawn(async move {
         let _done = done;
-        copy_loop(s, first).await;
+        copy_loop(s, first, checked).await;
     });
     rx
 }
@@ -627,7 +671,8 @@ fn deliver(
                 match s.handle.reader(Start::At(Position::from_u64(start))) {
                     Ok(r) => reader = Some(r),
                     Err(e) => {
-                        warn!(stream = %s.stream, error = %e, "cannot read the local copy");
+                        // a position not checked at start (the copy did not hold it yet) ends here
+                        error!(stream = %s.stream, start, error = %e, "cannot read the local copy from the start position; subscription ended");
                         return;
                     }
                 }
@@ -695,7 +740,11 @@ fn deliver(
 }
 
 /// Keeps the copy growing: connects, asks for the log from where the copy ends, appends what arrives.
-async fn copy_loop(s: Arc<Shared>, mut first: Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>) {
+async fn copy_loop(
+    s: Arc<Shared>,
+    mut first: Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>,
+    mut checked: Option<Checked>,
+) {
     let mut stop = s.stop.subscribe();
     let mut failures = 0u32;
     let mut i = 0usize;
@@ -705,11 +754,22 @@ async fn copy_loop(s: Arc<Shared>, mut first: Option<(From, Option<tokio::sync::
         }
         let addr = s.cfg.cluster[i % s.cfg.cluster.len()].clone();
         i += 1;
-        let r = copy_once(&s, &addr, &mut first, &mut stop).await;
+        let r = copy_once(&s, &addr, &mut first, &mut checked, &mut stop).await;
         s.copying.store(false, Ordering::Release);
         match r {
             Ok(()) => return,
+            Err(SubscriberError::Refused(text)) => {
+                warn!(stream = %s.stream, %addr, error = %text, "the node refused the copy's position; copying ended");
+                if let Some(ck) = checked.take() {
+                    let _ = ck.send(Err(SubscriberError::Refused(text)));
+                }
+                return;
+            }
             Err(e) => {
+                // unverified: the copy checks the position when it gets there
+                if let Some(ck) = checked.take() {
+                    let _ = ck.send(Ok(()));
+                }
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(50) {
                     warn!(stream = %s.stream, %addr, error = %e, "cannot copy from the node; the local copy serves what it has");
@@ -728,6 +788,7 @@ async fn copy_once(
     s: &Arc<Shared>,
     addr: &str,
     first: &mut Option<(From, Option<tokio::sync::oneshot::Sender<u64>>)>,
+    checked: &mut Option<Checked>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), SubscriberError> {
     let conn = Connection::connect(&Address::parse(addr)?, ClientOptions::default()).await?;
@@ -736,11 +797,24 @@ async fn copy_once(
         Some((f, _)) => *f,
         None => From::Position(s.handle.latest_position().as_u64() as i64),
     };
-    let ans = sender.call(&ShipRequest::Pull { stream: s.stream.clone(), from }.to_k()).await?;
+    let ans = match sender.call(&ShipRequest::Pull { stream: s.stream.clone(), from }.to_k()).await {
+        // the position `start` was given is refused: asking again will not help
+        Err(qmesh_ipc::IpcError::Remote(text))
+            if checked.is_some()
+                && qmesh_process::ErrorKind::from_word(&text)
+                    == Some(qmesh_process::ErrorKind::BadRequest) =>
+        {
+            return Err(SubscriberError::Refused(text));
+        }
+        r => r?,
+    };
     let start = match ans.decode().map_err(|e| SubscriberError::Unexpected(e.to_string()))? {
         K::Atom(Atom::Long(j)) if j >= 0 => j as u64,
         other => return Err(SubscriberError::Unexpected(format!("{other:?}"))),
     };
+    if let Some(ck) = checked.take() {
+        let _ = ck.send(Ok(()));
+    }
     if let Some((f, tx)) = first.take() {
         // a fresh copy starts at the node's segment
         let seg = Position::from_u64(start).segment();
@@ -773,8 +847,14 @@ async fn copy_once(
             }
             Some(Incoming::Async(m)) => m,
         };
-        let Some(Ok(ShipPush::Raw { first: node_first, batch, .. })) = ShipPush::parse(&msg) else {
-            return Err(SubscriberError::Unexpected("not a copy batch".into()));
+        let (node_first, batch) = match ShipPush::parse(&msg) {
+            Some(Ok(ShipPush::Raw { first, batch, .. })) => (first, batch),
+            Some(Ok(ShipPush::Badtail { at, next, .. })) => {
+                copy_badtail(s, Position::from_u64(at), Position::from_u64(next))?;
+                s.wake(Wake::Data);
+                continue;
+            }
+            _ => return Err(SubscriberError::Unexpected("not a copy batch".into())),
         };
         {
             let mut w = s.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -803,4 +883,50 @@ async fn copy_once(
         }
         s.wake(Wake::Data);
     }
+}
+
+/// The node's reader reported `badtail` at `at` (its record there is corrupt) and continues at `next`: the copy
+/// marks the same event where it is, unless it holds it already (a re-pull from the segment's start).
+///
+/// A copy that holds records of that segment past `at` copied them before the damage (the node's reader never
+/// yields records after a corrupt one): whatever followed them in the segment is lost on the node, so the copy
+/// marks `badtail` where its own records end rather than jump to the next segment without a word.
+fn copy_badtail(s: &Shared, at: Position, next: Position) -> Result<(), SubscriberError> {
+    let mut w = s.writer.lock().unwrap_or_else(|p| p.into_inner());
+    if at.segment() > w.active_segment() {
+        w.continue_at(at.segment())?;
+    }
+    let end = w.end_position();
+    if next.segment() == at.segment() {
+        // the node resumes in the same segment, at the position this copy asked from
+        if end >= next {
+            return Ok(()); // the copy holds the segment up to there (copied before the damage)
+        }
+        if at != end {
+            return Err(SubscriberError::Unexpected(format!("gap in the copy: {end} then badtail at {at}")));
+        }
+        w.fill_badtail(at, next)?;
+        debug!(stream = %s.stream, %at, %next, "badtail copied; resuming in the segment");
+        return Ok(());
+    }
+    let at = if at < end && end.segment() == at.segment() {
+        warn!(stream = %s.stream, %at, %end, "the node's record is corrupt behind what the copy holds; badtail marked at the copy's end");
+        end
+    } else {
+        at
+    };
+    if at < end {
+        return Ok(()); // held already
+    }
+    if at > end {
+        return Err(SubscriberError::Unexpected(format!("gap in the copy: {end} then badtail at {at}")));
+    }
+    let ours = w.mark_badtail(at)?;
+    if ours != next {
+        return Err(SubscriberError::Unexpected(format!(
+            "badtail at {at}: the node continues at {next}, the copy at {ours}"
+        )));
+    }
+    debug!(stream = %s.stream, %at, %next, "badtail copied");
+    Ok(())
 }

@@ -502,6 +502,78 @@ async fn badtail_and_badmsg_events() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A position inside a record (a client's typo: a real position + 3) is a clear error, never read as a corrupt
+/// record (which would report `badtail` and skip the rest of the segment): `.rt.sub`, `.rt.prune` and
+/// `.rt.ship.pull` answer `bad request: position … is not the start of a record …`, the connection stays usable, and
+/// `qmesh rt tail --from` fails with the same words. The real position, and a corrupt record's own position, work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_inside_a_record_is_refused() {
+    let dir = tmpdir("inside");
+    let mut p = node(&dir, 0, &["--segment-bytes", "4096"]);
+    let c = connect(&p).await;
+    let pos = fill(&c, 30, 200, None).await;
+    let bad = pos[5] + 3;
+    for req in [
+        vec![K::sym(".rt.sub"), K::sym("s"), K::long(bad), empty_dict()],
+        vec![K::sym(".rt.prune"), K::sym("s"), K::long(bad)],
+        vec![K::sym(".rt.ship.pull"), K::sym("s"), K::long(bad)],
+    ] {
+        let what = format!("{:?}", req[0]);
+        let e = call(&c, req).await.expect_err(&what);
+        assert!(
+            e.starts_with(&format!("bad request: position {bad} is not the start of a record")),
+            "{what}: {e}"
+        );
+        assert!(e.contains(&format!("inside the record at {}", pos[5])), "{what}: {e}");
+        assert!(e.contains(&format!("the next record boundary is {}", pos[6])), "{what}: {e}");
+    }
+    // the connection is still usable, and nothing was pruned
+    let latest = long(call(&c, vec![K::sym(".rt.get_latest_position"), K::sym("s")]).await.unwrap());
+    assert!(latest > pos[29]);
+    assert_eq!(streams(&p).await["streams"]["s"]["first"], 0);
+    // the Rust client gets the node's error; from the real position it gets message 5
+    match Subscriber::connect(&ipc(&p), "s", From::Position(bad)).await {
+        Err(qmesh_rt::client::ClientError::Ipc(IpcError::Remote(e))) => {
+            assert!(e.contains("is not the start of a record"), "{e}")
+        }
+        other => panic!("expected the node's refusal, got {other:?}"),
+    }
+    let mut sub = Subscriber::connect(&ipc(&p), "s", From::Position(pos[5])).await.unwrap();
+    assert_eq!(sub.start(), pos[5]);
+    let (m, _) = next_msg(&mut sub).await;
+    let K::List(_, items) = m else { panic!() };
+    assert_eq!(items[2], K::Vector(qmesh_codec::Attr::None, Vector::Byte(vec![5; 200])));
+    drop(sub);
+    // `qmesh rt tail --from` a position inside a record: an error naming it, not a badtail
+    let out = std::process::Command::new(bin())
+        .args(["rt", "tail", &ipc(&p), "s", "--from", &bad.to_string(), "--count", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("position {bad} is not the start of a record")), "{err}");
+    // a corrupt record's own position is still a start: it reads as badtail there
+    let port = p.port("ipc");
+    assert!(p.terminate().success());
+    let seg = dir.join("s/log.0000000.00000");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[32 + (pos[5] as usize & ((1 << 30) - 1)) + 100] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let p = node(&dir, port, &["--segment-bytes", "4096"]);
+    let mut sub = Subscriber::connect(&ipc(&p), "s", From::Position(pos[5])).await.unwrap();
+    match next(&mut sub).await {
+        Delivery::Event { event, p1, p2, .. } => {
+            assert_eq!((event.as_str(), p1, p2), ("badtail", pos[5], 1 << 30))
+        }
+        other => panic!("expected badtail, got {other:?}"),
+    }
+    let c = connect(&p).await;
+    let e = call(&c, vec![K::sym(".rt.sub"), K::sym("s"), K::long(bad), empty_dict()]).await.unwrap_err();
+    assert!(e.contains("is not the start of a record"), "{e}");
+    drop(p);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_too_large_is_refused_from_the_header() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::rt::{WAIT, call_long, connect, first, latest, node, publish, subscriber, until};
 use qmesh_codec::{Atom, K, Vector};
 use qmesh_rt::filter::Predicate;
-use qmesh_rt::subscriber::{Control, Msg, Subscriber, SubscriberConfig};
+use qmesh_rt::subscriber::{Control, Msg, Subscriber, SubscriberConfig, SubscriberError};
 use qmesh_rt::{Event, From};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -571,6 +571,190 @@ async fn restart_in_the_same_process_right_after_drop() {
         drop(sub);
     }
     drop(n);
+    for d in [dir, copy] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// One item of a sequence as both kinds of subscriber see it: a message's value and the position after it, or an
+/// event's name and two positions.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Msg(K, u64),
+    Event(String, u64, u64),
+}
+
+fn seen(g: Got) -> Seen {
+    match g {
+        Got::Msg(v, _, pos) => Seen::Msg(v, pos),
+        Got::Event(e, p1, p2) => Seen::Event(e.name().to_string(), p1, p2),
+    }
+}
+
+/// Where reading continues after `s`.
+fn after(s: &Seen) -> u64 {
+    match s {
+        Seen::Msg(_, pos) | Seen::Event(_, _, pos) => *pos,
+    }
+}
+
+/// Takes the messages `fill` published as numbers `0..n`; the position after the last.
+async fn delivered(rx: &mut UnboundedReceiver<Got>, n: usize) -> u64 {
+    let mut after = 0;
+    for i in 0..n {
+        let Got::Msg(v, _, pos) = next(rx).await else { panic!("expected message {i}") };
+        assert_eq!(v, filled(i, 200));
+        after = pos;
+    }
+    after
+}
+
+/// What a subscription delivers until it reaches `latest`.
+async fn collect(rx: &mut UnboundedReceiver<Got>, latest: u64) -> Vec<Seen> {
+    let mut out = Vec::new();
+    while out.last().map(after) != Some(latest) {
+        out.push(seen(next(rx).await));
+    }
+    out
+}
+
+/// What a direct `.rt.sub` subscriber (plain IPC, no copy) gets from `from` until `latest`.
+async fn direct(port: u16, from: From, latest: u64) -> Vec<Seen> {
+    use qmesh_rt::client::{Delivery, Subscriber as Direct};
+    let mut sub = Direct::connect(&format!("127.0.0.1:{port}"), "s", from).await.unwrap();
+    let mut out = Vec::new();
+    while out.last().map(after) != Some(latest) {
+        let d = tokio::time::timeout(WAIT, sub.next()).await.expect("in time").unwrap().expect("open");
+        out.push(match d {
+            Delivery::Message { value, pos, .. } => Seen::Msg(value, pos as u64),
+            Delivery::Event { event, p1, p2, .. } => Seen::Event(event, p1 as u64, p2 as u64),
+        });
+    }
+    out
+}
+
+/// `badtail` in the NODE's log (a byte flipped mid-record in a rolled segment while the node was stopped) reaches
+/// the copies: a subscriber whose copy was behind the damage, one with a fresh copy, and one restarted on its copy
+/// with the node gone each get the event with the node's two positions, then the next segment's messages: exactly
+/// the sequence a direct `.rt.sub` subscriber gets. A copy that held records past the damage, and a fresh copy
+/// from a position past it, read on in that segment, as a direct subscriber from there does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn badtail_in_the_node_log_reaches_the_copies() {
+    let dir = tmpdir("node-bad");
+    let copy = tmpdir("node-bad-copy");
+    let fresh = tmpdir("node-bad-fresh");
+    let ahead = tmpdir("node-bad-ahead");
+    let fresh_after = tmpdir("node-bad-fresh-after");
+    let mut n = node(&dir, 0, "4096", &[]);
+    let port = n.port("ipc");
+    // a copy holding the first ten messages (all in the first segment)
+    let mut pos = fill(port, 0, 10, 200).await;
+    assert!(pos.iter().all(|p| *p < 1 << 30));
+    let (sub, mut rx) = start(cfg(&copy, port), From::Start, None).await;
+    let resume = delivered(&mut rx, 10).await;
+    drop(sub);
+    // a second copy holding twenty messages: past the record that will be damaged, in the same segment
+    pos.extend(fill(port, 10, 10, 200).await);
+    let (sub, mut rx) = start(cfg(&ahead, port), From::Start, None).await;
+    let resume_ahead = delivered(&mut rx, 20).await;
+    drop(sub);
+    pos.extend(fill(port, 20, 40, 200).await);
+    // damage the third record of the second segment (rolled; the copy has not seen it)
+    let seg1 = pos.iter().position(|&p| p == 1 << 30).unwrap();
+    let seg2 = pos.iter().position(|&p| p == 2 << 30).unwrap();
+    let victim = seg1 + 2;
+    assert!(victim + 1 < seg2, "the damaged record has records after it in its segment");
+    assert!(victim < 20 && 21 < seg2 && victim + 2 < seg2, "records past the damaged one: {victim} {seg2}");
+    assert!(n.terminate().success());
+    let file = dir.join("s/log.0000000.00001");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[32 + (pos[victim] as usize & ((1 << 30) - 1)) + 100] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let n = node(&dir, port, "4096", &[]);
+    let latest = latest(port).await.unwrap() as u64;
+    let want = direct(port, From::Start, latest).await;
+    let bad = Seen::Event("badtail".into(), pos[victim], 2 << 30);
+    let at = want.iter().position(|s| *s == bad).expect("the direct subscriber gets badtail");
+    assert_eq!(want[at - 1], Seen::Msg(filled(victim - 1, 200), pos[victim]));
+    assert_eq!(want[at + 1], Seen::Msg(filled(seg2, 200), pos[seg2 + 1]));
+    assert_eq!(
+        want.len(),
+        60 - (seg2 - victim) + 1,
+        "every message but the damaged segment's rest, one event"
+    );
+    // the copy that was behind: pulled again, it marks the damage where the node's reader reports it
+    let (sub, mut rx) = start(cfg(&copy, port), From::Position(resume as i64), None).await;
+    assert_eq!(collect(&mut rx, latest).await, want[10..].to_vec());
+    drop(sub);
+    // a fresh copy made after the damage: the same
+    let (sub, mut rx) = start(cfg(&fresh, port), From::Start, None).await;
+    assert_eq!(collect(&mut rx, latest).await, want);
+    drop(sub);
+    // the copy that held records past the damage: the node's reader reopens where it asked from, and the rest of
+    // the segment arrives, as a direct subscriber from there reads it
+    let (sub, mut rx) = start(cfg(&ahead, port), From::Position(resume_ahead as i64), None).await;
+    let got = collect(&mut rx, latest).await;
+    assert_eq!(got, direct(port, From::Position(resume_ahead as i64), latest).await);
+    assert_eq!(got[0], Seen::Msg(filled(20, 200), pos[21]));
+    drop(sub);
+    // a fresh copy from a position after the damaged record, in the same segment: marks it, fills the gap, reads on
+    let from = From::Position(pos[victim + 1] as i64);
+    let (sub, mut rx) = start(cfg(&fresh_after, port), from, None).await;
+    let got = collect(&mut rx, latest).await;
+    assert_eq!(got, direct(port, from, latest).await);
+    assert_eq!(got[0], Seen::Msg(filled(victim + 1, 200), pos[victim + 2]));
+    drop(sub);
+    // restarted with the node gone: the copy alone replays the same sequence (the mark survived the reopen)
+    drop(n);
+    let mut alone = cfg(&copy, port);
+    alone.cluster.clear();
+    let (sub, mut rx) = start(alone, From::Start, None).await;
+    assert_eq!(collect(&mut rx, latest).await, want);
+    drop(sub);
+    for d in [dir, copy, fresh, ahead, fresh_after] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A start position inside a record (a real position + 3) is refused, never read as `badtail`: by the node when the
+/// copy is fresh (its first pull carries the position), by the copy when it holds the position (no node needed).
+/// The directory is free again after the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_position_inside_a_record_is_refused() {
+    let dir = tmpdir("inside");
+    let copy = tmpdir("inside-copy");
+    let n = node(&dir, 0, "4096", &[]);
+    let port = n.port("ipc");
+    let pos = fill(port, 0, 20, 200).await;
+    let bad = pos[5] + 3;
+    let (tx, _rx) = unbounded_channel();
+    let r = Subscriber::start_with(
+        cfg(&copy, port),
+        From::Position(bad as i64),
+        on_msg(tx.clone()),
+        on_event(tx),
+    )
+    .await;
+    match r {
+        Err(SubscriberError::Refused(e)) => {
+            assert!(e.contains(&format!("position {bad} is not the start of a record")), "{e}")
+        }
+        other => panic!("expected the node's refusal, got {other:?}"),
+    }
+    let (sub, mut rx) = start(cfg(&copy, port), From::Position(pos[5] as i64), None).await;
+    assert_eq!(next_value(&mut rx).await, filled(5, 200));
+    wait_copied(&sub, port).await;
+    drop(sub);
+    drop(n);
+    let mut alone = cfg(&copy, port);
+    alone.cluster.clear();
+    let (tx, _rx) = unbounded_channel();
+    match Subscriber::start_with(alone, From::Position(bad as i64), on_msg(tx.clone()), on_event(tx)).await {
+        Err(SubscriberError::Log(qmesh_log::Error::NotARecordStart { pos: p, inside, next })) => {
+            assert_eq!((p.as_u64(), inside.map(|r| r.as_u64()), next.as_u64()), (bad, Some(pos[5]), pos[6]))
+        }
+        other => panic!("expected the copy's refusal, got {other:?}"),
+    }
     for d in [dir, copy] {
         let _ = std::fs::remove_dir_all(d);
     }
