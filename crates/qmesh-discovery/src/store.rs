@@ -14,9 +14,13 @@
 //! redb makes each write transaction atomic and durable; the record's own
 //! version and checksum let a reader refuse a row it cannot trust (a newer
 //! format, a flipped byte) without refusing the rest. A database file redb
-//! cannot open is moved aside (`registry.redb.corrupt-<ms>`) and the
+//! finds damaged is moved aside (`registry.redb.corrupt-<ms>`) and the
 //! registry starts empty: its rows are a cache of what heartbeats will tell
-//! it again within one heartbeat interval, not a source of truth.
+//! it again within one heartbeat interval, not a source of truth. A file
+//! another process has open (redb's exclusive lock: a second registry on
+//! the same `--data`), or one that cannot be read at all (permissions), is
+//! not damaged: [`Store::open`] refuses it ([`StoreError::InUse`],
+//! [`StoreError::Io`]) and leaves it where it is.
 //!
 //! Writes are batched by the server: changed rows (state, status,
 //! metadata) every [`crate::PERSIST_INTERVAL`], rows that only beat every
@@ -48,6 +52,10 @@ const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes"
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process has the database open (redb holds an exclusive
+    /// lock on it while open): a second registry on the same `--data`.
+    #[error("registry store {} is in use by another process", path.display())]
+    InUse { path: PathBuf },
     #[error("store {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("store: {0}")]
@@ -103,6 +111,12 @@ pub fn decode_record(bytes: &[u8]) -> Result<Process, RecordError> {
     serde_json::from_slice(body).map_err(|e| RecordError::Body(e.to_string()))
 }
 
+/// Whether an I/O error opening the database says the file is damaged (cut
+/// short, unreadable bytes) rather than that it cannot be reached.
+fn damaged(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
+}
+
 /// The open store.
 #[derive(Debug)]
 pub struct Store {
@@ -111,8 +125,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `dir/registry.redb`. A file redb cannot open is
-    /// moved aside and a new one created.
+    /// Opens (or creates) `dir/registry.redb`. A file redb finds damaged is
+    /// moved aside and a new one created; a file another process has open
+    /// is [`StoreError::InUse`], one that cannot be read
+    /// [`StoreError::Io`], both left as they are.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
         let path = dir.join(FILE_NAME);
@@ -126,6 +142,10 @@ impl Store {
         });
         let database = match opened {
             Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { path }),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) if !damaged(&source) => {
+                return Err(StoreError::Io { path, source });
+            }
             Err(e) => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -277,6 +297,26 @@ mod tests {
                 .unwrap()
                 .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("registry.redb.corrupt-") })
         );
+    }
+
+    #[test]
+    fn a_store_open_elsewhere_is_refused_and_left_alone() {
+        let dir = tempdir();
+        let first = Store::open(&dir).unwrap();
+        first.write(&rows(), &[]).unwrap();
+        // a second open of the same file: what a second registry on the same
+        // --data does (redb's lock is per open file description)
+        let e = Store::open(&dir).unwrap_err();
+        assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains("is in use by another process"), "{e}");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [FILE_NAME], "nothing moved aside");
+        assert_eq!(first.load().unwrap().0.len(), 3);
+        drop(first);
+        assert_eq!(Store::open(&dir).unwrap().load().unwrap().0.len(), 3);
     }
 
     fn tempdir() -> PathBuf {

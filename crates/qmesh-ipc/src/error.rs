@@ -12,6 +12,18 @@ pub enum IpcError {
     /// An operating-system error on the socket.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A server could not listen: the address (`host:port`, or the Unix
+    /// socket's name), what the listener is for (`kdb+ IPC`, `HTTP`) and
+    /// the system's reason (a port taken: `Address already in use`).
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        /// Where it tried to listen.
+        addr: String,
+        /// What the listener is for.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
     /// The server closed the connection during the handshake without a
     /// reply byte: wrong credentials (q reports `'access`), or the server is
     /// at its connection limit.

@@ -290,10 +290,15 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Binds the listeners (TCP_NODELAY and keepalive are set per
-    /// connection).
+    /// connection). A listener that cannot be bound is
+    /// [`IpcError::Listen`], naming its address.
     pub async fn bind(config: ServerConfig) -> Result<Server, IpcError> {
         let tcp = match config.tcp {
-            Some(a) => Some(TcpListener::bind(a).await?),
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|source| IpcError::Listen {
+                addr: a.to_string(),
+                what: "kdb+ IPC",
+                source,
+            })?),
             None => None,
         };
         let (unix, unix_name) = match config.unix_port {
@@ -302,7 +307,14 @@ impl Server {
                     (0, Some(l)) => l.local_addr()?.port(),
                     (p, _) => p,
                 };
-                let (l, name) = stream::bind_unix(port)?;
+                let (l, name) = stream::bind_unix(port).map_err(|e| match e {
+                    IpcError::Io(source) => IpcError::Listen {
+                        addr: crate::address::unix_socket_name(port),
+                        what: "kdb+ IPC, Unix socket",
+                        source,
+                    },
+                    e => e,
+                })?;
                 (Some(l), Some(name))
             }
             None => (None, None),

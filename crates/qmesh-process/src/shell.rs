@@ -25,8 +25,9 @@ pub enum ShellError {
     /// The `-u` password file could not be read.
     #[error("-u {path}: {source}")]
     Users { path: String, source: qmesh_ipc::auth::AuthError },
-    /// The kdb+ IPC side failed (bind, accept).
-    #[error("ipc: {0}")]
+    /// The kdb+ IPC side failed (bind, accept); a port that cannot be
+    /// bound is `cannot listen on ADDR (kdb+ IPC): reason`.
+    #[error("{0}")]
     Ipc(#[from] qmesh_ipc::IpcError),
     /// The permissions file could not be read or parsed.
     #[error("--permissions: {0}")]
@@ -39,7 +40,7 @@ pub enum ShellError {
     #[error("tls: cannot listen for SIGHUP: {0}")]
     Signal(std::io::Error),
     /// The HTTP port could not be bound.
-    #[error("http {addr}: {source}")]
+    #[error("cannot listen on {addr} (HTTP): {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
 }
 

@@ -304,7 +304,14 @@ impl Estate {
     /// [`DEFAULT_SERVICE`] fed from the stream, and the demo feed, on the
     /// ports of [`layout`] from `base`.
     pub fn default_layout(base: u16) -> Result<Estate, Error> {
-        if base.checked_add(layout::MAX_OFFSET).is_none() || base == 0 {
+        if base == 0 {
+            return Err(Error::Config(format!(
+                "base port 0 is not usable: port 0 asks the system for any free (ephemeral) port, and every \
+                 process of the estate needs a known one; give 1..={}",
+                u16::MAX - layout::MAX_OFFSET
+            )));
+        }
+        if base.checked_add(layout::MAX_OFFSET).is_none() {
             return Err(Error::Config(format!(
                 "base port {base}: the estate needs ports {base}..={}, past 65535",
                 u32::from(base) + u32::from(layout::MAX_OFFSET)
@@ -423,6 +430,19 @@ impl Estate {
             }
         }
         Ok(self.processes.iter().filter(|p| wanted.contains(p.name.as_str())).collect())
+    }
+
+    /// The processes [`select`](Estate::select) leaves out with no `--only`
+    /// names: those whose `host` is not this one (`this_host`), as
+    /// `name (host)`.
+    pub fn elsewhere(&self, this_host: &str) -> Result<Vec<String>, Error> {
+        let here = self.select(&[], this_host)?;
+        Ok(self
+            .processes
+            .iter()
+            .filter(|p| !here.iter().any(|h| h.name == p.name))
+            .map(|p| format!("{} ({})", p.name, self.host_of(p)))
+            .collect())
     }
 
     /// Checks names, ports, references and each kind's required keys.
@@ -565,7 +585,9 @@ mod tests {
         let top = e.processes.iter().flat_map(|p| p.ports()).map(|(p, _)| p).max().unwrap();
         assert_eq!(top, 5000 + layout::MAX_OFFSET);
         assert!(Estate::default_layout(65500).is_err());
-        assert!(Estate::default_layout(0).is_err());
+        let zero = Estate::default_layout(0).unwrap_err().to_string();
+        assert!(zero.contains("base port 0 is not usable") && zero.contains("1..=65450"), "{zero}");
+        assert!(!zero.contains("past 65535"), "{zero}");
         let e = Estate::default_layout(7000).unwrap();
         assert_eq!(e.address_of("lb").as_deref(), Some("localhost:7002"));
     }
@@ -626,5 +648,6 @@ mod tests {
         e.processes[5].host = Some("me".into());
         let here = names(e.select(&[], "me").unwrap());
         assert!(!here.contains(&"rdb1".to_string()) && here.contains(&"rdb2".to_string()), "{here:?}");
+        assert_eq!(e.elsewhere("me").unwrap(), ["rdb1 (elsewhere)"]);
     }
 }

@@ -5,6 +5,8 @@
 //!   `--only` selection and the checks of names, ports and references.
 //! * [`launch`] — each process's `qmesh <kind> …` command line: the
 //!   supervisor knows the kinds by name and does not link their crates.
+//! * [`lock`] — one `qmesh up` per process and data directory (a `flock`
+//!   per process, held while the supervisor runs).
 //! * [`ports`] — the free-port check before anything starts; a taken port
 //!   names the process holding it.
 //! * [`restart`] — the restart policy, a sans-IO state machine (exponential
@@ -19,6 +21,7 @@
 pub mod config;
 mod http;
 pub mod launch;
+pub mod lock;
 pub mod ports;
 pub mod restart;
 pub mod status;
@@ -41,6 +44,9 @@ pub enum Error {
     /// A process failed while the estate was coming up.
     #[error("{name} {why}; its log {log}:\n{tail}", log = log.display())]
     StartFailed { name: String, why: String, log: PathBuf, tail: String },
+    /// Another `qmesh up` runs this process on the same data directory.
+    #[error("process {name}'s data directory {} is in use by another `qmesh up` ({holder})", dir.display())]
+    InUse { name: String, dir: PathBuf, holder: String },
     /// A file or directory could not be used.
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod cmd;
 mod config;
@@ -76,14 +76,14 @@ enum Command {
     Discovery(cmd::discovery::Args),
     /// Start a whole estate (stream node, discovery, lb, gateway, services, feed), supervised; Ctrl-C stops it.
     Up(cmd::up::Args),
-    /// The estate's processes and their state, as discovery sees them (exit 0 only when every one is active, else 3).
+    /// The estate's processes and their state, as discovery sees them (exit 0: all active, 3: some not active, 1: discovery unreachable or another error).
     Status(cmd::up::StatusArgs),
     /// Publish realistic trades and quotes (the demo's `trade`/`quote` tables) to a stream at a given rate.
     Feed(cmd::feed::Args),
 }
 
 fn main() -> ExitCode {
-    if let Err(e) = config::apply_config_file(std::env::args_os()) {
+    if let Err(e) = config::apply_config_file(std::env::args_os(), &Cli::command()) {
         eprintln!("qmesh: {e:#}");
         return ExitCode::from(2);
     }

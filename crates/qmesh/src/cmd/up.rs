@@ -20,9 +20,9 @@ const EXAMPLE_TABLE: &str = "trade";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Lay the embedded default estate out from this port: gateway kdb+ IPC N, gateway HTTP N+80, dashboard N+81, the rest N+1..N+5 and N+82..N+85 (ignored with a config file).
-    #[arg(long, env = "QMESH_BASE_PORT", default_value_t = DEFAULT_BASE_PORT)]
-    pub base_port: u16,
+    /// Lay the embedded default estate out from this port (default 5000): gateway kdb+ IPC N, gateway HTTP N+80, dashboard N+81, the rest N+1..N+5 and N+82..N+85. Ignored, with a warning, when a config file gives the ports.
+    #[arg(long, env = "QMESH_BASE_PORT", value_name = "N")]
+    pub base_port: Option<u16>,
     /// Write the estate's config (the embedded default, or the file's) to stdout and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -35,16 +35,20 @@ pub struct Args {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Exit status: 0 when every process is active; 3 when some process is not active \
+(starting, warning, error, disconnected or absent); 1 when discovery cannot be reached or another error \
+stops the command.")]
 pub struct StatusArgs {
-    /// Base port of the embedded default estate (when no config file is given).
-    #[arg(long, env = "QMESH_BASE_PORT", default_value_t = DEFAULT_BASE_PORT)]
-    pub base_port: u16,
+    /// Base port of the embedded default estate (default 5000). Ignored, with a warning, when a config file gives the ports.
+    #[arg(long, env = "QMESH_BASE_PORT", value_name = "N")]
+    pub base_port: Option<u16>,
 }
 
 /// The estate: `--config FILE`, else `./qmesh.toml` if it has `[[process]]`
 /// tables, else the embedded default from `base_port`. Also the file the
-/// children read their flag defaults from.
-fn estate(common: &crate::Common, base_port: u16) -> anyhow::Result<(Estate, Option<PathBuf>)> {
+/// children read their flag defaults from. A `base_port` given with a file
+/// is ignored, with a warning on stderr.
+fn estate(common: &crate::Common, base_port: Option<u16>) -> anyhow::Result<(Estate, Option<PathBuf>)> {
     let path = match &common.config {
         Some(p) => Some(p.clone()),
         None => {
@@ -58,12 +62,18 @@ fn estate(common: &crate::Common, base_port: u16) -> anyhow::Result<(Estate, Opt
     };
     match path {
         Some(p) => {
+            if let Some(n) = base_port {
+                warn(&format!(
+                    "--base-port {n} (or QMESH_BASE_PORT) ignored: ports come from {}",
+                    p.display()
+                ));
+            }
             let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
             let estate = Estate::parse(&text).with_context(|| p.display().to_string())?;
             let abs = std::path::absolute(&p).unwrap_or(p);
             Ok((estate, Some(abs)))
         }
-        None => Ok((Estate::default_layout(base_port)?, None)),
+        None => Ok((Estate::default_layout(base_port.unwrap_or(DEFAULT_BASE_PORT))?, None)),
     }
 }
 
@@ -81,27 +91,42 @@ pub async fn run(args: Args, common: &crate::Common) -> anyhow::Result<ExitCode>
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
-    let selected = estate.select(&args.only, &host_name())?;
+    let this_host = host_name();
+    let selected = estate.select(&args.only, &this_host)?;
     if selected.is_empty() {
         anyhow::bail!("no process of the estate runs on this host (use --only NAME to pick some)");
     }
     let bind: std::net::IpAddr =
         estate.estate.bind.parse().with_context(|| format!("[estate] bind = {}", estate.estate.bind))?;
-    qmesh_supervisor::ports::check_free(bind, &estate.ports_of(&selected))?;
     let data = match args.data.or_else(|| estate.estate.data.clone()) {
         Some(d) => d,
         None => default_data_dir(),
     };
     let data = std::path::absolute(&data).unwrap_or(data);
+    // before anything starts: no other `qmesh up` runs one of these on this
+    // data directory (held until this function returns)
+    let _locks = qmesh_supervisor::lock::lock(&data, &selected)?;
+    qmesh_supervisor::ports::check_free(bind, &estate.ports_of(&selected))?;
     let names: Vec<String> = selected.iter().map(|p| p.name.clone()).collect();
     let exe = std::env::current_exe().context("cannot find the qmesh executable")?;
 
+    let n = names.len();
     say(&format!(
-        "qmesh up: {} processes ({}), state and logs in {}",
-        names.len(),
+        "qmesh up: {n} {} ({}), state and logs in {}",
+        if n == 1 { "process" } else { "processes" },
         names.join(" "),
         data.display()
     ));
+    if args.only.is_empty() {
+        let elsewhere = estate.elsewhere(&this_host)?;
+        if !elsewhere.is_empty() {
+            say(&format!(
+                "qmesh up: not starting {} configured for other hosts: {}",
+                if elsewhere.len() == 1 { "1 process" } else { "the processes" },
+                elsewhere.join(", ")
+            ));
+        }
+    }
     let width = names.iter().map(String::len).max().unwrap_or(0);
     let summary = Summary { estate: estate.clone(), selected: names.clone() };
     let opts = qmesh_supervisor::Options { estate, selected: names, data, exe, config_file };
@@ -132,6 +157,13 @@ pub async fn run(args: Args, common: &crate::Common) -> anyhow::Result<ExitCode>
 struct Summary {
     estate: Estate,
     selected: Vec<String>,
+}
+
+/// A warning line on stderr (stdout carries the progress or the table).
+fn warn(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "qmesh: warning: {line}");
+    let _ = err.flush();
 }
 
 fn say(line: &str) {
@@ -235,6 +267,7 @@ pub async fn status(args: StatusArgs, common: &crate::Common) -> anyhow::Result<
         )?;
     }
     out.flush()?;
-    // like `systemctl is-active`: 0 only when every process is active
+    // like `systemctl is-active`: 0 only when every process is active; an
+    // error (discovery unreachable) is 1 through main (see StatusArgs' help)
     Ok(if all_active { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
