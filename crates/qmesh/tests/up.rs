@@ -5,6 +5,11 @@
 //! a SIGKILL of the supervisor itself, after each of which no process may
 //! be left behind.
 //!
+//! Also what a new user met: a second `qmesh up` on the same data directory
+//! (refused per process, its registry store left alone), a port taken at
+//! bind (named with what it is for), config mistakes and ignored flags
+//! (said), processes of other hosts (named when left out).
+//!
 //! `the_default_estate_flows_from_feed_to_query` runs the issue's estate (a
 //! stream node, the demo feed, services fed from the stream); the other
 //! supervision tests use an estate whose services hold demo tables
@@ -665,5 +670,151 @@ fn a_process_failing_at_start_stops_the_estate_and_quotes_its_log() {
     assert!(err.contains(&dir.0.join("logs/lb.log").display().to_string()), "{err}");
     // the discovery started before it was stopped, and nothing is left
     assert!(up.seen.iter().any(|l| l.contains("discovery") && l.contains("stopped")), "{:?}", up.seen);
+    no_process_left(&up.pids());
+}
+
+/// Files under `dir` (recursively) whose name contains `part`.
+fn files_named(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_named(&p, part));
+        } else if e.file_name().to_string_lossy().contains(part) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_second_up_on_the_same_data_is_refused_and_disjoint_only_runs_share_it() {
+    let base = free_base();
+    let dir = TempDir::new("twice");
+    let data = dir.0.join("data");
+    let data_s = data.to_str().unwrap();
+    let base_s = base.to_string();
+    let mut first = Up::start(&["--base-port", &base_s, "--data", data_s, "--only", "discovery", "lb"]);
+    first.wait_up();
+
+    // the whole default estate on other ports, same data: refused before
+    // anything starts, naming the first process it shares
+    let other = free_base();
+    let out = Command::new(BIN)
+        .args(["up", "--base-port", &other.to_string(), "--data", data_s])
+        .env("QMESH_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let want = format!(
+        "process discovery's data directory {} is in use by another `qmesh up` (pid {})",
+        data.join("discovery").display(),
+        first.child.id()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!data.join("logs/rdb1.log").exists(), "nothing was started");
+    // the first is untouched: its registry still answers, its store in place
+    eventually("the first estate still active", || {
+        let rows = processes(base + 81);
+        (state(&rows, "discovery") == "active" && state(&rows, "lb") == "active").then_some(())
+    });
+    assert!(data.join("discovery/registry.redb").exists());
+    assert_eq!(files_named(&data, ".corrupt-"), Vec::<PathBuf>::new());
+
+    // another process of the same estate, same data: starts beside it
+    let mut second = Up::start(&["--base-port", &base_s, "--data", data_s, "--only", "rt"]);
+    second.wait_up();
+    eventually("rt active in the first's discovery", || {
+        (state(&processes(base + 81), "rt") == "active").then_some(())
+    });
+    for up in [&mut second, &mut first] {
+        up.signal("TERM");
+        assert!(up.wait_exit().success());
+        no_process_left(&up.pids());
+    }
+    assert_eq!(files_named(&data, ".corrupt-"), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_taken_port_at_bind_names_the_address_and_what_it_is_for() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for (args, what) in [
+        (vec!["lb", "--bind", "127.0.0.1", "-p", &port], "kdb+ IPC"),
+        (vec!["lb", "--bind", "127.0.0.1", "-p", "0", "--http", &port], "HTTP"),
+    ] {
+        let out = Command::new(BIN).args(&args).env("QMESH_LOG_LEVEL", "warn").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        let want = format!("cannot listen on 127.0.0.1:{port} ({what}): Address already in use");
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn config_mistakes_and_ignored_flags_are_said() {
+    let dir = TempDir::new("cfg");
+    let cfg = dir.0.join("qmesh.toml");
+    let one = "[[process]]\nname = \"discovery\"\nkind = \"discovery\"\nport = 1\nhttp = 2\n";
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).env("QMESH_LOG_LEVEL", "warn").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let cfg_s = cfg.to_str().unwrap();
+    // a misspelt subcommand table, an unknown key of a real one: refused, naming them
+    for (extra, want) in [
+        ("[gatewy]\nlb = \"h:1\"\n", "[gatewy]: no such table (tables are named after a subcommand: "),
+        ("[gateway]\nno_such_flag = 1\n", "[gateway] no_such_flag: no such key (the keys of [gateway]: "),
+    ] {
+        std::fs::write(&cfg, format!("{one}{extra}")).unwrap();
+        for args in [&["up", "--config", cfg_s, "--print-config"][..], &["status", "--config", cfg_s]] {
+            let (code, err) = run(args);
+            assert_eq!(code, Some(2), "{args:?}: {err}");
+            assert!(err.contains(&format!("config {cfg_s}: {want}")), "{args:?}: {err}");
+        }
+    }
+    // --base-port with a config file: said, not silently dropped
+    std::fs::write(&cfg, one).unwrap();
+    let warning = format!("--base-port 7000 (or QMESH_BASE_PORT) ignored: ports come from {cfg_s}");
+    let (code, err) = run(&["up", "--config", cfg_s, "--base-port", "7000", "--print-config"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&warning), "{err}");
+    // status: the same warning; discovery (port 2) unreachable is exit 1
+    let (code, err) = run(&["status", "--config", cfg_s, "--base-port", "7000"]);
+    assert!(err.contains(&warning), "{err}");
+    assert_eq!(code, Some(1), "{err}");
+    let help = Command::new(BIN).args(["status", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("0 when every process is active; 3 when some process is not active"), "{help}");
+    assert!(help.contains("1 when discovery cannot be reached"), "{help}");
+    // base port 0: what is wrong with it, not arithmetic
+    let (code, err) = run(&["up", "--base-port", "0", "--print-config"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("base port 0 is not usable") && !err.contains("past 65535"), "{err}");
+}
+
+#[test]
+fn processes_of_other_hosts_are_named_when_left_out() {
+    let base = free_base();
+    let dir = TempDir::new("hosts");
+    let cfg = dir.0.join("qmesh.toml");
+    let text = format!(
+        "[[process]]\nname = \"discovery\"\nkind = \"discovery\"\nport = {}\nhttp = {}\n\n\
+         [[process]]\nname = \"lb\"\nkind = \"lb\"\nhost = \"b.example\"\nport = {}\n",
+        base + 1,
+        base + 81,
+        base + 2
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut up = Up::start(&["--config", cfg.to_str().unwrap(), "--data", dir.0.to_str().unwrap()]);
+    up.wait_line("the count", |l| l.starts_with("qmesh up: 1 process (discovery), state"));
+    up.wait_line("the skipped ones", |l| {
+        l == "qmesh up: not starting 1 process configured for other hosts: lb (b.example)"
+    });
+    up.wait_up();
+    up.signal("TERM");
+    assert!(up.wait_exit().success());
     no_process_left(&up.pids());
 }
