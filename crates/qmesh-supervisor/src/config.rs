@@ -292,7 +292,8 @@ const HEADER: &str = "\
 # [[process]]: name, kind (discovery rt lb gateway service feed), host, port
 # (kdb+ IPC), http, service, streams (rt), lb, rt, stream, rate (feed), data
 # (its state directory, default DATA/<name>), args (further flags, as they are). Tables named after a kind ([gateway],
-# [service], ...) give that kind's flag defaults, as for any qmesh command.
+# [service], ...) give that kind's flag defaults, as for any qmesh command
+# (keys are its flags' names; a table or key that names none is refused).
 # DATA is `qmesh up --data`, else [estate] data, else ~/.local/share/qmesh;
 # every process's log is DATA/logs/<name>.log.
 

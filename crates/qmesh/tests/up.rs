@@ -423,7 +423,7 @@ fn up_supervises_an_estate_restarts_a_killed_instance_and_stops_cleanly() {
         })
         .collect();
     assert_eq!(stopped, ["rdb2", "rdb1", "gateway", "lb", "rt", "discovery"]);
-    assert!(up.seen.iter().any(|l| l.contains("stopped (1 restarts)")), "{:?}", up.seen.last());
+    assert!(up.seen.iter().any(|l| l.contains("stopped (1 restart)")), "{:?}", up.seen.last());
     no_process_left(&again);
 }
 

@@ -149,7 +149,8 @@ pub async fn run(args: Args, common: &crate::Common) -> anyhow::Result<ExitCode>
     .context("the supervisor thread")?;
     let (result, restarts) = result;
     result?;
-    say(&format!("qmesh up: stopped ({restarts} restarts)"));
+    let plural = if restarts == 1 { "" } else { "s" };
+    say(&format!("qmesh up: stopped ({restarts} restart{plural})"));
     Ok(ExitCode::SUCCESS)
 }
 
