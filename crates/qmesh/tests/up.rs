@@ -492,19 +492,24 @@ fn print_config_writes_the_default_and_reads_back() {
 }
 
 /// The end-to-end proof on the embedded default estate.
+/// `qmesh up --print-config` at `base`, with a restart delay long enough to see a killed instance in discovery.
+fn default_config(base: u16) -> String {
+    let out =
+        Command::new(BIN).args(["up", "--print-config", "--base-port", &base.to_string()]).output().unwrap();
+    assert!(out.status.success(), "print-config: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("restart_initial_ms = 500"), "the default's restart delay moved:\n{text}");
+    text.replace("restart_initial_ms = 500", "restart_initial_ms = 2000")
+}
+
 #[test]
 fn the_default_estate_flows_from_feed_to_query() {
     let base = free_base();
     let dir = TempDir::new("default");
     // the embedded default, with a restart delay long enough to see the
     // killed instance in discovery
-    let out =
-        Command::new(BIN).args(["up", "--print-config", "--base-port", &base.to_string()]).output().unwrap();
-    let cfg_text = String::from_utf8(out.stdout)
-        .unwrap()
-        .replace("restart_initial_ms = 500", "restart_initial_ms = 2000");
     let cfg = dir.0.join("qmesh.toml");
-    std::fs::write(&cfg, cfg_text).unwrap();
+    std::fs::write(&cfg, default_config(base)).unwrap();
     let data = dir.0.join("data");
     let mut up = Up::start(&["--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()]);
     up.wait_up();
@@ -599,14 +604,15 @@ fn the_dashboard_shows_the_estate_and_a_restart() {
     let Some((pw, chromium)) = node_setup() else { return };
     let base = free_base();
     let dir = TempDir::new("dash");
+    // the whole default estate, feed included, with a restart delay long enough to see the killed instance
     let cfg = dir.0.join("qmesh.toml");
-    std::fs::write(&cfg, demo_config(base)).unwrap();
+    std::fs::write(&cfg, default_config(base)).unwrap();
     let data = dir.0.join("data");
     let mut up = Up::start(&["--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()]);
     up.wait_up();
     let s1 = format!("{SERVICE}:{}", base + 4);
     let s2 = format!("{SERVICE}:{}", base + 5);
-    let names = ["discovery", "rt", "lb", "gateway", s1.as_str(), s2.as_str()].join(",");
+    let names = ["discovery", "rt", "lb", "gateway", "feed", s1.as_str(), s2.as_str()].join(",");
 
     let script = qmesh_testkit::manifest_dir().join("tests/js/up_dashboard.cjs");
     let mut cmd = Command::new("node");
