@@ -24,6 +24,11 @@
 //! a new session of the log, so local positions only grow. Rolled local segments whose records the node has
 //! acknowledged are removed (rt.qpk's `--truncate-archived`, on by default; `REPLICATOR_TRUNCATE_ARCHIVED=0` keeps
 //! them).
+//!
+//! A directory that was deleted or replaced (an operator wiped it, a new disk, a container without a volume) starts
+//! again at a low session, at or below what the node holds for the key: the publisher sees it at the handshake and
+//! has the node forget its mark before shipping its whole local log, so the new messages are neither skipped nor
+//! dropped ([`crate::ship`]'s rebase; a warning on both sides).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -182,6 +187,8 @@ struct Inner {
     /// The position of the last message published this run (`u64::MAX`: none).
     last_pos: std::sync::atomic::AtomicU64,
     stop: watch::Sender<bool>,
+    /// The first position of this run's session: above every position of the log's earlier sessions.
+    session_start: Position,
 }
 
 /// A running publisher: a local log and the task shipping it. See the [module docs](self).
@@ -204,8 +211,9 @@ fn now_ts() -> i64 {
     (ns - KDB_EPOCH_NS) as i64
 }
 
-/// Opens the local log: lock, recover, read the last id, start a new session.
-fn open_local(cfg: &PublisherConfig) -> Result<(Log, Option<u64>), PublisherError> {
+/// Opens the local log: lock, recover, read the last id, start a new session; returns the log, the last id's
+/// distance and the new session's first position.
+fn open_local(cfg: &PublisherConfig) -> Result<(Log, Option<u64>, Position), PublisherError> {
     let dir = cfg.dir();
     let opts = LogOptions { segment_size: cfg.segment_size, durability: cfg.durability };
     let (mut log, report) = match Log::open(&dir, opts) {
@@ -229,7 +237,7 @@ fn open_local(cfg: &PublisherConfig) -> Result<(Log, Option<u64>), PublisherErro
     }
     let start = log.new_session()?;
     info!(dir = %dir.display(), session_start = %start, "publisher's local log open");
-    Ok((log, last_id))
+    Ok((log, last_id, start))
 }
 
 impl Publisher {
@@ -244,7 +252,7 @@ impl Publisher {
             return Err(PublisherError::Config(format!("directory name {key:?} is not a valid key")));
         }
         let c = cfg.clone();
-        let (log, last_id) = tokio::task::spawn_blocking(move || open_local(&c))
+        let (log, last_id, session_start) = tokio::task::spawn_blocking(move || open_local(&c))
             .await
             .map_err(|e| PublisherError::Config(format!("opening the local log: {e}")))??;
         let handle = log.handle();
@@ -265,6 +273,7 @@ impl Publisher {
             acked,
             last_pos: std::sync::atomic::AtomicU64::new(u64::MAX),
             stop,
+            session_start,
         });
         let task = if inner.cluster.is_empty() {
             warn!(key = %inner.key, "publisher has no cluster: messages stay in the local log");
@@ -289,6 +298,11 @@ impl Publisher {
     /// log on start); the next id's distance must be one more.
     pub fn last_id(&self) -> Option<u64> {
         self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()).last_id
+    }
+
+    /// The first position of this run's session (every start begins a new one).
+    pub fn session_start(&self) -> Position {
+        self.inner.session_start
     }
 
     /// The local log's read side (tests and tools).
@@ -422,13 +436,15 @@ async fn ship_loop(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let mut failures = 0u32;
     let mut i = 0usize;
+    // the last local position shipped in this run, on any connection
+    let mut sent = None;
     loop {
         if *stop.borrow() {
             return;
         }
         let addr = inner.cluster[i % inner.cluster.len()].clone();
         i += 1;
-        match ship_once(&inner, &addr, &mut stop).await {
+        match ship_once(&inner, &addr, &mut stop, &mut sent).await {
             Ok(()) => return,
             Err(e) => {
                 failures += 1;
@@ -454,18 +470,24 @@ fn long_answer(k: &K) -> Result<Option<u64>, ShipError> {
     }
 }
 
-/// One connection: handshake, then ship from the node's mark while reading acknowledgements.
+/// One connection: handshake (a rebase if the node's mark is not one of this log's), then ship from the node's
+/// mark while reading acknowledgements. `sent` is the last local position shipped in this run.
 async fn ship_once(
     inner: &Arc<Inner>,
     addr: &str,
     stop: &mut watch::Receiver<bool>,
+    sent: &mut Option<u64>,
 ) -> Result<(), ShipError> {
     let conn = Connection::connect(&Address::parse(addr)?, ClientOptions::default()).await?;
     let (sender, mut receiver) = conn.split();
     let hello = ShipRequest::Hello { stream: inner.stream.clone(), key: inner.key.clone() };
-    let mark = long_answer(
+    let answer = long_answer(
         &sender.call(&hello.to_k()).await?.decode().map_err(|e| ShipError::Unexpected(e.to_string()))?,
     )?;
+    let mark = match ship::resume(answer, inner.session_start.as_u64(), *sent) {
+        ship::Resume::After(m) => m,
+        ship::Resume::Rebase { mark } => rebase(inner, addr, &sender, mark).await?,
+    };
     if let Some(m) = mark {
         inner.acked.send_if_modified(|a| {
             let raise = a.is_none_or(|a| a < m);
@@ -503,7 +525,7 @@ async fn ship_once(
                     }
                     batch.push(e.position.as_u64(), e.raw());
                     if batch.len() >= ship::BATCH_BYTES {
-                        flight_bytes += send(inner, &sender, &mut batch, &mut in_flight)?;
+                        flight_bytes += send(inner, &sender, &mut batch, &mut in_flight, sent)?;
                     }
                 }
                 Some(Item::Event(ev)) => {
@@ -518,7 +540,7 @@ async fn ship_once(
             }
         }
         if !batch.is_empty() {
-            flight_bytes += send(inner, &sender, &mut batch, &mut in_flight)?;
+            flight_bytes += send(inner, &sender, &mut batch, &mut in_flight, sent)?;
         }
         tokio::select! {
             m = receiver.recv() => match m {
@@ -545,6 +567,7 @@ fn send(
     sender: &qmesh_ipc::Sender,
     batch: &mut Batch,
     in_flight: &mut std::collections::VecDeque<(u64, usize)>,
+    sent: &mut Option<u64>,
 ) -> Result<usize, ShipError> {
     let last = batch.last().unwrap_or_default();
     let bytes = batch.take();
@@ -552,7 +575,47 @@ fn send(
     let obj = ship::recs_object(&inner.stream, &inner.key, &bytes);
     sender.send_raw(MsgType::Async, obj)?;
     in_flight.push_back((last, n));
+    *sent = Some(sent.map_or(last, |s| s.max(last)));
     Ok(n)
+}
+
+/// The node holds a mark for this key that this log never shipped (at or beyond this run's session start): the
+/// local log was wiped or replaced. Asks the node to forget it (`.rt.ship.rebase`) and returns the mark to ship
+/// after: none, the whole local log. A refusal ends the connection; the next one says hello again.
+async fn rebase(
+    inner: &Inner,
+    addr: &str,
+    sender: &qmesh_ipc::Sender,
+    mark: u64,
+) -> Result<Option<u64>, ShipError> {
+    let session = inner.session_start;
+    warn!(
+        key = %inner.key, %addr, node_mark = %Position::from_u64(mark), session_start = %session,
+        "the node holds local positions of this publisher up to its mark, at or beyond this run's first position: \
+         the local log directory was wiped or replaced; asking the node to forget the mark (rebase) and shipping the \
+         whole local log"
+    );
+    let req = ShipRequest::Rebase {
+        stream: inner.stream.clone(),
+        key: inner.key.clone(),
+        mark,
+        session: session.as_u64(),
+    };
+    let answer = match sender.call(&req.to_k()).await {
+        Ok(m) => long_answer(&m.decode().map_err(|e| ShipError::Unexpected(e.to_string()))?)?,
+        Err(qmesh_ipc::IpcError::Remote(why)) => {
+            warn!(key = %inner.key, %addr, reason = %why, "the node refused the rebase; saying hello again");
+            return Err(ShipError::Unexpected(format!("rebase refused: {why}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match answer {
+        None => {
+            warn!(key = %inner.key, %addr, "the node forgot this publisher's mark: shipping the whole local log");
+            Ok(None)
+        }
+        Some(m) => Err(ShipError::Unexpected(format!("rebase answered a mark {m}, not 0N"))),
+    }
 }
 
 /// Records an acknowledgement and truncates acknowledged rolled local segments.
