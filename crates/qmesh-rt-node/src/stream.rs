@@ -464,7 +464,8 @@ impl Writer {
                         if let Err(e) = self.log.sync() {
                             warn!(stream = %self.name, error = %e, "final sync failed");
                         }
-                        // the log (and its directory's lock) goes before the caller hears it is closed
+                        // the log goes before the caller hears it is closed (the directory's lock with the last
+                        // reader's handle)
                         drop(self);
                         let _ = tx.send(());
                         return;
@@ -860,6 +861,7 @@ mod tests {
         let (_, ship) = recover_watermarks(&dir, &s.handle).expect("recover");
         assert_eq!(ship.get(KEY), None, "the old records raised the mark back");
         s.close().await;
+        drop(s);
         // the new life ships fewer records, all below the old mark; a restart recovers their mark, not the old one
         let new = {
             let (mut log, _) = Log::open(&dir, log_opts()).expect("reopen");

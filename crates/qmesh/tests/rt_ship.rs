@@ -335,7 +335,7 @@ async fn streams_view(n: &Process) -> serde_json::Value {
 /// Runs `qmesh rt publish` for publisher `W` from id `first` to `to` until the node acknowledged everything.
 async fn publish_ids(logs: &std::path::Path, port: u16, first: usize, to: usize) {
     let first = first.to_string();
-    let child = common::rt::publisher_with(logs, port, "W", to, 0, &["--first-id", &first]);
+    let child = common::rt::publisher_with(logs, port, "W", to, 0, &["--first-id", first.as_str()]);
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "publisher failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
