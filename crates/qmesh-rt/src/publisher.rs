@@ -25,13 +25,23 @@
 //! acknowledged are removed (rt.qpk's `--truncate-archived`, on by default; `REPLICATOR_TRUNCATE_ARCHIVED=0` keeps
 //! them).
 //!
+//! # Group commit
+//!
+//! Concurrent callers of one publisher share fsyncs: each appends its messages under the log's lock (so positions
+//! and the id rule follow one order), then waits until the log is durable past its last message; one waiting
+//! caller at a time syncs the log for everyone appended so far (one `fdatasync` under [`Durability::Always`]),
+//! and those who appended while it did are synced together by the next. `publish` still returns only once its
+//! messages are durable. A failed write or fsync voids every unsynced append, so it refuses every waiting and later
+//! call (`log unusable after an earlier failure`): restart the publisher, whose new session starts after what the
+//! log kept.
+//!
 //! A directory that was deleted or replaced (an operator wiped it, a new disk, a container without a volume) starts
 //! again at a low session, at or below what the node holds for the key: the publisher sees it at the handshake and
 //! has the node forget its mark before shipping its whole local log, so the new messages are neither skipped nor
 //! dropped ([`crate::ship`]'s rebase; a warning on both sides).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use qmesh_codec::{Atom, K, MsgType, RawObject};
@@ -166,8 +176,23 @@ pub enum PublisherError {
 
 struct Writer {
     log: Log,
-    /// Distance from zero of the last id published.
+    /// Distance from zero of the last id appended.
     last_id: Option<u64>,
+    /// Why the local log failed; every later publish is refused.
+    failed: Option<String>,
+}
+
+/// Group commit's state: how far the local log is durable and who is syncing it.
+#[derive(Debug, Default)]
+struct Commit {
+    /// The position up to which appends are durable (per the publisher's durability).
+    durable: u64,
+    /// A caller is syncing the log for every caller.
+    leading: bool,
+    /// The local log failed: callers still waiting are refused.
+    failed: Option<String>,
+    /// Syncs made this run (one per group).
+    syncs: u64,
 }
 
 struct Inner {
@@ -179,12 +204,16 @@ struct Inner {
     cluster: Vec<String>,
     truncate: bool,
     writer: Mutex<Writer>,
+    /// Group commit (lock order: `writer` before `commit`, never the reverse).
+    commit: Mutex<Commit>,
+    /// Signalled after every group's sync.
+    committed: Condvar,
     handle: LogHandle,
     /// The local log's latest synced position (wakes the shipper).
     latest: watch::Sender<u64>,
     /// The last local position the node acknowledged (`None`: nothing yet).
     acked: watch::Sender<Option<u64>>,
-    /// The position of the last message published this run (`u64::MAX`: none).
+    /// One more than the position of the last message published this run (0: none).
     last_pos: std::sync::atomic::AtomicU64,
     stop: watch::Sender<bool>,
     /// The first position of this run's session: above every position of the log's earlier sessions.
@@ -267,11 +296,13 @@ impl Publisher {
             dedup_id: cfg.dedup_id.clone(),
             cluster: cfg.cluster.clone(),
             truncate: cfg.truncate_archived,
-            writer: Mutex::new(Writer { log, last_id }),
+            writer: Mutex::new(Writer { log, last_id, failed: None }),
+            commit: Mutex::new(Commit { durable: handle.latest_position().as_u64(), ..Commit::default() }),
+            committed: Condvar::new(),
             handle,
             latest,
             acked,
-            last_pos: std::sync::atomic::AtomicU64::new(u64::MAX),
+            last_pos: std::sync::atomic::AtomicU64::new(0),
             stop,
             session_start,
         });
@@ -298,6 +329,11 @@ impl Publisher {
     /// log on start); the next id's distance must be one more.
     pub fn last_id(&self) -> Option<u64> {
         self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()).last_id
+    }
+
+    /// Syncs of the local log this run: one per group of concurrent publishes ([group commit](self#group-commit)).
+    pub fn syncs(&self) -> u64 {
+        self.inner.commit.lock().unwrap_or_else(|p| p.into_inner()).syncs
     }
 
     /// The first position of this run's session (every start begins a new one).
@@ -329,55 +365,77 @@ impl Publisher {
         v.pop().ok_or(PublisherError::Closed)
     }
 
-    /// Publishes several serialized messages with one write and one fsync (group commit); returns their local
-    /// positions. All are checked before any is written: one refusal writes none.
+    /// Publishes several serialized messages with one write and one fsync, shared with concurrent callers
+    /// ([group commit](self#group-commit)); returns their local positions once they are durable. All are checked
+    /// before any is written: one refusal writes none.
     pub fn publish_batch<'a>(
         &self,
         msgs: impl IntoIterator<Item = (&'a [u8], &'a Header)>,
     ) -> Result<Vec<Position>, PublisherError> {
-        let mut w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let msgs: Vec<_> = msgs.into_iter().collect();
-        // check everything first: the id rule against the ids before it
-        let mut last = w.last_id;
-        for (payload, h) in &msgs {
-            if payload.len() as u64 > MAX_PAYLOAD_BYTES {
-                return Err(PublisherError::TooLarge { len: payload.len() as u64 });
+        let (out, end) = {
+            let mut w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(why) = &w.failed {
+                return Err(qmesh_log::Error::Poisoned(why.clone()).into());
             }
-            match h.id.and_then(distance) {
-                None if self.inner.dedup_id.is_some() => return Err(PublisherError::NoId),
-                None => {}
-                Some(d) => {
-                    if let Some(prev) = last
-                        && d != prev + 1
-                    {
-                        return Err(PublisherError::IdRule {
-                            id: h.id.unwrap_or_default(),
-                            expected: prev + 1,
-                        });
+            // check everything first: the id rule against the ids before it
+            let mut last = w.last_id;
+            for (payload, h) in &msgs {
+                if payload.len() as u64 > MAX_PAYLOAD_BYTES {
+                    return Err(PublisherError::TooLarge { len: payload.len() as u64 });
+                }
+                if let Some(on) = &h.on
+                    && on.len() > qmesh_log::MAX_SYMBOL_LEN
+                {
+                    return Err(qmesh_log::Error::SymbolTooLong {
+                        field: "on",
+                        len: on.len(),
+                        max: qmesh_log::MAX_SYMBOL_LEN,
                     }
-                    last = Some(d);
+                    .into());
+                }
+                match h.id.and_then(distance) {
+                    None if self.inner.dedup_id.is_some() => return Err(PublisherError::NoId),
+                    None => {}
+                    Some(d) => {
+                        if let Some(prev) = last
+                            && d != prev + 1
+                        {
+                            return Err(PublisherError::IdRule {
+                                id: h.id.unwrap_or_default(),
+                                expected: prev + 1,
+                            });
+                        }
+                        last = Some(d);
+                    }
                 }
             }
-        }
-        let mut out = Vec::with_capacity(msgs.len());
-        let now = now_ts();
-        for (payload, h) in &msgs {
-            let rh = RecordHeader {
-                on: h.on.as_deref().unwrap_or(&self.inner.origin).as_bytes(),
-                ts: h.ts.unwrap_or(now),
-                id: h.id.unwrap_or(i64::MIN),
-                to: h.to.unwrap_or(i64::MIN),
-                dedup: self.inner.dedup_id.as_deref().map(str::as_bytes),
-            };
-            out.push(w.log.append(&rh, payload)?);
-        }
-        let latest = w.log.sync()?;
-        w.last_id = last;
-        if let Some(p) = out.last() {
-            self.inner.last_pos.store(p.as_u64(), std::sync::atomic::Ordering::Release);
-        }
-        drop(w);
-        self.inner.latest.send_replace(latest.as_u64());
+            let mut out = Vec::with_capacity(msgs.len());
+            let now = now_ts();
+            for (payload, h) in &msgs {
+                let rh = RecordHeader {
+                    on: h.on.as_deref().unwrap_or(&self.inner.origin).as_bytes(),
+                    ts: h.ts.unwrap_or(now),
+                    id: h.id.unwrap_or(i64::MIN),
+                    to: h.to.unwrap_or(i64::MIN),
+                    dedup: self.inner.dedup_id.as_deref().map(str::as_bytes),
+                };
+                match w.log.append(&rh, payload) {
+                    Ok(p) => out.push(p),
+                    Err(e) => {
+                        // checked above, so a storage failure (or a full position space): unsynced appends of
+                        // every caller may be void
+                        self.inner.fail(&mut w, &e);
+                        return Err(e.into());
+                    }
+                }
+            }
+            w.last_id = last;
+            (out, w.log.end_position().as_u64())
+        };
+        let Some(p) = out.last() else { return Ok(out) };
+        self.inner.wait_durable(end)?;
+        self.inner.last_pos.fetch_max(p.as_u64() + 1, std::sync::atomic::Ordering::AcqRel);
         Ok(out)
     }
 
@@ -397,8 +455,8 @@ impl Publisher {
     /// run are shipped first, so they are held too).
     pub async fn flush(&self) -> Result<(), PublisherError> {
         match self.inner.last_pos.load(std::sync::atomic::Ordering::Acquire) {
-            u64::MAX => Ok(()),
-            p => self.wait_acked(Position::from_u64(p)).await,
+            0 => Ok(()),
+            p => self.wait_acked(Position::from_u64(p - 1)).await,
         }
     }
 
@@ -414,6 +472,59 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         self.inner.stop.send_replace(true);
+    }
+}
+
+impl Inner {
+    fn commit(&self) -> std::sync::MutexGuard<'_, Commit> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local log failed under `w` (held): refuses every waiting and later publish.
+    fn fail(&self, w: &mut Writer, e: &qmesh_log::Error) {
+        let why = e.to_string();
+        warn!(key = %self.key, error = %why, "local log failed: the publisher refuses every publish until restarted");
+        w.failed.get_or_insert_with(|| why.clone());
+        self.commit().failed.get_or_insert(why);
+        self.committed.notify_all();
+    }
+
+    /// Waits until the local log is durable up to `end` (the position after a caller's last append), syncing it
+    /// for every caller when nobody else is ([group commit](self#group-commit)).
+    fn wait_durable(&self, end: u64) -> Result<(), PublisherError> {
+        let mut c = self.commit();
+        loop {
+            if c.durable >= end {
+                return Ok(());
+            }
+            if let Some(why) = &c.failed {
+                return Err(qmesh_log::Error::Poisoned(why.clone()).into());
+            }
+            if c.leading {
+                c = self.committed.wait(c).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            c.leading = true;
+            drop(c);
+            // everything appended so far, by every caller, in one sync
+            let synced = {
+                let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                let r = w.log.sync();
+                if let Err(e) = &r {
+                    self.fail(&mut w, e);
+                }
+                r
+            };
+            c = self.commit();
+            c.leading = false;
+            c.syncs += 1;
+            if let Ok(latest) = &synced {
+                c.durable = c.durable.max(latest.as_u64());
+                self.latest.send_replace(c.durable);
+            }
+            self.committed.notify_all();
+            synced?;
+        }
     }
 }
 
@@ -641,5 +752,74 @@ fn acked(inner: &Inner, pos: u64) {
             Ok(_) => {}
             Err(e) => warn!(key = %inner.key, error = %e, "cannot truncate acknowledged local segments"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_callers_get_ordered_positions_and_every_message_is_durable() {
+        const THREADS: i64 = 8;
+        const EACH: i64 = 100;
+        let path = std::env::temp_dir().join(format!("qmesh-pub-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let mut cfg = PublisherConfig::new("s");
+        cfg.path = path.clone();
+        cfg.publisher_id = Some("t".into());
+        cfg.hostname = "h".into();
+        // small segments: the log rolls while callers wait for their sync
+        cfg.segment_size = 8 << 10;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let p = rt.block_on(Publisher::start(cfg.clone())).expect("start");
+        let got: Vec<Vec<(Position, i64, i64)>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let p = &p;
+                    s.spawn(move || {
+                        (0..EACH)
+                            .map(|i| {
+                                let pos = p.publish(&K::list(vec![K::long(t), K::long(i)])).expect("publish");
+                                // durable, so visible to readers, when publish returns
+                                assert!(pos < p.local_log().latest_position(), "{pos} not synced");
+                                (pos, t, i)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        for mine in &got {
+            assert!(mine.windows(2).all(|w| w[0].0 < w[1].0), "a caller's positions are not ordered");
+        }
+        let all: std::collections::BTreeMap<u64, (i64, i64)> =
+            got.iter().flatten().map(|&(pos, t, i)| (pos.as_u64(), (t, i))).collect();
+        assert_eq!(all.len() as i64, THREADS * EACH, "positions handed out twice");
+        assert!(p.syncs() >= 1 && p.syncs() <= (THREADS * EACH) as u64);
+        assert!(p.local_log().segments().len() > 2, "the log did not roll");
+        rt.block_on(p.close());
+        // everything is in the log after a reopen, at the positions publish returned
+        let (log, _) =
+            Log::open(cfg.dir(), LogOptions { segment_size: 8 << 10, durability: Durability::Always })
+                .expect("reopen");
+        let mut r = log.reader(Start::Oldest).expect("reader");
+        let mut found = std::collections::BTreeMap::new();
+        while let Some(item) = r.next().expect("read") {
+            if let Item::Entry(e) = item {
+                let k = RawObject::new(bytes::Bytes::copy_from_slice(e.payload()), true)
+                    .decode()
+                    .expect("decode");
+                let K::List(_, v) = k else { panic!("{k:?}") };
+                let (K::Atom(Atom::Long(t)), K::Atom(Atom::Long(i))) = (&v[0], &v[1]) else {
+                    panic!("{v:?}")
+                };
+                found.insert(e.position.as_u64(), (*t, *i));
+            }
+        }
+        assert_eq!(found, all);
+        drop(log);
+        std::fs::remove_dir_all(&path).expect("clean");
     }
 }
