@@ -280,6 +280,13 @@ impl Publisher {
         if key.len() > ship::MAX_KEY_BYTES || key.contains('/') {
             return Err(PublisherError::Config(format!("directory name {key:?} is not a valid key")));
         }
+        // every record carries it: refused here rather than by each append
+        if cfg.origin.as_ref().is_some_and(|o| o.len() > qmesh_log::MAX_SYMBOL_LEN) {
+            return Err(PublisherError::Config(format!(
+                "origin is longer than {} bytes",
+                qmesh_log::MAX_SYMBOL_LEN
+            )));
+        }
         let c = cfg.clone();
         let (log, last_id, session_start) = tokio::task::spawn_blocking(move || open_local(&c))
             .await
