@@ -29,8 +29,9 @@
 //!
 //! Concurrent callers of one publisher share fsyncs: each appends its messages under the log's lock (so positions
 //! and the id rule follow one order), then waits until the log is durable past its last message; one waiting
-//! caller at a time syncs the log for everyone appended so far (one `fdatasync` under [`Durability::Always`]),
-//! and those who appended while it did are synced together by the next. `publish` still returns only once its
+//! caller at a time syncs the log for everyone appended so far (one `fdatasync` under [`Durability::Always`], run
+//! without the lock: [`Log::begin_sync`], [`qmesh_log::SyncPoint::fsync`], [`Log::finish_sync`]), and those who
+//! appended while it did are synced together by the next. `publish` still returns only once its
 //! messages are durable. A failed write or fsync voids every unsynced append, so it refuses every waiting and later
 //! call (`log unusable after an earlier failure`): restart the publisher, whose new session starts after what the
 //! log kept.
@@ -496,6 +497,29 @@ impl Inner {
         self.committed.notify_all();
     }
 
+    /// Syncs everything appended so far, by every caller: written out under the writer lock, fsynced without it
+    /// (callers go on appending for the next group), then made visible up to what the fsync covered.
+    fn sync_all(&self) -> Result<Position, qmesh_log::Error> {
+        let writer = || self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let point = {
+            let mut w = writer();
+            match w.log.begin_sync() {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(&mut w, &e);
+                    return Err(e);
+                }
+            }
+        };
+        let fsynced = point.fsync(&self.handle);
+        let mut w = writer();
+        let r = w.log.finish_sync(point, fsynced);
+        if let Err(e) = &r {
+            self.fail(&mut w, e);
+        }
+        r
+    }
+
     /// Waits until the local log is durable up to `end` (the position after a caller's last append), syncing it
     /// for every caller when nobody else is ([group commit](self#group-commit)).
     fn wait_durable(&self, end: u64) -> Result<(), PublisherError> {
@@ -513,15 +537,7 @@ impl Inner {
             }
             c.leading = true;
             drop(c);
-            // everything appended so far, by every caller, in one sync
-            let synced = {
-                let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-                let r = w.log.sync();
-                if let Err(e) = &r {
-                    self.fail(&mut w, e);
-                }
-                r
-            };
+            let synced = self.sync_all();
             c = self.commit();
             c.leading = false;
             c.syncs += 1;
