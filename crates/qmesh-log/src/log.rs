@@ -608,11 +608,15 @@ impl<S: Storage> Log<S> {
     /// the point are durable (per [`Durability`]) and visible to readers; returns the latest position (at or after
     /// the point: acknowledge the appends made before [`Log::begin_sync`]). On `Err` every append since the previous
     /// successful sync is void, as for [`Log::sync`]. If the log rolled in between, the roll already made the
-    /// point's segment durable and visible.
+    /// point's segment durable and visible (and a segment removed since, by [`Log::prune`] or the archiver, is no
+    /// failure).
     pub fn finish_sync(&mut self, point: SyncPoint, fsynced: std::io::Result<()>) -> Result<Position> {
         self.check()?;
-        if let Err(e) = fsynced {
-            return Err(self.fail("sync", e));
+        match fsynced {
+            Ok(()) => {}
+            // rolled (the roll made it durable) and then archived or pruned during the fsync
+            Err(e) if point.segment != self.active && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.fail("sync", e)),
         }
         if point.segment == self.active && point.upto > self.synced {
             if point.fsync {
