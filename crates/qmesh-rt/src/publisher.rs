@@ -729,6 +729,21 @@ async fn rebase(
          the local log directory was wiped or replaced; asking the node to forget the mark (rebase) and shipping the \
          whole local log"
     );
+    // records of earlier runs: published away from the node since the wipe, or a restored older copy of the log
+    // (whose records the node held: they arrive twice)
+    let mut r = inner.handle.reader(Start::Oldest)?;
+    while let Some(item) = r.next()? {
+        if let Item::Entry(e) = item {
+            if e.position < session {
+                warn!(
+                    key = %inner.key, first = %e.position,
+                    "the local log holds records of earlier runs: they are shipped too (if it is a restored copy of \
+                     an older log, the ones the node already held are duplicated)"
+                );
+            }
+            break;
+        }
+    }
     let req = ShipRequest::Rebase {
         stream: inner.stream.clone(),
         key: inner.key.clone(),
