@@ -15,7 +15,8 @@
 # usage: bench/rt-ship.sh
 # env:   MESSAGES (200000), UNBATCHED (20000: the unbatched ship run, one
 #        fsync per message), SIZE (100), PUBLISHERS (2), WINDOW (1000),
-#        BATCH (1000), RATE (100000), NATS (nats-server; /usr/sbin/nats-server),
+#        BATCH (1000), RATE (100000), CONCURRENCY (8: callers per publisher in
+#        the concurrent unbatched row, sharing fsyncs), NATS (nats-server; /usr/sbin/nats-server),
 #        QMESH (the qmesh binary running the node; default: this tree's release build),
 #        NATS_TIMEOUT (120: seconds a NATS run may take)
 set -euo pipefail
@@ -28,6 +29,7 @@ P="${PUBLISHERS:-2}"
 W="${WINDOW:-1000}"
 BATCH="${BATCH:-1000}"
 RATE="${RATE:-100000}"
+C="${CONCURRENCY:-8}"
 NATS="${NATS:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
 
 # where cargo put an executable (artifacts may live outside $CARGO_TARGET_DIR: cargo's build-dir)
@@ -73,6 +75,7 @@ DIRECT=$(run direct rt --messages "$N" "${common[@]}"); echo "$DIRECT"
 DIRECT_BATCH=$(run directbatch rt --messages "$N" --size "$SIZE" --publishers 1 --async); echo "$DIRECT_BATCH"
 DIRECT_RATE=$(run directrate rt --messages "$N" "${common[@]}" --rate "$RATE"); echo "$DIRECT_RATE"
 SHIP=$(run ship ship --messages "$NU" "${common[@]}" --batch 1); echo "$SHIP"
+SHIP_CONC=$(run shipconc ship --messages "$NU" "${common[@]}" --batch 1 --concurrency "$C"); echo "$SHIP_CONC"
 SHIP_BATCH=$(run shipbatch ship --messages "$N" "${common[@]}" --batch "$BATCH"); echo "$SHIP_BATCH"
 SHIP_RATE=$(run shiprate ship --messages "$N" "${common[@]}" --batch "$BATCH" --rate "$RATE"); echo "$SHIP_RATE"
 
@@ -99,14 +102,16 @@ else
     echo "nats-server not found (apt-get install -y nats-server)"
 fi
 
-python3 - "$DIRECT" "$DIRECT_BATCH" "$DIRECT_RATE" "$SHIP" "$SHIP_BATCH" "$SHIP_RATE" "$NATS_OUT" "$NATS_RATE" "$RATE" <<'PY'
+python3 - "$DIRECT" "$DIRECT_BATCH" "$DIRECT_RATE" "$SHIP" "$SHIP_BATCH" "$SHIP_RATE" "$NATS_OUT" "$NATS_RATE" "$RATE" "$SHIP_CONC" "$C" <<'PY'
 import sys
 def parse(line):
     return dict(kv.split('=', 1) for kv in line.split() if '=' in kv) if '=' in line else None
 d, db, dr, s, sb, sr, n, nr = (parse(x) for x in sys.argv[1:9])
 rate = float(sys.argv[9])
+sc = parse(sys.argv[10])
 rows = [('direct IPC, sync (window)', d), ('direct IPC, batching (async)', db), (f'direct IPC at {rate:.0f}/s', dr),
-        ('log shipping, unbatched', s), ('log shipping, batched', sb), (f'log shipping at {rate:.0f}/s', sr),
+        ('log shipping, unbatched', s), (f'log shipping, unbatched, {sys.argv[11]} callers', sc),
+        ('log shipping, batched', sb), (f'log shipping at {rate:.0f}/s', sr),
         ('NATS JetStream', n), (f'NATS JetStream at {rate:.0f}/s', nr)]
 print()
 print(f"{'':34}{'msgs/s':>12}{'p50 us':>10}{'p99 us':>10}")

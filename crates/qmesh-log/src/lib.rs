@@ -9,7 +9,9 @@
 //! - **Positions** are RT's `session << 44 | roll << 30 | offset` ([`Position`]); any position handed out is a
 //!   valid restart point, and positions depend only on the records, never on which node wrote them.
 //! - **Writing**: [`Log::append`] buffers, [`Log::sync`] writes and `fdatasync`s ([`Durability::Always`]) and makes
-//!   the records visible — many appends, one sync, then acknowledge them all (group commit).
+//!   the records visible — many appends, one sync, then acknowledge them all (group commit). Threads sharing a
+//!   log behind a lock split it ([`Log::begin_sync`], [`SyncPoint::fsync`] unlocked, [`Log::finish_sync`]) so
+//!   appends go on during the fsync.
 //!   [`Log::new_session`] is a hard reset. [`Log::append_raw`] takes records shipped from another log;
 //!   [`Log::continue_at`] and [`Log::mark_badtail`] (or [`Log::fill_badtail`]) let such a copy mirror its
 //!   source's segment boundaries and its `badtail`s (a corrupt record in the source), so the copy's readers see
@@ -54,7 +56,7 @@ pub use error::{Error, Result};
 pub use format::{MAX_PAYLOAD, MAX_SYMBOL_LEN, NULL_TIMESTAMP, RecordHeader, Source};
 pub use log::{
     Cut, DEFAULT_SEGMENT_SIZE, Durability, Log, LogHandle, LogOptions, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
-    RecoveryReport, Sealed, SegmentInfo, WRITE_BUFFER,
+    RecoveryReport, Sealed, SegmentInfo, SyncPoint, WRITE_BUFFER,
 };
 pub use position::{MAX_OFFSET, MAX_ROLL, MAX_SESSION, Position, ROLL_SHIFT, SESSION_SHIFT, SegmentId};
 pub use reader::{Entry, Event, Item, READ_CHUNK, Reader, Start};

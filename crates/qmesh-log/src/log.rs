@@ -259,6 +259,24 @@ fn first_of(idx: &Index) -> Position {
 
 /// The writer of one log: a directory (or other [`Storage`]) of segments.
 ///
+/// What a split sync must make durable ([`Log::begin_sync`]): the active segment up to its written end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPoint {
+    segment: SegmentId,
+    /// Record-area bytes of `segment` written out.
+    upto: u64,
+    /// Whether the durability policy wants an fsync now.
+    fsync: bool,
+}
+
+impl SyncPoint {
+    /// The fsync of a split sync (`fdatasync` of the point's segment when the [`Durability`] wants one), run
+    /// without holding the [`Log`], on its [`LogHandle`]; pass the result to [`Log::finish_sync`].
+    pub fn fsync<S: Storage>(&self, handle: &LogHandle<S>) -> std::io::Result<()> {
+        if self.fsync { handle.shared.storage.sync(self.segment) } else { Ok(()) }
+    }
+}
+
 /// One `Log` per storage (a file log holds a lock on its directory). Appends are buffered; [`Log::sync`] writes
 /// them out, makes them durable per [`Durability`], and makes them visible to readers — group commit is many
 /// `append`s, one `sync`, then acknowledging them all. Readers come from [`Log::handle`].
@@ -589,6 +607,54 @@ impl<S: Storage> Log<S> {
         };
         self.fsync_if(due)?;
         self.publish(false);
+        Ok(self.handle.latest_position())
+    }
+
+    /// The first half of a [`Log::sync`] split so that the fsync runs while other threads go on appending (group
+    /// commit across callers who share the log behind a lock): writes out every appended record and returns the
+    /// point to make durable. Then, without holding the log, [`SyncPoint::fsync`] on its handle, and
+    /// [`Log::finish_sync`] with the result. Records appended in between are not covered by this point: the next
+    /// sync takes them.
+    pub fn begin_sync(&mut self) -> Result<SyncPoint> {
+        self.check()?;
+        self.write_out()?;
+        let due = match self.options.durability {
+            Durability::Always => true,
+            Durability::Interval(d) => self.last_fsync.elapsed() >= d,
+            Durability::Never => false,
+        };
+        Ok(SyncPoint { segment: self.active, upto: self.written, fsync: due && self.fsynced < self.written })
+    }
+
+    /// The second half of a split sync: `fsynced` is [`SyncPoint::fsync`]'s result. On success the records up to
+    /// the point are durable (per [`Durability`]) and visible to readers; returns the latest position (at or after
+    /// the point: acknowledge the appends made before [`Log::begin_sync`]). On `Err` every append since the previous
+    /// successful sync is void, as for [`Log::sync`]. If the log rolled in between, the roll already made the
+    /// point's segment durable and visible (and a segment removed since, by [`Log::prune`] or the archiver, is no
+    /// failure).
+    pub fn finish_sync(&mut self, point: SyncPoint, fsynced: std::io::Result<()>) -> Result<Position> {
+        self.check()?;
+        match fsynced {
+            Ok(()) => {}
+            // rolled (the roll made it durable) and then archived or pruned during the fsync
+            Err(e) if point.segment != self.active && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.fail("sync", e)),
+        }
+        if point.segment == self.active && point.upto > self.synced {
+            if point.fsync {
+                self.fsynced = self.fsynced.max(point.upto);
+                self.last_fsync = Instant::now();
+            }
+            // visible up to the point only; the max timestamp may count records appended after it
+            self.synced = point.upto;
+            self.synced_max_ts = self.active_max_ts;
+            let mut idx = self.handle.shared.index();
+            if let Some(m) = idx.segments.get_mut(&self.active) {
+                m.visible = self.synced;
+                m.max_ts = self.synced_max_ts;
+            }
+            idx.latest = Position::after(self.active, self.synced);
+        }
         Ok(self.handle.latest_position())
     }
 

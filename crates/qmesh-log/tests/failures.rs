@@ -111,3 +111,67 @@ fn bad_options_are_refused() {
         assert!(matches!(r, Err(Error::Options(_))), "{segment_size}");
     }
 }
+
+#[test]
+fn a_split_sync_covers_what_was_written_before_it_and_appends_go_on_during_the_fsync() {
+    let storage = MemStorage::new();
+    let (mut log, _) = Log::open_with(storage.clone(), opts(1 << 20, Durability::Always)).expect("open");
+    let (a, b, c) = (Rec::new(0, 40), Rec::new(1, 40), Rec::new(2, 40));
+    log.append(&a.header(), &a.payload).expect("append");
+    let point = log.begin_sync().expect("begin");
+    // another caller appends while the fsync runs without the log
+    let pb = log.append(&b.header(), &b.payload).expect("append during the fsync");
+    let fsynced = point.fsync(&log.handle());
+    let latest = log.finish_sync(point, fsynced).expect("finish");
+    assert_eq!(latest, pb, "visible up to the point, not the append made during the fsync");
+    let seen = |log: &Log<MemStorage>| {
+        entries(&drain(&mut log.reader(Start::Oldest).expect("reader")))
+            .iter()
+            .map(|e| Rec::of(e))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seen(&log), vec![a.clone()]);
+    let (after, _) = Log::open_with(storage.crash(), opts(1 << 20, Durability::Always)).expect("reopen");
+    assert_eq!(seen(&after), vec![a.clone()], "the point is durable");
+    drop(after);
+    // the next sync takes the rest
+    log.sync().expect("sync");
+    assert_eq!(seen(&log), vec![a.clone(), b.clone()]);
+    // a failed fsync voids the appends since the last successful sync, as sync does
+    log.append(&c.header(), &c.payload).expect("append");
+    let point = log.begin_sync().expect("begin");
+    let err = log.finish_sync(point, Err(std::io::Error::other("disk gone")));
+    assert!(matches!(err, Err(Error::Io { op: "sync", .. })), "{err:?}");
+    assert_eq!(seen(&log), vec![a, b]);
+}
+
+#[test]
+fn a_split_sync_across_a_roll() {
+    let storage = MemStorage::new();
+    let (mut log, _) = Log::open_with(storage.clone(), opts(256, Durability::Always)).expect("open");
+    let recs: Vec<Rec> = (0..8).map(|i| Rec::new(i, 60)).collect();
+    log.append(&recs[0].header(), &recs[0].payload).expect("append");
+    let point = log.begin_sync().expect("begin");
+    // the others' appends roll the log past the point's segment, which the roll makes durable and visible
+    for r in &recs[1..] {
+        log.append(&r.header(), &r.payload).expect("append");
+    }
+    assert!(log.handle().segments().len() > 1, "the log did not roll");
+    let fsynced = point.fsync(&log.handle());
+    log.finish_sync(point, fsynced).expect("finish");
+    // a rolled segment removed while its fsync ran is no failure either
+    log.append(&recs[0].header(), &recs[0].payload).expect("append");
+    let point = log.begin_sync().expect("begin");
+    for r in &recs[1..4] {
+        log.append(&r.header(), &r.payload).expect("append");
+    }
+    let gone = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+    log.finish_sync(point, gone).expect("a removed rolled segment");
+    log.sync().expect("sync");
+    let (after, _) = Log::open_with(storage.crash(), opts(256, Durability::Always)).expect("reopen");
+    let got: Vec<Rec> = entries(&drain(&mut after.reader(Start::Oldest).expect("reader")))
+        .iter()
+        .map(|e| Rec::of(e))
+        .collect();
+    assert_eq!(got, [&recs[..], &recs[..4]].concat());
+}

@@ -11,7 +11,7 @@
 //!
 //! usage: rt_bench rt|ship|redis|nats ADDR [--messages N] [--size BYTES]
 //!        [--publishers P] [--window W] [--rate MSGS_PER_S] [--async]
-//!        [--batch B] [--dir DIR]
+//!        [--batch B] [--concurrency C] [--dir DIR]
 //!
 //! * rt: sync `` (`.rt.pub;`bench;payload) `` (a byte vector whose
 //!   serialization is SIZE bytes); `--async` sends `neg[h]` and one sync
@@ -22,7 +22,10 @@
 //!   always`), shipped to the node; the subscriber a
 //!   `qmesh_rt::subscriber::Subscriber` reading its local copy in
 //!   `DIR/copy`. `--batch B` publishes B messages per call (one write, one
-//!   fsync); 1 is unbatched. Throughput counts messages the node
+//!   fsync); 1 is unbatched. `--concurrency C` publishes from C threads per
+//!   publisher (one `Publisher` shared), whose calls share fsyncs (the
+//!   publisher's group commit; `syncs` in the output counts them).
+//!   Throughput counts messages the node
 //!   acknowledged (each publisher's `flush`), as for `rt`; latency is
 //!   publish call → subscriber callback.
 //! * redis: `XADD bench * d payload`, pipelined.
@@ -54,6 +57,7 @@ struct Opts {
     rate: Option<f64>,
     async_pub: bool,
     batch: usize,
+    concurrency: usize,
     dir: String,
 }
 
@@ -69,6 +73,7 @@ fn parse() -> Opts {
         rate: None,
         async_pub: false,
         batch: 1,
+        concurrency: 1,
         dir: std::env::temp_dir().join(format!("rt-bench-{}", std::process::id())).display().to_string(),
     };
     let mut i = 2;
@@ -80,6 +85,7 @@ fn parse() -> Opts {
             "--window" => o.window = a[i + 1].parse().unwrap(),
             "--rate" => o.rate = Some(a[i + 1].parse().unwrap()),
             "--batch" => o.batch = a[i + 1].parse().unwrap(),
+            "--concurrency" => o.concurrency = a[i + 1].parse().unwrap(),
             "--dir" => o.dir = a[i + 1].clone(),
             "--async" => {
                 o.async_pub = true;
@@ -323,8 +329,12 @@ async fn ship(o: &Opts) {
     let batch = o.batch.max(1) as u64;
     let mut threads = Vec::new();
     let size = o.size;
-    for p in &pubs {
+    let callers = o.concurrency.max(1) as u64;
+    for (p, c) in pubs.iter().flat_map(|p| (0..callers).map(move |c| (p, c))) {
         let p = p.clone();
+        // this caller's share of the publisher's messages and rate
+        let n_per = n_per / callers + u64::from(c < n_per % callers);
+        let per_rate = per_rate.map(|r| r / callers as f64);
         threads.push(std::thread::spawn(move || {
             let header = Header::default();
             let mut sent = 0u64;
@@ -355,8 +365,9 @@ async fn ship(o: &Opts) {
     let e2e_secs = start.elapsed().as_secs_f64();
     let mut v = std::mem::take(&mut *lat.lock().unwrap());
     v.sort_unstable();
+    let syncs: u64 = pubs.iter().map(|p| p.syncs()).sum();
     println!(
-        "kind=ship messages={total} size={} publishers={} batch={} rate={} throughput_msgs_per_s={:.0} local_msgs_per_s={:.0} e2e_msgs_per_s={:.0} p50_us={:.1} p99_us={:.1} max_us={:.1}",
+        "kind=ship messages={total} size={} publishers={} batch={} concurrency={callers} syncs={syncs} rate={} throughput_msgs_per_s={:.0} local_msgs_per_s={:.0} e2e_msgs_per_s={:.0} p50_us={:.1} p99_us={:.1} max_us={:.1}",
         o.size,
         o.publishers,
         batch,

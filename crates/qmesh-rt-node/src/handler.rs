@@ -12,7 +12,7 @@ use qmesh_rt::{From, Request, RequestError, SubOptions};
 use tracing::{debug, warn};
 
 use crate::metrics::NodeMetrics;
-use crate::stream::{Append, Reply, ShipBatch, Stream};
+use crate::stream::{Append, Rebase, Reply, ShipBatch, Stream};
 use crate::subscription::{self, SubCtl};
 
 /// What every connection shares: the streams, the subscriptions, the metrics.
@@ -207,9 +207,9 @@ impl Node {
         if let Some(p) = &self.permissions {
             // a publisher's shipped log is publishing; a subscriber's copy is subscribing
             let (action, stream) = match &req {
-                ShipRequest::Hello { stream, .. } | ShipRequest::Recs { stream, .. } => {
-                    (Action::Publish, stream)
-                }
+                ShipRequest::Hello { stream, .. }
+                | ShipRequest::Recs { stream, .. }
+                | ShipRequest::Rebase { stream, .. } => (Action::Publish, stream),
                 ShipRequest::Pull { stream, .. } => (Action::Subscribe, stream),
             };
             p.check(peer.user(), action, [stream.as_str()])?;
@@ -255,6 +255,12 @@ impl Node {
                 let resume = Position::from_u64(pos);
                 tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader, resume));
                 Ok(None)
+            }
+            ShipRequest::Rebase { stream, key, mark, session } => {
+                let s = self.stream(&stream)?.clone();
+                debug!(conn = %peer.id(), stream, key, mark, session, "publisher asks to rebase its mark");
+                s.rebase(Rebase { key, mark, session }).await?;
+                Ok(Some(K::long(qmesh_codec::nulls::LONG_NULL)))
             }
         }
     }

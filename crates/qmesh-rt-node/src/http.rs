@@ -3,7 +3,9 @@
 //! * `GET /api/streams`: per stream its first and latest positions, segments
 //!   and bytes on disk, publishers (by origin: messages, duplicates, last id,
 //!   rate in messages/s), subscribers (connection, user, position, lag in
-//!   bytes within the session, paused, filter) and dedup watermarks.
+//!   bytes within the session, paused, filter), dedup watermarks and shipping
+//!   publishers (by key: `mark`, the last local position held, `null` after
+//!   a rebase until the next record; `rebases` since the node started).
 //! * `POST /api/streams/{stream}/reset`: a hard reset — the stream starts a
 //!   new session, its dedup watermarks are forgotten, and subscribers get a
 //!   `reset` event. Answers `{"stream":…,"from":p1,"to":p2}`.

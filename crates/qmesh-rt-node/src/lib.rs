@@ -62,7 +62,11 @@
 //! * **Dedup watermarks survive restarts**: they are rebuilt from the log's
 //!   record headers on open, and kept in a checksummed file
 //!   (`dedup.watermarks`) written before any segment is removed, so that
-//!   archiving does not forget them.
+//!   archiving does not forget them. Shipping publishers' marks (the last
+//!   local position held per key) are kept the same way; a publisher whose
+//!   local log was wiped has its mark forgotten (`.rt.ship.rebase`, see
+//!   [`qmesh_rt::ship`]) and the file stored at once, so that a restart does
+//!   not raise the mark back from the old records.
 //! * **Bounded**: the IPC message limit is the payload limit plus
 //!   [`qmesh_rt::limits::MAX_ENVELOPE_BYTES`], checked from the header
 //!   before the body is read; appends queue in a bounded channel per

@@ -24,6 +24,7 @@ pub struct NodeMetrics {
     pub subscribers: Family<Labels, Gauge>,
     pub archived_segments: Family<Labels, Counter>,
     pub latest_position: Family<Labels, Gauge>,
+    pub rebases: Family<Labels, Counter>,
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -46,6 +47,7 @@ impl NodeMetrics {
             subscribers: Family::default(),
             archived_segments: Family::default(),
             latest_position: Family::default(),
+            rebases: Family::default(),
         };
         metrics.register("qmesh_rt_appended_messages", "Messages appended to a stream.", m.appended.clone());
         metrics.register(
@@ -91,6 +93,11 @@ impl NodeMetrics {
             "qmesh_rt_latest_position",
             "The position after the last durable message.",
             m.latest_position.clone(),
+        );
+        metrics.register(
+            "qmesh_rt_ship_rebases",
+            "Shipping publishers' marks forgotten because their local log was wiped or replaced (.rt.ship.rebase).",
+            m.rebases.clone(),
         );
         m
     }

@@ -109,6 +109,18 @@ enum Cmd {
     Archive(ArchivePolicy, oneshot::Sender<Result<usize, WireError>>),
     Reset(oneshot::Sender<Result<(u64, u64), WireError>>),
     Close(oneshot::Sender<()>),
+    Rebase(Rebase, oneshot::Sender<Result<(), WireError>>),
+}
+
+/// A publisher's `.rt.ship.rebase`: forget `key`'s mark, which must be `mark`, at or beyond `session`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebase {
+    /// The publisher's key.
+    pub key: String,
+    /// The mark the node answered to its hello.
+    pub mark: u64,
+    /// The first position of the publisher's current session.
+    pub session: u64,
 }
 
 /// What the HTTP API shows, kept by the writer thread.
@@ -119,6 +131,8 @@ struct Book {
     /// The last local position held per shipping publisher (committed).
     ship: Watermarks,
     duplicates: u64,
+    /// Rebases per shipping publisher key since the node started.
+    rebases: std::collections::BTreeMap<String, u64>,
 }
 
 /// A hosted stream.
@@ -266,7 +280,14 @@ impl Stream {
         self.call(Cmd::Reset).await
     }
 
-    /// Finishes the queued appends, stores the watermarks, stops the writer.
+    /// `.rt.ship.rebase`: forgets a publisher's mark, durably, after the appends queued before it (see
+    /// [`qmesh_rt::ship`]'s rebase); refused (`BadRequest`) unless the key's mark is `r.mark` and at or beyond
+    /// `r.session`.
+    pub async fn rebase(&self, r: Rebase) -> Result<(), WireError> {
+        self.call(|tx| Cmd::Rebase(r, tx)).await
+    }
+
+    /// Finishes the queued appends, stores the watermarks, stops the writer and closes the log.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Close(tx)).await.is_ok() {
@@ -288,6 +309,17 @@ impl Stream {
             .collect();
         let marks: serde_json::Map<String, Value> =
             book.marks.iter().map(|(k, w)| (k.to_string(), json!(w))).collect();
+        // shipping publishers by key: the last local position held, and rebases since the node started
+        let mut shipping: serde_json::Map<String, Value> = book
+            .ship
+            .iter()
+            .map(|(k, m)| {
+                (k.to_string(), json!({"mark": m, "rebases": book.rebases.get(k).copied().unwrap_or(0)}))
+            })
+            .collect();
+        for (k, n) in &book.rebases {
+            shipping.entry(k.clone()).or_insert_with(|| json!({"mark": null, "rebases": n}));
+        }
         json!({
             "first": self.first(),
             "latest": self.latest(),
@@ -297,6 +329,7 @@ impl Stream {
             "publishers": publishers,
             "duplicates": book.duplicates,
             "dedup_watermarks": marks,
+            "shipping": shipping,
         })
     }
 }
@@ -316,6 +349,9 @@ fn recover_watermarks(
     let latest = handle.latest_position().as_u64();
     let start = match from {
         Some(p) if p >= first && p <= latest => Start::At(Position::from_u64(p)),
+        // the file holds every record up to its position, and the log lost its tail before it (a weaker
+        // durability): nothing to raise, and reading older records would undo a rebase
+        Some(p) if p > latest => return Ok((marks, ship)),
         _ => Start::Oldest,
     };
     let mut r = handle.reader(start)?;
@@ -427,6 +463,10 @@ impl Writer {
                         self.commit(&labels);
                         let _ = tx.send(self.reset());
                     }
+                    Cmd::Rebase(r, tx) => {
+                        self.commit(&labels);
+                        let _ = tx.send(self.rebase(r, &labels));
+                    }
                     Cmd::Close(tx) => {
                         self.commit(&labels);
                         let latest = self.log.latest_position().as_u64();
@@ -437,6 +477,9 @@ impl Writer {
                         if let Err(e) = self.log.sync() {
                             warn!(stream = %self.name, error = %e, "final sync failed");
                         }
+                        // the log goes before the caller hears it is closed (the directory's lock with the last
+                        // reader's handle)
+                        drop(self);
                         let _ = tx.send(());
                         return;
                     }
@@ -683,6 +726,46 @@ impl Writer {
         WireError::with_detail(ErrorKind::Limit, reason)
     }
 
+    /// Forgets a publisher's shipping mark (its local log was wiped: [`qmesh_rt::ship`]'s rebase) and stores the
+    /// watermarks file at once, as of the latest position, so that recovery raises the key's mark only from the
+    /// records shipped after this. Called between groups, so every batch queued before it is in the mark.
+    fn rebase(&mut self, r: Rebase, labels: &Vec<(String, String)>) -> Result<(), WireError> {
+        let refuse = |why: String| -> Result<(), WireError> {
+            warn!(stream = %self.name, key = %r.key, %why, "rebase refused");
+            Err(WireError::with_detail(ErrorKind::BadRequest, format!("rebase of {} refused: {why}", r.key)))
+        };
+        let held = self.ship.get(&r.key);
+        if held != Some(r.mark) {
+            // something was shipped for the key since the publisher's hello (or another publisher ships it)
+            return refuse(format!("the node holds {held:?}, not {}; say hello again", r.mark));
+        }
+        if r.mark < r.session {
+            return refuse(format!(
+                "the mark {} is below the publisher's session start {}: nothing to forget",
+                r.mark, r.session
+            ));
+        }
+        self.ship.remove(&r.key);
+        if let Err(e) = self.store_marks() {
+            // not durable: keep the mark, the publisher asks again
+            observe_ship(&mut self.ship, &r.key, r.mark);
+            warn!(stream = %self.name, key = %r.key, error = %e, "rebase failed: cannot store the watermarks");
+            return Err(e);
+        }
+        {
+            let mut b = self.book();
+            b.ship.remove(&r.key);
+            *b.rebases.entry(r.key.clone()).or_default() += 1;
+        }
+        self.metrics.rebases.get_or_create(labels).inc();
+        warn!(
+            stream = %self.name, key = %r.key, mark = %Position::from_u64(r.mark),
+            session_start = %Position::from_u64(r.session),
+            "publisher's local log was wiped or replaced: its mark is forgotten and it ships its whole log again"
+        );
+        Ok(())
+    }
+
     fn reset(&mut self) -> Result<(u64, u64), WireError> {
         let from = self.log.latest_position().as_u64();
         let to = self.log.new_session().map_err(|e| internal(format!("log: {e}")))?.as_u64();
@@ -718,5 +801,113 @@ pub async fn archive_loop(
             Ok(_) => {}
             Err(e) => warn!(stream = stream.name(), error = %e, "archiver failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "pub_a.host1.s";
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("qmesh-stream-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    fn opts(dir: &std::path::Path) -> StreamOptions {
+        StreamOptions {
+            dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            durability: Durability::Always,
+            health: qmesh_process::Health::default(),
+        }
+    }
+
+    /// Appends `n` records shipped by [`KEY`] at local positions `from`, `from + 100`, …; returns the last.
+    fn ship_records(log: &mut Log, from: u64, n: u64) -> u64 {
+        let h = RecordHeader { on: b"pub_a", ts: 1, id: i64::MIN, to: i64::MIN, dedup: None };
+        let mut last = 0;
+        for i in 0..n {
+            last = from + i * 100;
+            log.append_with_source(&h, Some(Source { key: KEY.as_bytes(), pos: last }), b"\x01\x02")
+                .expect("append");
+        }
+        log.sync().expect("sync");
+        last
+    }
+
+    fn log_opts() -> LogOptions {
+        LogOptions { segment_size: 1 << 20, durability: Durability::Always }
+    }
+
+    #[tokio::test]
+    async fn a_rebase_forgets_the_mark_durably_and_is_refused_when_ambiguous() {
+        let dir = tmpdir("rebase");
+        let session = |n: u64| n << 44;
+        // a publisher's first life: it shipped up to a high position of its session 1
+        let old = {
+            let (mut log, _) = Log::open(&dir, log_opts()).expect("open");
+            ship_records(&mut log, session(1), 50)
+        };
+        let metrics = NodeMetrics::new(&qmesh_process::Metrics::new());
+        let s = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || Stream::open("s".into(), opts(&dir), metrics)
+        })
+        .await
+        .expect("join")
+        .expect("open stream");
+        assert_eq!(s.ship_mark(KEY), Some(old));
+        let rebase = |mark, session| Rebase { key: KEY.into(), mark, session };
+        // ambiguous: not the mark the node holds, or below the publisher's session (a normal restart)
+        assert!(s.rebase(rebase(old - 100, session(1))).await.is_err());
+        assert!(s.rebase(rebase(old, session(2))).await.is_err());
+        assert!(s.rebase(Rebase { key: "other".into(), mark: old, session: session(1) }).await.is_err());
+        assert_eq!(s.ship_mark(KEY), Some(old));
+        // the wiped publisher starts again at session 1, below its old mark
+        s.rebase(rebase(old, session(1))).await.expect("rebase");
+        assert_eq!(s.ship_mark(KEY), None);
+        assert_eq!(s.view()["shipping"][KEY], json!({"mark": null, "rebases": 1}));
+        // stored at once: recovery (a restart, even after SIGKILL) reads only the records after the rebase
+        let (_, stored_at) = watermarks::load(&dir).expect("load").expect("stored");
+        assert_eq!(stored_at, s.latest());
+        let (_, ship) = recover_watermarks(&dir, &s.handle).expect("recover");
+        assert_eq!(ship.get(KEY), None, "the old records raised the mark back");
+        s.close().await;
+        drop(s);
+        // the new life ships fewer records, all below the old mark; a restart recovers their mark, not the old one
+        let new = {
+            let (mut log, _) = Log::open(&dir, log_opts()).expect("reopen");
+            let (_, ship) = recover_watermarks(&dir, &log.handle()).expect("recover");
+            assert_eq!(ship.get(KEY), None);
+            ship_records(&mut log, session(1), 10)
+        };
+        assert!(new < old);
+        let (log, _) = Log::open(&dir, log_opts()).expect("reopen");
+        let (_, ship) = recover_watermarks(&dir, &log.handle()).expect("recover");
+        assert_eq!(ship.get(KEY), Some(new));
+        drop(log);
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[test]
+    fn a_watermarks_file_beyond_the_log_is_trusted_without_reading_older_records() {
+        let dir = tmpdir("beyond");
+        let (mut log, _) = Log::open(&dir, log_opts()).expect("open");
+        ship_records(&mut log, 1 << 44, 5);
+        // a file stored after the rebase at a position the log lost (its unsynced tail, a weaker durability)
+        let beyond = log.latest_position().as_u64() + 1000;
+        watermarks::store(&dir, &Watermarks::new(), beyond).expect("store");
+        let (_, ship) = recover_watermarks(&dir, &log.handle()).expect("recover");
+        assert_eq!(ship.get(KEY), None);
+        // without a file every record counts
+        std::fs::remove_file(dir.join(watermarks::FILE_NAME)).expect("rm");
+        let (_, ship) = recover_watermarks(&dir, &log.handle()).expect("recover");
+        assert_eq!(ship.get(KEY), Some((1 << 44) + 400));
+        drop(log);
+        std::fs::remove_dir_all(&dir).expect("clean");
     }
 }

@@ -104,6 +104,12 @@ impl Watermarks {
     pub fn clear(&mut self) {
         self.marks.clear();
     }
+
+    /// Forgets `key`'s watermark, returning it (the node's shipping marks: a publisher whose local log was wiped
+    /// starts its positions again, [`crate::ship::REBASE`]).
+    pub fn remove(&mut self, key: &str) -> Option<u64> {
+        self.marks.remove(key)
+    }
 }
 
 #[cfg(test)]
@@ -158,5 +164,18 @@ mod tests {
         assert_eq!(w.get("k"), Some(5));
         w.clear();
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn remove_forgets_one_key() {
+        let mut w = Watermarks::new();
+        w.observe("a", 5);
+        w.observe("b", 7);
+        assert_eq!(w.remove("a"), Some(5));
+        assert_eq!(w.remove("a"), None);
+        assert_eq!((w.get("a"), w.get("b")), (None, Some(7)));
+        // a forgotten key starts again from anything
+        w.observe("a", 1);
+        assert_eq!(w.get("a"), Some(1));
     }
 }

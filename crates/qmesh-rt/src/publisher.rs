@@ -24,9 +24,25 @@
 //! a new session of the log, so local positions only grow. Rolled local segments whose records the node has
 //! acknowledged are removed (rt.qpk's `--truncate-archived`, on by default; `REPLICATOR_TRUNCATE_ARCHIVED=0` keeps
 //! them).
+//!
+//! # Group commit
+//!
+//! Concurrent callers of one publisher share fsyncs: each appends its messages under the log's lock (so positions
+//! and the id rule follow one order), then waits until the log is durable past its last message; one waiting
+//! caller at a time syncs the log for everyone appended so far (one `fdatasync` under [`Durability::Always`], run
+//! without the lock: [`Log::begin_sync`], [`qmesh_log::SyncPoint::fsync`], [`Log::finish_sync`]), and those who
+//! appended while it did are synced together by the next. `publish` still returns only once its
+//! messages are durable. A failed write or fsync voids every unsynced append, so it refuses every waiting and later
+//! call (`log unusable after an earlier failure`): restart the publisher, whose new session starts after what the
+//! log kept.
+//!
+//! A directory that was deleted or replaced (an operator wiped it, a new disk, a container without a volume) starts
+//! again at a low session, at or below what the node holds for the key: the publisher sees it at the handshake and
+//! has the node forget its mark before shipping its whole local log, so the new messages are neither skipped nor
+//! dropped ([`crate::ship`]'s rebase; a warning on both sides).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use qmesh_codec::{Atom, K, MsgType, RawObject};
@@ -161,8 +177,23 @@ pub enum PublisherError {
 
 struct Writer {
     log: Log,
-    /// Distance from zero of the last id published.
+    /// Distance from zero of the last id appended.
     last_id: Option<u64>,
+    /// Why the local log failed; every later publish is refused.
+    failed: Option<String>,
+}
+
+/// Group commit's state: how far the local log is durable and who is syncing it.
+#[derive(Debug, Default)]
+struct Commit {
+    /// The position up to which appends are durable (per the publisher's durability).
+    durable: u64,
+    /// A caller is syncing the log for every caller.
+    leading: bool,
+    /// The local log failed: callers still waiting are refused.
+    failed: Option<String>,
+    /// Syncs made this run (one per group).
+    syncs: u64,
 }
 
 struct Inner {
@@ -174,14 +205,20 @@ struct Inner {
     cluster: Vec<String>,
     truncate: bool,
     writer: Mutex<Writer>,
+    /// Group commit (lock order: `writer` before `commit`, never the reverse).
+    commit: Mutex<Commit>,
+    /// Signalled after every group's sync.
+    committed: Condvar,
     handle: LogHandle,
     /// The local log's latest synced position (wakes the shipper).
     latest: watch::Sender<u64>,
     /// The last local position the node acknowledged (`None`: nothing yet).
     acked: watch::Sender<Option<u64>>,
-    /// The position of the last message published this run (`u64::MAX`: none).
+    /// One more than the position of the last message published this run (0: none).
     last_pos: std::sync::atomic::AtomicU64,
     stop: watch::Sender<bool>,
+    /// The first position of this run's session: above every position of the log's earlier sessions.
+    session_start: Position,
 }
 
 /// A running publisher: a local log and the task shipping it. See the [module docs](self).
@@ -204,8 +241,9 @@ fn now_ts() -> i64 {
     (ns - KDB_EPOCH_NS) as i64
 }
 
-/// Opens the local log: lock, recover, read the last id, start a new session.
-fn open_local(cfg: &PublisherConfig) -> Result<(Log, Option<u64>), PublisherError> {
+/// Opens the local log: lock, recover, read the last id, start a new session; returns the log, the last id's
+/// distance and the new session's first position.
+fn open_local(cfg: &PublisherConfig) -> Result<(Log, Option<u64>, Position), PublisherError> {
     let dir = cfg.dir();
     let opts = LogOptions { segment_size: cfg.segment_size, durability: cfg.durability };
     let (mut log, report) = match Log::open(&dir, opts) {
@@ -229,7 +267,7 @@ fn open_local(cfg: &PublisherConfig) -> Result<(Log, Option<u64>), PublisherErro
     }
     let start = log.new_session()?;
     info!(dir = %dir.display(), session_start = %start, "publisher's local log open");
-    Ok((log, last_id))
+    Ok((log, last_id, start))
 }
 
 impl Publisher {
@@ -243,8 +281,15 @@ impl Publisher {
         if key.len() > ship::MAX_KEY_BYTES || key.contains('/') {
             return Err(PublisherError::Config(format!("directory name {key:?} is not a valid key")));
         }
+        // every record carries it: refused here rather than by each append
+        if cfg.origin.as_ref().is_some_and(|o| o.len() > qmesh_log::MAX_SYMBOL_LEN) {
+            return Err(PublisherError::Config(format!(
+                "origin is longer than {} bytes",
+                qmesh_log::MAX_SYMBOL_LEN
+            )));
+        }
         let c = cfg.clone();
-        let (log, last_id) = tokio::task::spawn_blocking(move || open_local(&c))
+        let (log, last_id, session_start) = tokio::task::spawn_blocking(move || open_local(&c))
             .await
             .map_err(|e| PublisherError::Config(format!("opening the local log: {e}")))??;
         let handle = log.handle();
@@ -259,12 +304,15 @@ impl Publisher {
             dedup_id: cfg.dedup_id.clone(),
             cluster: cfg.cluster.clone(),
             truncate: cfg.truncate_archived,
-            writer: Mutex::new(Writer { log, last_id }),
+            writer: Mutex::new(Writer { log, last_id, failed: None }),
+            commit: Mutex::new(Commit { durable: handle.latest_position().as_u64(), ..Commit::default() }),
+            committed: Condvar::new(),
             handle,
             latest,
             acked,
-            last_pos: std::sync::atomic::AtomicU64::new(u64::MAX),
+            last_pos: std::sync::atomic::AtomicU64::new(0),
             stop,
+            session_start,
         });
         let task = if inner.cluster.is_empty() {
             warn!(key = %inner.key, "publisher has no cluster: messages stay in the local log");
@@ -291,6 +339,16 @@ impl Publisher {
         self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()).last_id
     }
 
+    /// Syncs of the local log this run: one per group of concurrent publishes ([group commit](self#group-commit)).
+    pub fn syncs(&self) -> u64 {
+        self.inner.commit.lock().unwrap_or_else(|p| p.into_inner()).syncs
+    }
+
+    /// The first position of this run's session (every start begins a new one).
+    pub fn session_start(&self) -> Position {
+        self.inner.session_start
+    }
+
     /// The local log's read side (tests and tools).
     pub fn local_log(&self) -> &LogHandle {
         &self.inner.handle
@@ -315,55 +373,77 @@ impl Publisher {
         v.pop().ok_or(PublisherError::Closed)
     }
 
-    /// Publishes several serialized messages with one write and one fsync (group commit); returns their local
-    /// positions. All are checked before any is written: one refusal writes none.
+    /// Publishes several serialized messages with one write and one fsync, shared with concurrent callers
+    /// ([group commit](self#group-commit)); returns their local positions once they are durable. All are checked
+    /// before any is written: one refusal writes none.
     pub fn publish_batch<'a>(
         &self,
         msgs: impl IntoIterator<Item = (&'a [u8], &'a Header)>,
     ) -> Result<Vec<Position>, PublisherError> {
-        let mut w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let msgs: Vec<_> = msgs.into_iter().collect();
-        // check everything first: the id rule against the ids before it
-        let mut last = w.last_id;
-        for (payload, h) in &msgs {
-            if payload.len() as u64 > MAX_PAYLOAD_BYTES {
-                return Err(PublisherError::TooLarge { len: payload.len() as u64 });
+        let (out, end) = {
+            let mut w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(why) = &w.failed {
+                return Err(qmesh_log::Error::Poisoned(why.clone()).into());
             }
-            match h.id.and_then(distance) {
-                None if self.inner.dedup_id.is_some() => return Err(PublisherError::NoId),
-                None => {}
-                Some(d) => {
-                    if let Some(prev) = last
-                        && d != prev + 1
-                    {
-                        return Err(PublisherError::IdRule {
-                            id: h.id.unwrap_or_default(),
-                            expected: prev + 1,
-                        });
+            // check everything first: the id rule against the ids before it
+            let mut last = w.last_id;
+            for (payload, h) in &msgs {
+                if payload.len() as u64 > MAX_PAYLOAD_BYTES {
+                    return Err(PublisherError::TooLarge { len: payload.len() as u64 });
+                }
+                if let Some(on) = &h.on
+                    && on.len() > qmesh_log::MAX_SYMBOL_LEN
+                {
+                    return Err(qmesh_log::Error::SymbolTooLong {
+                        field: "on",
+                        len: on.len(),
+                        max: qmesh_log::MAX_SYMBOL_LEN,
                     }
-                    last = Some(d);
+                    .into());
+                }
+                match h.id.and_then(distance) {
+                    None if self.inner.dedup_id.is_some() => return Err(PublisherError::NoId),
+                    None => {}
+                    Some(d) => {
+                        if let Some(prev) = last
+                            && d != prev + 1
+                        {
+                            return Err(PublisherError::IdRule {
+                                id: h.id.unwrap_or_default(),
+                                expected: prev + 1,
+                            });
+                        }
+                        last = Some(d);
+                    }
                 }
             }
-        }
-        let mut out = Vec::with_capacity(msgs.len());
-        let now = now_ts();
-        for (payload, h) in &msgs {
-            let rh = RecordHeader {
-                on: h.on.as_deref().unwrap_or(&self.inner.origin).as_bytes(),
-                ts: h.ts.unwrap_or(now),
-                id: h.id.unwrap_or(i64::MIN),
-                to: h.to.unwrap_or(i64::MIN),
-                dedup: self.inner.dedup_id.as_deref().map(str::as_bytes),
-            };
-            out.push(w.log.append(&rh, payload)?);
-        }
-        let latest = w.log.sync()?;
-        w.last_id = last;
-        if let Some(p) = out.last() {
-            self.inner.last_pos.store(p.as_u64(), std::sync::atomic::Ordering::Release);
-        }
-        drop(w);
-        self.inner.latest.send_replace(latest.as_u64());
+            let mut out = Vec::with_capacity(msgs.len());
+            let now = now_ts();
+            for (payload, h) in &msgs {
+                let rh = RecordHeader {
+                    on: h.on.as_deref().unwrap_or(&self.inner.origin).as_bytes(),
+                    ts: h.ts.unwrap_or(now),
+                    id: h.id.unwrap_or(i64::MIN),
+                    to: h.to.unwrap_or(i64::MIN),
+                    dedup: self.inner.dedup_id.as_deref().map(str::as_bytes),
+                };
+                match w.log.append(&rh, payload) {
+                    Ok(p) => out.push(p),
+                    Err(e) => {
+                        // checked above, so a storage failure (or a full position space): unsynced appends of
+                        // every caller may be void
+                        self.inner.fail(&mut w, &e);
+                        return Err(e.into());
+                    }
+                }
+            }
+            w.last_id = last;
+            (out, w.log.end_position().as_u64())
+        };
+        let Some(p) = out.last() else { return Ok(out) };
+        self.inner.wait_durable(end)?;
+        self.inner.last_pos.fetch_max(p.as_u64() + 1, std::sync::atomic::Ordering::AcqRel);
         Ok(out)
     }
 
@@ -383,8 +463,8 @@ impl Publisher {
     /// run are shipped first, so they are held too).
     pub async fn flush(&self) -> Result<(), PublisherError> {
         match self.inner.last_pos.load(std::sync::atomic::Ordering::Acquire) {
-            u64::MAX => Ok(()),
-            p => self.wait_acked(Position::from_u64(p)).await,
+            0 => Ok(()),
+            p => self.wait_acked(Position::from_u64(p - 1)).await,
         }
     }
 
@@ -400,6 +480,74 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         self.inner.stop.send_replace(true);
+    }
+}
+
+impl Inner {
+    fn commit(&self) -> std::sync::MutexGuard<'_, Commit> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local log failed under `w` (held): refuses every waiting and later publish.
+    fn fail(&self, w: &mut Writer, e: &qmesh_log::Error) {
+        let why = e.to_string();
+        warn!(key = %self.key, error = %why, "local log failed: the publisher refuses every publish until restarted");
+        w.failed.get_or_insert_with(|| why.clone());
+        self.commit().failed.get_or_insert(why);
+        self.committed.notify_all();
+    }
+
+    /// Syncs everything appended so far, by every caller: written out under the writer lock, fsynced without it
+    /// (callers go on appending for the next group), then made visible up to what the fsync covered.
+    fn sync_all(&self) -> Result<Position, qmesh_log::Error> {
+        let writer = || self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let point = {
+            let mut w = writer();
+            match w.log.begin_sync() {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(&mut w, &e);
+                    return Err(e);
+                }
+            }
+        };
+        let fsynced = point.fsync(&self.handle);
+        let mut w = writer();
+        let r = w.log.finish_sync(point, fsynced);
+        if let Err(e) = &r {
+            self.fail(&mut w, e);
+        }
+        r
+    }
+
+    /// Waits until the local log is durable up to `end` (the position after a caller's last append), syncing it
+    /// for every caller when nobody else is ([group commit](self#group-commit)).
+    fn wait_durable(&self, end: u64) -> Result<(), PublisherError> {
+        let mut c = self.commit();
+        loop {
+            if c.durable >= end {
+                return Ok(());
+            }
+            if let Some(why) = &c.failed {
+                return Err(qmesh_log::Error::Poisoned(why.clone()).into());
+            }
+            if c.leading {
+                c = self.committed.wait(c).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            c.leading = true;
+            drop(c);
+            let synced = self.sync_all();
+            c = self.commit();
+            c.leading = false;
+            c.syncs += 1;
+            if let Ok(latest) = &synced {
+                c.durable = c.durable.max(latest.as_u64());
+                self.latest.send_replace(c.durable);
+            }
+            self.committed.notify_all();
+            synced?;
+        }
     }
 }
 
@@ -422,13 +570,15 @@ async fn ship_loop(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let mut failures = 0u32;
     let mut i = 0usize;
+    // the last local position shipped in this run, on any connection
+    let mut sent = None;
     loop {
         if *stop.borrow() {
             return;
         }
         let addr = inner.cluster[i % inner.cluster.len()].clone();
         i += 1;
-        match ship_once(&inner, &addr, &mut stop).await {
+        match ship_once(&inner, &addr, &mut stop, &mut sent).await {
             Ok(()) => return,
             Err(e) => {
                 failures += 1;
@@ -454,18 +604,24 @@ fn long_answer(k: &K) -> Result<Option<u64>, ShipError> {
     }
 }
 
-/// One connection: handshake, then ship from the node's mark while reading acknowledgements.
+/// One connection: handshake (a rebase if the node's mark is not one of this log's), then ship from the node's
+/// mark while reading acknowledgements. `sent` is the last local position shipped in this run.
 async fn ship_once(
     inner: &Arc<Inner>,
     addr: &str,
     stop: &mut watch::Receiver<bool>,
+    sent: &mut Option<u64>,
 ) -> Result<(), ShipError> {
     let conn = Connection::connect(&Address::parse(addr)?, ClientOptions::default()).await?;
     let (sender, mut receiver) = conn.split();
     let hello = ShipRequest::Hello { stream: inner.stream.clone(), key: inner.key.clone() };
-    let mark = long_answer(
+    let answer = long_answer(
         &sender.call(&hello.to_k()).await?.decode().map_err(|e| ShipError::Unexpected(e.to_string()))?,
     )?;
+    let mark = match ship::resume(answer, inner.session_start.as_u64(), *sent) {
+        ship::Resume::After(m) => m,
+        ship::Resume::Rebase { mark } => rebase(inner, addr, &sender, mark).await?,
+    };
     if let Some(m) = mark {
         inner.acked.send_if_modified(|a| {
             let raise = a.is_none_or(|a| a < m);
@@ -503,7 +659,7 @@ async fn ship_once(
                     }
                     batch.push(e.position.as_u64(), e.raw());
                     if batch.len() >= ship::BATCH_BYTES {
-                        flight_bytes += send(inner, &sender, &mut batch, &mut in_flight)?;
+                        flight_bytes += send(inner, &sender, &mut batch, &mut in_flight, sent)?;
                     }
                 }
                 Some(Item::Event(ev)) => {
@@ -518,7 +674,7 @@ async fn ship_once(
             }
         }
         if !batch.is_empty() {
-            flight_bytes += send(inner, &sender, &mut batch, &mut in_flight)?;
+            flight_bytes += send(inner, &sender, &mut batch, &mut in_flight, sent)?;
         }
         tokio::select! {
             m = receiver.recv() => match m {
@@ -545,6 +701,7 @@ fn send(
     sender: &qmesh_ipc::Sender,
     batch: &mut Batch,
     in_flight: &mut std::collections::VecDeque<(u64, usize)>,
+    sent: &mut Option<u64>,
 ) -> Result<usize, ShipError> {
     let last = batch.last().unwrap_or_default();
     let bytes = batch.take();
@@ -552,7 +709,62 @@ fn send(
     let obj = ship::recs_object(&inner.stream, &inner.key, &bytes);
     sender.send_raw(MsgType::Async, obj)?;
     in_flight.push_back((last, n));
+    *sent = Some(sent.map_or(last, |s| s.max(last)));
     Ok(n)
+}
+
+/// The node holds a mark for this key that this log never shipped (at or beyond this run's session start): the
+/// local log was wiped or replaced. Asks the node to forget it (`.rt.ship.rebase`) and returns the mark to ship
+/// after: none, the whole local log. A refusal ends the connection; the next one says hello again.
+async fn rebase(
+    inner: &Inner,
+    addr: &str,
+    sender: &qmesh_ipc::Sender,
+    mark: u64,
+) -> Result<Option<u64>, ShipError> {
+    let session = inner.session_start;
+    warn!(
+        key = %inner.key, %addr, node_mark = %Position::from_u64(mark), session_start = %session,
+        "the node holds local positions of this publisher up to its mark, at or beyond this run's first position: \
+         the local log directory was wiped or replaced; asking the node to forget the mark (rebase) and shipping the \
+         whole local log"
+    );
+    // records of earlier runs: published away from the node since the wipe, or a restored older copy of the log
+    // (whose records the node held: they arrive twice)
+    let mut r = inner.handle.reader(Start::Oldest)?;
+    while let Some(item) = r.next()? {
+        if let Item::Entry(e) = item {
+            if e.position < session {
+                warn!(
+                    key = %inner.key, first = %e.position,
+                    "the local log holds records of earlier runs: they are shipped too (if it is a restored copy of \
+                     an older log, the ones the node already held are duplicated)"
+                );
+            }
+            break;
+        }
+    }
+    let req = ShipRequest::Rebase {
+        stream: inner.stream.clone(),
+        key: inner.key.clone(),
+        mark,
+        session: session.as_u64(),
+    };
+    let answer = match sender.call(&req.to_k()).await {
+        Ok(m) => long_answer(&m.decode().map_err(|e| ShipError::Unexpected(e.to_string()))?)?,
+        Err(qmesh_ipc::IpcError::Remote(why)) => {
+            warn!(key = %inner.key, %addr, reason = %why, "the node refused the rebase; saying hello again");
+            return Err(ShipError::Unexpected(format!("rebase refused: {why}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match answer {
+        None => {
+            warn!(key = %inner.key, %addr, "the node forgot this publisher's mark: shipping the whole local log");
+            Ok(None)
+        }
+        Some(m) => Err(ShipError::Unexpected(format!("rebase answered a mark {m}, not 0N"))),
+    }
 }
 
 /// Records an acknowledgement and truncates acknowledged rolled local segments.
@@ -578,5 +790,74 @@ fn acked(inner: &Inner, pos: u64) {
             Ok(_) => {}
             Err(e) => warn!(key = %inner.key, error = %e, "cannot truncate acknowledged local segments"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_callers_get_ordered_positions_and_every_message_is_durable() {
+        const THREADS: i64 = 8;
+        const EACH: i64 = 100;
+        let path = std::env::temp_dir().join(format!("qmesh-pub-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let mut cfg = PublisherConfig::new("s");
+        cfg.path = path.clone();
+        cfg.publisher_id = Some("t".into());
+        cfg.hostname = "h".into();
+        // small segments: the log rolls while callers wait for their sync
+        cfg.segment_size = 8 << 10;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let p = rt.block_on(Publisher::start(cfg.clone())).expect("start");
+        let got: Vec<Vec<(Position, i64, i64)>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let p = &p;
+                    s.spawn(move || {
+                        (0..EACH)
+                            .map(|i| {
+                                let pos = p.publish(&K::list(vec![K::long(t), K::long(i)])).expect("publish");
+                                // durable, so visible to readers, when publish returns
+                                assert!(pos < p.local_log().latest_position(), "{pos} not synced");
+                                (pos, t, i)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        for mine in &got {
+            assert!(mine.windows(2).all(|w| w[0].0 < w[1].0), "a caller's positions are not ordered");
+        }
+        let all: std::collections::BTreeMap<u64, (i64, i64)> =
+            got.iter().flatten().map(|&(pos, t, i)| (pos.as_u64(), (t, i))).collect();
+        assert_eq!(all.len() as i64, THREADS * EACH, "positions handed out twice");
+        assert!(p.syncs() >= 1 && p.syncs() <= (THREADS * EACH) as u64);
+        assert!(p.local_log().segments().len() > 2, "the log did not roll");
+        rt.block_on(p.close());
+        // everything is in the log after a reopen, at the positions publish returned
+        let (log, _) =
+            Log::open(cfg.dir(), LogOptions { segment_size: 8 << 10, durability: Durability::Always })
+                .expect("reopen");
+        let mut r = log.reader(Start::Oldest).expect("reader");
+        let mut found = std::collections::BTreeMap::new();
+        while let Some(item) = r.next().expect("read") {
+            if let Item::Entry(e) = item {
+                let k = RawObject::new(bytes::Bytes::copy_from_slice(e.payload()), true)
+                    .decode()
+                    .expect("decode");
+                let K::List(_, v) = k else { panic!("{k:?}") };
+                let (K::Atom(Atom::Long(t)), K::Atom(Atom::Long(i))) = (&v[0], &v[1]) else {
+                    panic!("{v:?}")
+                };
+                found.insert(e.position.as_u64(), (*t, *i));
+            }
+        }
+        assert_eq!(found, all);
+        drop(log);
+        std::fs::remove_dir_all(&path).expect("clean");
     }
 }

@@ -21,6 +21,30 @@
 //! duplicated. A publisher's local positions only grow (a new session per start), which is what makes one mark per
 //! key enough.
 //!
+//! ## Rebase: a publisher whose local log was wiped or replaced
+//!
+//! ```q
+//! h(`.rt.ship.rebase;`trades;`pub_a.host1.trades;17592186044600;17592186044416) / sync: forget the mark
+//! 0N                                                     / the mark is forgotten, durably: ship everything
+//! ```
+//!
+//! A publisher whose directory was deleted or replaced (an operator wiped it, a new disk, a container without a
+//! volume) starts again at a low session, so its new local positions may be at or below the node's mark for its key:
+//! both sides would take them for records the node holds, and they would be lost. A normal restart always starts a
+//! session above every position the node can hold for the key (a log that lost only its unsynced tail under a
+//! weaker durability too: its new session is still above the lost records), so the publisher tells this case at the
+//! handshake ([`resume`]): the node's mark is at or beyond the start of the publisher's current session, and beyond
+//! anything it shipped in this run. It then sends `.rt.ship.rebase` with the mark it was told and its session's
+//! first position, and ships its whole local log once the node answers `0N`. The node, on its writer thread (after
+//! the batches queued before it), refuses the request (`'bad request`: the publisher says hello again) unless the
+//! key's mark is exactly the one the publisher was told (nothing was shipped for the key in between) and at or
+//! beyond that session start; otherwise it forgets the mark, stores its watermarks file at once (so that a
+//! restart, which raises marks only from the records after the file's position, does not raise it back from the old
+//! records), logs a warning and counts it. Records the wiped log had not shipped are lost with it; a log restored
+//! from an older copy of itself is shipped whole again (its old records are duplicated); a log wiped and then
+//! restarted so often, away from the node, that its session passes the old mark is not seen (its records at or
+//! below the mark are skipped).
+//!
 //! # Node → subscriber
 //!
 //! ```q
@@ -76,6 +100,9 @@ pub const RAW: &str = ".rt.ship.raw";
 /// `` (`.rt.ship.badtail;`stream;at;next) ``: pushed to a subscriber: the node's record at `at` is corrupt, the
 /// copy continues at `next` (the next roll's start).
 pub const BADTAIL: &str = ".rt.ship.badtail";
+/// `` h(`.rt.ship.rebase;`stream;`key;mark;session) ``: a publisher whose local log was wiped asks the node to
+/// forget its mark; answers `0N` (see [Rebase](self#rebase-a-publisher-whose-local-log-was-wiped-or-replaced)).
+pub const REBASE: &str = ".rt.ship.rebase";
 
 /// Bytes of records a shipper puts in one batch before sending it (a single larger record still goes alone).
 /// Large enough that one batch's fsync is shared by thousands of 100-byte messages, small enough to bound the
@@ -97,6 +124,9 @@ pub enum ShipRequest {
     Recs { stream: String, key: String, batch: Bytes },
     /// A subscriber's copy request.
     Pull { stream: String, from: From },
+    /// A publisher whose local log was wiped: forget `key`'s mark, which must be `mark` and at or beyond `session`
+    /// (the first position of the publisher's current session).
+    Rebase { stream: String, key: String, mark: u64, session: u64 },
 }
 
 /// What the node pushes back on a shipping connection.
@@ -188,6 +218,19 @@ impl ShipRequest {
                 };
                 Ok(ShipRequest::Pull { stream: name(&args[0], "the stream", stream_max)?, from })
             }),
+            b".rt.ship.rebase" => arity(4).and_then(|()| {
+                let pos = |raw: &RawObject, what: &str| {
+                    long_of(raw).and_then(|j| u64::try_from(j).ok()).ok_or_else(|| {
+                        bad(format!(".rt.ship.rebase: {what} is a position (a non-negative long)"))
+                    })
+                };
+                Ok(ShipRequest::Rebase {
+                    stream: name(&args[0], "the stream", stream_max)?,
+                    key: name(&args[1], "the publisher key", MAX_KEY_BYTES)?,
+                    mark: pos(&args[2], "the mark")?,
+                    session: pos(&args[3], "the session start")?,
+                })
+            }),
             _ => return None,
         };
         Some(r)
@@ -211,6 +254,13 @@ impl ShipRequest {
                     From::Latest => K::sym("latest"),
                     From::Position(p) => K::long(*p),
                 },
+            ]),
+            ShipRequest::Rebase { stream, key, mark, session } => K::list(vec![
+                K::sym(REBASE),
+                K::sym(stream),
+                K::sym(key),
+                K::long(*mark as i64),
+                K::long(*session as i64),
             ]),
         }
     }
@@ -399,6 +449,30 @@ pub fn records(batch: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), BatchE
     })
 }
 
+/// What a publisher does with the node's answer to its handshake ([`resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Ship the records after the node's mark (everything when `None`).
+    After(Option<u64>),
+    /// The mark is not one of this log's: ask the node to forget it ([`REBASE`]), then ship everything.
+    Rebase {
+        /// The mark the node answered, which the rebase names.
+        mark: u64,
+    },
+}
+
+/// Decides, from the node's mark for the publisher's key (`.rt.ship.hello`'s answer), where shipping resumes.
+/// `session` is the first position of the publisher's current session (every start begins a new one, above
+/// every position of its earlier sessions); `sent` is the last local position it shipped in this run (`None`:
+/// nothing yet). A mark at or beyond `session` and beyond `sent` names a position this log never shipped: the log
+/// was wiped or replaced, and the publisher rebases (see [Rebase](self#rebase-a-publisher-whose-local-log-was-wiped-or-replaced)).
+pub fn resume(mark: Option<u64>, session: u64, sent: Option<u64>) -> Resume {
+    match mark {
+        Some(m) if m >= session && sent.is_none_or(|s| m > s) => Resume::Rebase { mark: m },
+        m => Resume::After(m),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,5 +562,59 @@ mod tests {
         )
         .expect("encode");
         assert_eq!(ShipRequest::parse(&Message::from_frame(frame, u64::MAX).expect("f")), None);
+    }
+
+    #[test]
+    fn rebase_round_trips_and_refuses_bad_positions() {
+        let r = ShipRequest::Rebase {
+            stream: "s".into(),
+            key: "a.h.s".into(),
+            mark: (1 << 44) + 99,
+            session: 1 << 44,
+        };
+        let frame = Message::encode(MsgType::Sync, &r.to_k(), EncodeOptions::default()).expect("encode");
+        let m = Message::from_frame(frame, u64::MAX).expect("frame");
+        assert_eq!(ShipRequest::parse(&m), Some(Ok(r)));
+        for bad in [
+            vec![K::sym(REBASE), K::sym("s"), K::sym("k"), K::long(-1), K::long(0)],
+            vec![K::sym(REBASE), K::sym("s"), K::sym("k"), K::long(5), K::Atom(Atom::Int(0))],
+            vec![K::sym(REBASE), K::sym("s"), K::sym("k"), K::long(5)],
+        ] {
+            let frame = Message::encode(MsgType::Sync, &K::list(bad), EncodeOptions::default()).expect("e");
+            let m = Message::from_frame(frame, u64::MAX).expect("frame");
+            assert!(matches!(ShipRequest::parse(&m), Some(Err(_))));
+        }
+    }
+
+    #[test]
+    fn a_mark_this_log_never_shipped_is_rebased() {
+        let session = |n: u64| n << 44;
+        // a first start, or a node that holds nothing of the key
+        assert_eq!(resume(None, session(1), None), Resume::After(None));
+        // a normal restart: every position the node holds is below the new session
+        assert_eq!(resume(Some(session(3) + 500), session(4), None), Resume::After(Some(session(3) + 500)));
+        // a log that lost its unsynced tail still starts above what the node holds
+        assert_eq!(resume(Some(session(2) + 9000), session(3), None), Resume::After(Some(session(2) + 9000)));
+        // a reconnect in the same run: the node holds what this run shipped
+        assert_eq!(
+            resume(Some(session(4) + 80), session(4), Some(session(4) + 160)),
+            Resume::After(Some(session(4) + 80))
+        );
+        assert_eq!(
+            resume(Some(session(4) + 160), session(4), Some(session(4) + 160)),
+            Resume::After(Some(session(4) + 160))
+        );
+        // a wiped log starts again at session 1, at or below the old mark
+        assert_eq!(
+            resume(Some(session(1) + 4000), session(1), None),
+            Resume::Rebase { mark: session(1) + 4000 }
+        );
+        assert_eq!(resume(Some(session(1)), session(1), None), Resume::Rebase { mark: session(1) });
+        assert_eq!(resume(Some(session(6)), session(1), None), Resume::Rebase { mark: session(6) });
+        // beyond anything this run shipped (its first connection ended before the rebase was answered)
+        assert_eq!(
+            resume(Some(session(1) + 4000), session(1), Some(session(1) + 80)),
+            Resume::Rebase { mark: session(1) + 4000 }
+        );
     }
 }

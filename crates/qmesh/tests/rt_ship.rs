@@ -317,3 +317,84 @@ async fn subscriber_restarts_from_its_position_while_the_node_is_down() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// The node's mark for publisher `key` (`.rt.ship.hello`'s answer; `None`: it holds nothing of the key).
+async fn ship_mark(port: u16, key: &str) -> Option<u64> {
+    let c = common::rt::connect(port).await.unwrap();
+    let j = common::rt::call_long(&c, qmesh_rt::ship::HELLO, vec![K::sym(key)]).await;
+    (j != qmesh_codec::nulls::LONG_NULL).then_some(j as u64)
+}
+
+/// The node's `/api/streams`.
+async fn streams_view(n: &Process) -> serde_json::Value {
+    let (status, body) = common::http_get(n.addr("http"), "/api/streams").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Runs `qmesh rt publish` for publisher `W` from id `first` to `to` until the node acknowledged everything.
+async fn publish_ids(logs: &std::path::Path, port: u16, first: usize, to: usize) {
+    let first = first.to_string();
+    let child = common::rt::publisher_with(logs, port, "W", to, 0, &["--first-id", first.as_str()]);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "publisher failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("acked {to}")), "{stdout}");
+}
+
+/// Reads the node's whole stream: publisher `W`'s ids must be 1..=`total`, once each, in order, and nothing after.
+async fn assert_every_id_once(port: u16, total: usize) {
+    let mut sub = Subscriber::connect(&format!("127.0.0.1:{port}"), "s", From::Start).await.unwrap();
+    let mut after = 0;
+    for want in 1..=total as i64 {
+        let Ok(d) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await else {
+            panic!("no message after id {} of {total}", want - 1);
+        };
+        let d = d.unwrap().unwrap();
+        let Delivery::Message { value, pos, .. } = d else { panic!("unexpected event {d:?}") };
+        let K::List(_, items) = value else { panic!("{value:?}") };
+        let (K::Atom(Atom::Symbol(key)), K::Atom(Atom::Long(id))) = (&items[0], &items[1]) else { panic!() };
+        assert_eq!((key.as_ref(), *id), (&b"W"[..], want), "a message lost, repeated or out of order");
+        after = pos;
+    }
+    assert_eq!(latest(port).await, Some(after), "the node holds more than the published messages");
+}
+
+/// A publisher whose local log directory is deleted starts again at a low session, at or below the node's mark for
+/// its key. It rebases (the node forgets the mark, durably) and every message of its new log reaches the node once;
+/// a node restart (SIGKILL) after the rebase neither raises the old mark back nor loses or repeats a message, and a
+/// normal publisher restart after it does not rebase again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_whose_directory_was_wiped_rebases_and_loses_nothing() {
+    let dir = tmpdir("wipe-node");
+    let logs = tmpdir("wipe-pubs");
+    let mut n = node(&dir, 0);
+    let port = n.port("ipc");
+    let key = format!("W.{}.s", qmesh_process::host_name());
+    // first life: more messages than the second, so the old mark is above everything the second ships
+    let (first, second, third) = (3000, 1000, 500);
+    publish_ids(&logs, port, 1, first).await;
+    let old = ship_mark(port, &key).await.expect("a mark");
+    std::fs::remove_dir_all(logs.join(&key)).unwrap();
+    publish_ids(&logs, port, first + 1, first + second).await;
+    let new = ship_mark(port, &key).await.expect("a mark");
+    assert!(new < old, "the new life's mark {new} is not below the old {old}");
+    // what /api/streams shows of the publisher: its mark and its rebases since the node started
+    let shipping = |v: serde_json::Value| v["streams"]["s"]["shipping"][&key].clone();
+    assert_eq!(shipping(streams_view(&n).await), serde_json::json!({"mark": new, "rebases": 1}));
+    assert_every_id_once(port, first + second).await;
+
+    // the node dies at once after the rebase: its restart recovers the new mark, not the old one
+    n.kill();
+    n = node(&dir, port);
+    assert_eq!(ship_mark(port, &key).await, Some(new));
+    assert_every_id_once(port, first + second).await;
+    // a normal restart of the publisher ships what is new, without a rebase
+    publish_ids(&logs, port, first + second + 1, first + second + third).await;
+    assert_eq!(shipping(streams_view(&n).await)["rebases"], 0);
+    assert_every_id_once(port, first + second + third).await;
+    drop(n);
+    for d in [dir, logs] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

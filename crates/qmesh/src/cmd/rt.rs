@@ -90,6 +90,9 @@ pub struct PublishArgs {
     /// The last message id to publish; ids run from one after the last id in the local log (or 1).
     #[arg(long)]
     pub to: i64,
+    /// The first message id, instead of one after the last id in the local log.
+    #[arg(long)]
+    pub first_id: Option<i64>,
     /// Messages per local write (one fsync each).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -256,7 +259,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     cfg.durability = args.durability;
     cfg.segment_size = args.segment_bytes;
     let p = Publisher::start(cfg).await?;
-    let first = p.last_id().map_or(1, |d| d as i64 + 1);
+    let first = args.first_id.unwrap_or_else(|| p.last_id().map_or(1, |d| d as i64 + 1));
     let mut out = std::io::stdout().lock();
     writeln!(out, "publishing {} from {first} to {}", p.key(), args.to)?;
     out.flush()?;

@@ -49,10 +49,16 @@ pub fn node(dir: &Path, port: u16, segment: &str, extra: &[&str]) -> Process {
 
 /// `qmesh rt publish`: publisher `id` publishes `(`id;n)` up to n = `to`, at most `rate` messages a second.
 pub fn publisher(path: &Path, port: u16, id: &str, to: usize, rate: usize) -> Child {
+    publisher_with(path, port, id, to, rate, &[])
+}
+
+/// [`publisher`] with more flags (`--first-id N`).
+pub fn publisher_with(path: &Path, port: u16, id: &str, to: usize, rate: usize, extra: &[&str]) -> Child {
     Command::new(bin())
         .args(["rt", "publish", "--stream", "s", "--cluster", &format!("127.0.0.1:{port}")])
         .args(["--path", path.to_str().unwrap(), "--publisher-id", id, "--to", &to.to_string()])
         .args(["--batch", "200", "--segment-bytes", "1MiB", "--rate", &rate.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
