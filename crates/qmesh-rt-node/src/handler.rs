@@ -9,7 +9,7 @@ use qmesh_log::{Position, Reader, Start};
 use qmesh_process::{Action, ErrorKind, WireError};
 use qmesh_rt::ship::ShipRequest;
 use qmesh_rt::{From, Request, RequestError, SubOptions};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::NodeMetrics;
 use crate::stream::{Append, Rebase, Reply, ShipBatch, Stream};
@@ -27,6 +27,16 @@ pub struct Node {
     pub(crate) host: String,
     /// `--permissions`: who may publish or subscribe to which stream.
     pub(crate) permissions: Option<qmesh_process::Permissions>,
+    /// The connection shipping each publisher key, by (stream, key), with its session's first position: one at a
+    /// time ([`qmesh_rt::ship`]).
+    pub(crate) shippers: Mutex<HashMap<(String, String), Shipper>>,
+}
+
+/// The connection that shipped a publisher key last, and the session it named.
+#[derive(Debug, Clone)]
+pub(crate) struct Shipper {
+    pub(crate) session: u64,
+    pub(crate) peer: Peer,
 }
 
 impl Node {
@@ -215,8 +225,11 @@ impl Node {
             p.check(peer.user(), action, [stream.as_str()])?;
         }
         match req {
-            ShipRequest::Hello { stream, key } => {
+            ShipRequest::Hello { stream, key, session } => {
                 let s = self.stream(&stream)?;
+                if let Some(session) = session {
+                    self.claim_key(peer, &stream, &key, session)?;
+                }
                 let mark = s.ship_mark(&key);
                 debug!(conn = %peer.id(), stream, key, ?mark, "publisher ships its log");
                 Ok(Some(K::long(mark.map_or(qmesh_codec::nulls::LONG_NULL, |m| m as i64))))
@@ -263,6 +276,38 @@ impl Node {
                 Ok(Some(K::long(qmesh_codec::nulls::LONG_NULL)))
             }
         }
+    }
+
+    /// Makes `peer` the one connection shipping `key` on `stream` (see [`qmesh_rt::ship`]): refused while another
+    /// open connection ships it from the same or a newer session; a newer session takes over and closes the old
+    /// connection.
+    fn claim_key(&self, peer: &Peer, stream: &str, key: &str, session: u64) -> Result<(), WireError> {
+        let mut shippers = self.shippers.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = (stream.to_string(), key.to_string());
+        if let Some(old) = shippers.get(&slot)
+            && old.peer.id() != peer.id()
+            && !old.peer.is_closed()
+        {
+            if old.session >= session {
+                warn!(conn = %peer.id(), remote = %peer.info().remote, stream, key, session,
+                    other = %old.peer.id(), other_remote = %old.peer.info().remote, other_session = old.session,
+                    "refused a second publisher shipping the same key");
+                return Err(WireError::with_detail(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "publisher {key} is already shipping from {} (session {} >= {session}): publisher ids \
+                         must be unique per host and stream (another publisher with this id and another path?)",
+                        old.peer.info().remote,
+                        old.session
+                    ),
+                ));
+            }
+            info!(conn = %peer.id(), stream, key, session, old = %old.peer.id(), old_session = old.session,
+                "a newer session of a publisher takes over its key; the older connection is closed");
+            old.peer.abort();
+        }
+        shippers.insert(slot, Shipper { session, peer: peer.clone() });
+        Ok(())
     }
 
     /// The default origin: the connection's user name, else this host.
@@ -353,5 +398,6 @@ impl Handler for NodeHandler {
 
     async fn on_close(&self, peer: &Peer) {
         let _ = self.0.control(peer.id(), None, SubCtl::stop, true);
+        self.0.shippers.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.peer.id() != peer.id());
     }
 }

@@ -250,6 +250,7 @@ pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
         metrics: node_metrics,
         host: host_name(),
         permissions: shell.permissions(),
+        shippers: Mutex::new(HashMap::new()),
     });
     Ok(Bound { config, node, shell })
 }

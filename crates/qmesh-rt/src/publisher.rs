@@ -614,7 +614,11 @@ async fn ship_once(
 ) -> Result<(), ShipError> {
     let conn = Connection::connect(&Address::parse(addr)?, ClientOptions::default()).await?;
     let (sender, mut receiver) = conn.split();
-    let hello = ShipRequest::Hello { stream: inner.stream.clone(), key: inner.key.clone() };
+    let hello = ShipRequest::Hello {
+        stream: inner.stream.clone(),
+        key: inner.key.clone(),
+        session: Some(inner.session_start.as_u64()),
+    };
     let answer = long_answer(
         &sender.call(&hello.to_k()).await?.decode().map_err(|e| ShipError::Unexpected(e.to_string()))?,
     )?;

@@ -5,7 +5,8 @@
 //! # Publisher → node
 //!
 //! ```q
-//! h(`.rt.ship.hello;`trades;`pub_a.host1.trades)        / sync: where to resume, by the publisher's own positions
+//! h(`.rt.ship.hello;`trades;`pub_a.host1.trades;17592186044416) / sync: where to resume; the last argument
+//!                                                        / (optional) is the first position of the publisher's session
 //! 17592186044516                                         / the last local position the node holds (0N: none)
 //! neg[h](`.rt.ship.recs;`trades;`pub_a.host1.trades;0x…) / async: a batch of local records
 //! / the node, once the batch is durable in its merged log:
@@ -20,6 +21,12 @@
 //! after any disconnect or crash the publisher resends from the node's answer and nothing acknowledged is lost or
 //! duplicated. A publisher's local positions only grow (a new session per start), which is what makes one mark per
 //! key enough.
+//!
+//! One connection at a time ships a key. A hello that names its session is refused while another open connection
+//! ships the same key from the same or a newer session (two publishers with one id — the same `publisher_id` on
+//! one host with another `path` — would otherwise interleave their positions under one mark, and the node would
+//! drop one's records as already held); a newer session (the publisher restarted while the node still holds its
+//! old connection) takes over and the old connection is closed.
 //!
 //! ## Rebase: a publisher whose local log was wiped or replaced
 //!
@@ -87,7 +94,8 @@ use qmesh_log::format::{MAX_RECORD_LEN, RECORD_PREFIX_LEN, record_len};
 
 use crate::request::{From, RequestError};
 
-/// `` h(`.rt.ship.hello;`stream;`key) ``: a publisher's handshake; answers the last local position held (`0N`).
+/// `` h(`.rt.ship.hello;`stream;`key;session) ``: a publisher's handshake (`session` optional); answers the last local
+/// position held (`0N`: none).
 pub const HELLO: &str = ".rt.ship.hello";
 /// `` neg[h](`.rt.ship.recs;`stream;`key;bytes) ``: a batch of a publisher's local records.
 pub const RECS: &str = ".rt.ship.recs";
@@ -118,8 +126,10 @@ pub const MAX_KEY_BYTES: usize = qmesh_log::MAX_SYMBOL_LEN;
 /// A shipping request the node receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShipRequest {
-    /// A publisher's handshake.
-    Hello { stream: String, key: String },
+    /// A publisher's handshake. `session` (optional third argument) is the first position of the publisher's
+    /// current session: the node lets one connection at a time ship a key, and a newer session (a restarted
+    /// publisher) takes over from an older one, while an older or equal one is refused.
+    Hello { stream: String, key: String, session: Option<u64> },
     /// A publisher's batch.
     Recs { stream: String, key: String, batch: Bytes },
     /// A subscriber's copy request.
@@ -195,10 +205,16 @@ impl ShipRequest {
             }
         };
         let r = match f.as_slice() {
-            b".rt.ship.hello" => arity(2).and_then(|()| {
+            b".rt.ship.hello" => (if args.len() == 3 { Ok(()) } else { arity(2) }).and_then(|()| {
+                let session = match args.get(2).map(RawObject::decode) {
+                    None => None,
+                    Some(Ok(K::Atom(Atom::Long(p)))) if p >= 0 => Some(p as u64),
+                    Some(_) => return Err(bad(".rt.ship.hello: the session is a position (a long)")),
+                };
                 Ok(ShipRequest::Hello {
                     stream: name(&args[0], "the stream", stream_max)?,
                     key: name(&args[1], "the publisher key", MAX_KEY_BYTES)?,
+                    session,
                 })
             }),
             b".rt.ship.recs" => arity(3).and_then(|()| {
@@ -239,7 +255,11 @@ impl ShipRequest {
     /// The message a client sends for this request (`Recs` keeps the batch as one byte vector).
     pub fn to_k(&self) -> K {
         match self {
-            ShipRequest::Hello { stream, key } => K::list(vec![K::sym(HELLO), K::sym(stream), K::sym(key)]),
+            ShipRequest::Hello { stream, key, session } => {
+                let mut items = vec![K::sym(HELLO), K::sym(stream), K::sym(key)];
+                items.extend(session.map(|p| K::long(p as i64)));
+                K::list(items)
+            }
             ShipRequest::Recs { stream, key, batch } => K::list(vec![
                 K::sym(RECS),
                 K::sym(stream),
@@ -522,7 +542,8 @@ mod tests {
             }))
         );
         for r in [
-            ShipRequest::Hello { stream: "s".into(), key: "k".into() },
+            ShipRequest::Hello { stream: "s".into(), key: "k".into(), session: None },
+            ShipRequest::Hello { stream: "s".into(), key: "k".into(), session: Some(1 << 44) },
             ShipRequest::Pull { stream: "s".into(), from: From::Latest },
             ShipRequest::Pull { stream: "s".into(), from: From::Start },
             ShipRequest::Pull { stream: "s".into(), from: From::Position(5) },

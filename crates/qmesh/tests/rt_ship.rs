@@ -398,3 +398,74 @@ async fn a_publisher_whose_directory_was_wiped_rebases_and_loses_nothing() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Two publishers with one id (the same `publisher_id` on one host, another `path`): the second's handshake is
+/// refused while the first ships, so their positions never share one mark; once the first stops, the second
+/// ships its whole log. Every message of both arrives once. (Without the guard the second rebases the first's mark
+/// away, the first raises it past the second's positions, and the second's later messages are dropped as held.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_publishers_with_one_id_lose_none_of_each_others_messages() {
+    use qmesh_rt::publisher::{Publisher, PublisherConfig};
+    let dir = tmpdir("dupid-node");
+    let (pa, pb) = (tmpdir("dupid-a"), tmpdir("dupid-b"));
+    let n = node(&dir, 0);
+    let port = n.port("ipc");
+    let cfg = |path: &PathBuf| {
+        let mut c = PublisherConfig::new("s");
+        c.path = path.clone();
+        c.publisher_id = Some("D".into());
+        c.cluster = vec![format!("127.0.0.1:{port}")];
+        c
+    };
+    let msg = |who: &str, i: i64| K::list(vec![K::sym(who), K::long(i)]);
+    let a = Publisher::start(cfg(&pa)).await.unwrap();
+    for i in 1..=10 {
+        a.publish(&msg("A", i)).unwrap();
+    }
+    a.flush().await.unwrap();
+    let b = Publisher::start(cfg(&pb)).await.unwrap();
+    for i in 1..=5 {
+        b.publish(&msg("B", i)).unwrap();
+    }
+    // the first goes on undisturbed while the second is refused
+    for i in 11..=20 {
+        a.publish(&msg("A", i)).unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), a.flush()).await.expect("A acknowledged").unwrap();
+    for i in 6..=10 {
+        b.publish(&msg("B", i)).unwrap();
+    }
+    a.close().await;
+    tokio::time::timeout(Duration::from_secs(30), b.flush())
+        .await
+        .expect("B acknowledged once A stopped")
+        .unwrap();
+    b.close().await;
+
+    let end = latest(port).await.expect("a latest position");
+    let mut sub = Subscriber::connect(&format!("127.0.0.1:{port}"), "s", From::Start).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("a message")
+            .unwrap()
+            .unwrap();
+        let Delivery::Message { value, pos, .. } = d else { panic!("unexpected event {d:?}") };
+        let K::List(_, items) = value else { panic!("{value:?}") };
+        let (K::Atom(Atom::Symbol(who)), K::Atom(Atom::Long(i))) = (&items[0], &items[1]) else { panic!() };
+        got.push((String::from_utf8_lossy(who).into_owned(), *i));
+        if pos == end {
+            break;
+        }
+    }
+    got.sort();
+    let mut want: Vec<(String, i64)> = (1..=20).map(|i| ("A".to_string(), i)).collect();
+    want.extend((1..=10).map(|i| ("B".to_string(), i)));
+    want.sort();
+    assert_eq!(got, want, "every message of both publishers, once");
+    drop(n);
+    for d in [dir, pa, pb] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
