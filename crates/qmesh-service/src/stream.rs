@@ -40,6 +40,17 @@
 //! the messages after `P` are delivered from the local copy — while the
 //! node is down too — and the copy then grows from where it ends.
 //!
+//! # One service per data directory; a stream the node hosts
+//!
+//! `DIR` is locked ([`DATA_LOCK_FILE`]) before the snapshot is loaded: a
+//! second service started on it exits at once, naming the first's pid,
+//! rather than serve a snapshot it cannot keep up. Before serving, the
+//! node is asked whether it hosts the stream ([`qmesh_rt::probe`]): a
+//! definite `'unknown stream` stops the service at start; a node that is
+//! down does not (the snapshot and the copy serve), and it is asked again
+//! in the background until it answers, `'unknown stream` then stopping the
+//! service with that error.
+//!
 //! # The node going away
 //!
 //! Delivery does not stop: the copy serves what it holds and its copying

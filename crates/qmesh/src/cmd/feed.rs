@@ -29,7 +29,8 @@ pub struct Args {
     /// The stream node (`host:port`, `:host:port:user:password`); several, comma-separated, are tried in turn.
     #[arg(long, env = "QMESH_RT", value_delimiter = ',', required = true, value_parser = parse_address)]
     pub rt: Vec<String>,
-    /// The stream to publish to.
+    /// The stream to publish to. The feed starts while the node is down; a node answering that it has no such
+    /// stream stops it (exit 1).
     #[arg(long, env = "QMESH_STREAM")]
     pub stream: String,
     /// Messages per second, on average.

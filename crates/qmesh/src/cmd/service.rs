@@ -2,7 +2,9 @@
 //! with `--rt HOST:PORT --stream NAME [--data DIR]` its tables are fed from
 //! a stream through a log-shipping subscriber (a local copy of the node's
 //! log under `DATA/rt/STREAM`) and kept in a snapshot (see
-//! `qmesh_service::stream`).
+//! `qmesh_service::stream`); DATA is locked while it runs, and a stream
+//! the node does not host is an error (exit 1), at start or once a node
+//! that was down answers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,14 +67,16 @@ pub struct Args {
     /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_DISCOVERY")]
     pub discovery: Option<String>,
-    /// Feed the tables from this stream node (`host:port`, `:host:port:user:password`); needs --stream.
+    /// Feed the tables from this stream node (`host:port`, `:host:port:user:password`); needs --stream. The service
+    /// starts while the node is down; a node answering that it has no such stream stops it (exit 1).
     #[arg(long, env = "QMESH_RT", requires = "stream", conflicts_with_all = ["load", "demo"], value_parser = parse_address)]
     pub rt: Option<String>,
     /// The stream to apply (`upd;table;data` messages) from the --rt node.
     #[arg(long, env = "QMESH_STREAM", requires = "rt")]
     pub stream: Option<String>,
     /// Directory of the stream-fed tables' snapshot and position, and of the subscriber's local copy of the stream
-    /// (`DATA/rt/STREAM`; none: a temporary copy, and every start replays the stream from its start).
+    /// (`DATA/rt/STREAM`; none: a temporary copy, and every start replays the stream from its start). Locked while
+    /// the service runs: a second service on it refuses to start.
     #[arg(long, env = "QMESH_DATA", requires = "rt")]
     pub data: Option<PathBuf>,
     /// Time between snapshots of the stream-fed tables (written only when something changed; also at shutdown).
