@@ -423,7 +423,7 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
             position = report.position,
             "the node acknowledged every message published"
         );
-    } else {
+    } else if refused.is_none() {
         warn!(
             dir = %publisher.dir().display(),
             unacknowledged = left,
