@@ -32,6 +32,7 @@
 //! | `unsupported type` | a type with no exact mapping on the other side | 422 |
 //! | `shutting down` | the component is stopping | 503 |
 //! | `internal` | anything else (a bug); the detail says what | 500 |
+//! | `not found` | no such HTTP route (a resource of a known kind has its own word: `unknown table` …) | 404 |
 
 use std::fmt;
 
@@ -83,11 +84,14 @@ pub enum ErrorKind {
     UnknownStream,
     /// A deduplicated message at or below its key's watermark was dropped.
     Duplicate,
+    /// No such HTTP route. A missing thing of a known kind has its own word
+    /// (`unknown table`, `unknown service`, `unknown stream`).
+    NotFound,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics labels and documentation.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::Timeout,
         ErrorKind::QueueFull,
         ErrorKind::UnknownService,
@@ -106,6 +110,7 @@ impl ErrorKind {
         ErrorKind::Internal,
         ErrorKind::UnknownStream,
         ErrorKind::Duplicate,
+        ErrorKind::NotFound,
     ];
 
     /// The word that starts the q error text.
@@ -129,6 +134,7 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::UnknownStream => "unknown stream",
             ErrorKind::Duplicate => "duplicate",
+            ErrorKind::NotFound => "not found",
         }
     }
 
@@ -146,7 +152,8 @@ impl ErrorKind {
             ErrorKind::UnknownService
             | ErrorKind::NoInstance
             | ErrorKind::UnknownTable
-            | ErrorKind::UnknownStream => 404,
+            | ErrorKind::UnknownStream
+            | ErrorKind::NotFound => 404,
             ErrorKind::Duplicate => 409,
             ErrorKind::ServiceError => 422,
             ErrorKind::ServiceDisconnected => 502,

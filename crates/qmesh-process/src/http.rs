@@ -140,8 +140,8 @@ pub async fn serve(
 const MAX_REJECTION_DETAIL_BYTES: usize = 1024;
 
 /// Puts the refusals axum itself writes — a body over the limit (413), JSON
-/// that does not parse, a query string that does not, an unknown route or
-/// method — into the catalog's JSON form `{"error","detail"}` (conventions:
+/// that does not parse, a query string that does not, an unknown route
+/// (`not found`) or method — into the catalog's JSON form `{"error","detail"}` (conventions:
 /// one error form over HTTP), keeping their status. Responses that are
 /// already JSON, and every non-4xx response, pass unchanged.
 async fn catalog_rejections(response: Response) -> Response {
@@ -154,6 +154,7 @@ async fn catalog_rejections(response: Response) -> Response {
         return response;
     }
     let kind = match status {
+        StatusCode::NOT_FOUND => crate::ErrorKind::NotFound,
         StatusCode::PAYLOAD_TOO_LARGE => crate::ErrorKind::MessageTooLarge,
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => crate::ErrorKind::Access,
         _ => crate::ErrorKind::BadRequest,
@@ -164,7 +165,10 @@ async fn catalog_rejections(response: Response) -> Response {
     if detail.is_empty() {
         detail = status.canonical_reason().unwrap_or("refused").to_ascii_lowercase();
     }
-    let mut out = (status, axum::Json(WireError::with_detail(kind, detail).to_json())).into_response();
+    // no detail that only repeats the word (`{"error":"not found","detail":null}`)
+    let error =
+        if detail == kind.word() { WireError::new(kind) } else { WireError::with_detail(kind, detail) };
+    let mut out = (status, axum::Json(error.to_json())).into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());
@@ -433,7 +437,7 @@ mod tests {
         assert!(fail.contains(r#"{"error":"queue full","detail":"FX"}"#), "{fail}");
         let missing = http_get(addr, "/no/such/route").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
-        assert!(missing.contains(r#"{"error":"bad request","detail":"#), "catalog JSON: {missing}");
+        assert!(missing.contains(r#"{"error":"not found","detail":null}"#), "catalog JSON: {missing}");
         let id = http_get(addr, "/api/identity").await;
         assert!(id.starts_with("HTTP/1.1 200"), "{id}");
         assert!(id.contains(r#""name":"t1","kind":"test""#), "{id}");

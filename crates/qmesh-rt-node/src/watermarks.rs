@@ -32,7 +32,14 @@ const FIXED: usize = 24;
 pub enum WatermarkFileError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("{0} is corrupt: {1}")]
+    /// The file fails its checks (the path, what is wrong). The message says how to start anyway and what
+    /// that costs.
+    #[error(
+        "{0} is corrupt: {1}. To start anyway, remove it: the node then rebuilds the dedup watermarks and the \
+         publishers' shipping marks from the records still in the log, so what only archived records held is \
+         lost: a dedup id of an archived record is accepted again, and a publisher whose records were all \
+         archived re-ships what its local log still holds (possible duplicates)"
+    )]
     Corrupt(String, &'static str),
 }
 
@@ -128,6 +135,18 @@ mod tests {
         let b = encode(&marks(), 99);
         let (w, p) = decode(&b, "f").expect("decode");
         assert_eq!((w, p), (marks(), 99));
+    }
+
+    /// The error says which file, what is wrong, how to start anyway and what that costs.
+    #[test]
+    fn the_corrupt_error_says_how_to_start_anyway_and_the_cost() {
+        let mut b = encode(&marks(), 99);
+        b[30] ^= 1;
+        let e = decode(&b, "/d/trades/dedup.watermarks").unwrap_err().to_string();
+        assert!(e.starts_with("/d/trades/dedup.watermarks is corrupt: checksum mismatch. "), "{e}");
+        assert!(e.contains("remove it"), "{e}");
+        assert!(e.contains("rebuilds the dedup watermarks and the publishers' shipping marks"), "{e}");
+        assert!(e.contains("a dedup id of an archived record is accepted again"), "{e}");
     }
 
     #[test]

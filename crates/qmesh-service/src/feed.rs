@@ -57,10 +57,17 @@ use std::time::{Duration, Instant, SystemTime};
 use qmesh_codec::{Attr, K, RawObject, Symbols, Table, Vector};
 use qmesh_process::Shutdown;
 use qmesh_rt::publisher::{Header, Publisher, PublisherConfig, PublisherError};
+use qmesh_rt::{backlog, probe};
 use tracing::{info, warn};
 
 use crate::demo::{DEFAULT_SEED, DEMO_SYMS, Rng};
 use crate::mapping::KDB_EPOCH_DAYS;
+
+/// Longest a stopped feed waits for the node to acknowledge the messages it
+/// has not yet taken before it exits: enough for a connected node to take
+/// the last batches, short enough not to hold up a SIGTERM. What is still
+/// unacknowledged then stays in the local log, and the next start ships it.
+pub const STOP_ACK_WAIT: Duration = Duration::from_secs(3);
 
 /// How often the achieved rate is logged.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -89,6 +96,9 @@ pub enum FeedError {
     Task(String),
     #[error("bad spec: {0}")]
     Spec(String),
+    /// The node answered that it has no such stream: a configuration error, not retried.
+    #[error("{0}")]
+    UnknownStream(#[from] probe::UnknownStream),
 }
 
 /// What the generator makes.
@@ -223,8 +233,11 @@ pub struct FeedConfig {
 /// What a feed did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FeedReport {
-    /// Messages written to the local log.
+    /// Messages published this run: written (and synced) to the local log.
     pub sent: u64,
+    /// How many of them the node acknowledged (holds durably) by the end of
+    /// the run; the rest stay in the local log for the next start.
+    pub acknowledged_messages: u64,
     /// The local log's position of the last message (0: none).
     pub position: u64,
     /// Whether the node acknowledged every message published (`false`: some
@@ -241,15 +254,15 @@ impl FeedReport {
     }
 }
 
-/// Writes `msgs` to the local log as one batch, off the async threads;
-/// returns the local position of the last.
-async fn publish(publisher: &Arc<Publisher>, msgs: Vec<K>) -> Result<u64, FeedError> {
+/// Writes `msgs` (at least one) to the local log as one batch, off the
+/// async threads; returns the local positions of the first and the last.
+async fn publish(publisher: &Arc<Publisher>, msgs: Vec<K>) -> Result<(u64, u64), FeedError> {
     let p = Arc::clone(publisher);
     tokio::task::spawn_blocking(move || {
         let raw: Vec<RawObject> = msgs.iter().map(RawObject::encode).collect();
         let header = Header::default();
         let positions = p.publish_batch(raw.iter().map(|r| (r.bytes().as_ref(), &header)))?;
-        Ok(positions.last().map_or(0, |p| p.as_u64()))
+        Ok((positions.first().map_or(0, |p| p.as_u64()), positions.last().map_or(0, |p| p.as_u64())))
     })
     .await
     .map_err(|e| FeedError::Task(e.to_string()))?
@@ -257,6 +270,20 @@ async fn publish(publisher: &Arc<Publisher>, msgs: Vec<K>) -> Result<u64, FeedEr
 
 /// Publishes until `config.count` messages are acknowledged by the node or
 /// `stop` triggers; a batch being written at `stop` is finished first.
+///
+/// Before the local log is opened the node is asked whether it hosts the
+/// stream ([`qmesh_rt::probe`]): `'unknown stream` fails at once
+/// ([`FeedError::UnknownStream`]), nothing written. A node that cannot be
+/// reached is not an error (the local log is for that): it is asked again
+/// in the background until it answers, and an `'unknown stream` then stops
+/// the feed with the same error (what was published stays in the local
+/// log).
+///
+/// Stopped without `count` (or before the node acknowledged everything),
+/// it waits at most [`STOP_ACK_WAIT`] for the node to take the rest, then
+/// reports how many of this run's messages the node has not acknowledged:
+/// they stay in the local log, and the next start of a feed with the same
+/// `publisher_id` ships them.
 pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedError> {
     if !(config.rate > 0.0 && config.rate.is_finite()) {
         return Err(FeedError::Spec(format!(
@@ -275,6 +302,17 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
     pc.path = config.path.clone();
     pc.publisher_id = Some(config.publisher_id.clone());
     pc.cluster = config.cluster.clone();
+    let role = probe::Role::Publisher { key: pc.dir_name() };
+    // a stream the node does not host is a configuration error; a node that is down is not
+    let mut asking = match probe::ask_once(&config.cluster, &config.stream, &role).await {
+        probe::Answer::Answered => None,
+        probe::Answer::Unknown(e) => return Err(FeedError::UnknownStream(e)),
+        probe::Answer::Unreachable(why) => {
+            warn!(stream = config.stream, error = %why, "the stream node cannot be reached yet; publishing to the local log");
+            let (cluster, stream) = (config.cluster.clone(), config.stream.clone());
+            Some(Box::pin(async move { probe::until_answered(&cluster, &stream, &role).await }))
+        }
+    };
     let publisher = Arc::new(Publisher::start(pc).await?);
     info!(
         key = publisher.key(),
@@ -283,23 +321,42 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
         "feed publishing through its local log"
     );
     let started = Instant::now();
-    let mut report = FeedReport { sent: 0, position: 0, acknowledged: false, elapsed: Duration::ZERO };
+    let mut report = FeedReport {
+        sent: 0,
+        acknowledged_messages: 0,
+        position: 0,
+        acknowledged: false,
+        elapsed: Duration::ZERO,
+    };
+    // the local position of this run's first message
+    let mut first: Option<u64> = None;
     let tick = Duration::from_secs_f64(1.0 / config.rate).clamp(MIN_TICK, MAX_TICK);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut window_at, mut window_sent) = (Instant::now(), 0u64);
     let limit = config.count.unwrap_or(u64::MAX);
+    let mut refused: Option<probe::UnknownStream> = None;
     'outer: while report.sent < limit {
         tokio::select! {
             _ = stop.triggered() => break,
             _ = ticker.tick() => {}
+            r = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
+                asking = None;
+                if let Err(e) = r {
+                    refused = Some(e);
+                    break;
+                }
+                continue;
+            }
         }
         let due = ((started.elapsed().as_secs_f64() * config.rate) as u64).min(limit);
         while report.sent < due {
             let n = (due - report.sent).min(config.batch as u64) as usize;
             let (date, time) = kdb_now();
             let msgs: Vec<K> = (0..n).map(|_| generator.next_message(date, time)).collect();
-            report.position = publish(&publisher, msgs).await?;
+            let (head, last) = publish(&publisher, msgs).await?;
+            first.get_or_insert(head);
+            report.position = last;
             report.sent += n as u64;
             if window_at.elapsed() >= REPORT_EVERY {
                 let secs = window_at.elapsed().as_secs_f64();
@@ -319,34 +376,71 @@ pub async fn run(config: FeedConfig, stop: Shutdown) -> Result<FeedReport, FeedE
         }
     }
     report.elapsed = started.elapsed();
-    info!(
-        sent = report.sent,
-        rate = format!("{:.0}", report.rate()),
-        position = report.position,
-        "feed done writing; waiting for the node to acknowledge"
-    );
-    if config.count.is_some() {
-        tokio::select! {
-            _ = stop.triggered() => {}
-            r = publisher.flush() => { r?; report.acknowledged = true; }
-        }
-    } else {
-        // stopped: what the node took already is acknowledged; the rest is shipped by the next start
-        report.acknowledged =
-            report.sent == 0 || publisher.acked().is_some_and(|a| a.as_u64() >= report.position);
-    }
-    if !report.acknowledged {
-        warn!(
-            dir = %publisher.dir().display(),
+    let all_acked =
+        |p: &Publisher| report.sent == 0 || p.acked().is_some_and(|a| a.as_u64() >= report.position);
+    if refused.is_none() && !all_acked(&publisher) {
+        // with --count: until the node has everything (or a stop); stopped: a bounded wait
+        let bound = if config.count.is_some() && !stop.is_triggered() { None } else { Some(STOP_ACK_WAIT) };
+        let wait = bound.map_or_else(|| "until it has everything".to_string(), |b| format!("at most {b:?}"));
+        info!(
+            sent = report.sent,
+            rate = format!("{:.0}", report.rate()),
             position = report.position,
             acked = ?publisher.acked().map(|p| p.as_u64()),
-            "stopped before the node acknowledged everything: the rest stays in the local log for the next start"
+            "feed done writing; waiting {wait} for the node to acknowledge the rest"
+        );
+        let flushed = async {
+            match bound {
+                Some(b) => tokio::time::timeout(b, publisher.flush()).await.unwrap_or(Ok(())),
+                None => publisher.flush().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.triggered(), if bound.is_none() => {}
+            r = flushed => r?,
+            r = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
+                if let Err(e) = r {
+                    refused = Some(e);
+                }
+            }
+        }
+    }
+    report.acknowledged = all_acked(&publisher);
+    let left = match first {
+        Some(from) if !report.acknowledged => {
+            let (log, acked) = (publisher.local_log().clone(), publisher.acked().map(|p| p.as_u64()));
+            tokio::task::spawn_blocking(move || backlog::unacknowledged(&log, from, acked))
+                .await
+                .map_err(|e| FeedError::Task(e.to_string()))?
+                .map_err(PublisherError::Log)?
+        }
+        _ => 0,
+    };
+    report.acknowledged_messages = report.sent - left.min(report.sent);
+    if report.acknowledged {
+        info!(
+            sent = report.sent,
+            position = report.position,
+            "the node acknowledged every message published"
+        );
+    } else if refused.is_none() {
+        warn!(
+            dir = %publisher.dir().display(),
+            unacknowledged = left,
+            position = report.position,
+            acked = ?publisher.acked().map(|p| p.as_u64()),
+            "stopped with {left} of the {} messages published not yet acknowledged by the node: they stay in the \
+             local log, and the next start of this feed (same --name) ships them",
+            report.sent
         );
     }
     if let Ok(p) = Arc::try_unwrap(publisher) {
         p.close().await;
     }
-    Ok(report)
+    match refused {
+        Some(e) => Err(FeedError::UnknownStream(e)),
+        None => Ok(report),
+    }
 }
 
 #[cfg(test)]

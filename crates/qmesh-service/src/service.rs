@@ -33,7 +33,7 @@ use qmesh_ipc::session::{Down, Hello, Session, SessionHooks, Up};
 use qmesh_ipc::{Address, ClientOptions, Handler, Peer, Responder, Sender};
 use qmesh_process::{Identity, Metrics, Shell, ShellError, ShellOptions, Shutdown};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::demo::{self, DemoSpec};
 use crate::engine::{Engine, Limits, QueryError};
@@ -113,6 +113,13 @@ pub enum ServiceError {
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("a stream-fed service takes its tables from the stream only: no --demo, no --load")]
     StreamAndData,
+    /// Another process (another `qmesh service`) holds the data directory: its snapshot and its copy of the
+    /// stream are that process's ([`crate::stream::DATA_LOCK_FILE`]).
+    #[error("{0}: one service per data directory (give this one its own --data)")]
+    DataInUse(#[from] qmesh_rt::dirlock::DirLockError),
+    /// The node answered that it has no such stream: a configuration error, not retried.
+    #[error("{0}")]
+    UnknownStream(#[from] qmesh_rt::probe::UnknownStream),
 }
 
 /// The service's metrics.
@@ -463,6 +470,11 @@ pub struct Bound {
     /// The stream feeding the tables, with the position the tables hold
     /// (from the snapshot) and whether a snapshot was loaded.
     stream: Option<(StreamConfig, i64, bool)>,
+    /// The lock on the stream's data directory, held while the service runs.
+    data_lock: Option<qmesh_rt::dirlock::DirLock>,
+    /// Whether the node could not be asked at bind whether it hosts the
+    /// stream: then it is asked in the background once the service runs.
+    ask_later: bool,
 }
 
 fn check_name(name: &str) -> Result<(), ServiceError> {
@@ -484,6 +496,30 @@ pub async fn bind(config: Config) -> Result<Bound, ServiceError> {
     // Generating and loading are CPU and disk work: off the async threads.
     if config.stream.is_some() && (config.demo.is_some() || !config.load.is_empty()) {
         return Err(ServiceError::StreamAndData);
+    }
+    // one service per data directory: its snapshot and its copy of the stream are this process's alone
+    let data_lock = match config.stream.as_ref().and_then(|s| s.data.clone()) {
+        Some(dir) => Some(
+            tokio::task::spawn_blocking(move || {
+                qmesh_rt::dirlock::DirLock::take(&dir, crate::stream::DATA_LOCK_FILE)
+            })
+            .await
+            .map_err(|e| ServiceError::Task(e.to_string()))??,
+        ),
+        None => None,
+    };
+    // a stream the node does not host is a configuration error; a node that is down is not
+    let mut ask_later = false;
+    if let Some(sc) = &config.stream {
+        use qmesh_rt::probe::{self, Answer, Role};
+        match probe::ask_once(std::slice::from_ref(&sc.node), &sc.stream, &Role::Subscriber).await {
+            Answer::Answered => {}
+            Answer::Unknown(e) => return Err(ServiceError::UnknownStream(e)),
+            Answer::Unreachable(why) => {
+                warn!(node = sc.node, stream = sc.stream, error = %why, "the stream node cannot be reached yet; serving the snapshot and the local copy");
+                ask_later = true;
+            }
+        }
     }
     let (demo_spec, loads, stream) = (config.demo, config.load.clone(), config.stream.clone());
     let st = Arc::clone(&store);
@@ -509,7 +545,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServiceError> {
     }
     let shell = Shell::bind(config.shell).await?;
     let ipc_addr = shell.ipc_addr().ok_or(ServiceError::NoTcp)?;
-    Ok(Bound { shell, ipc_addr, lb: config.lb, engine, stream })
+    Ok(Bound { shell, ipc_addr, lb: config.lb, engine, stream, data_lock, ask_later })
 }
 
 impl Bound {
@@ -549,9 +585,12 @@ impl Bound {
     }
 
     /// Serves until `shutdown` triggers, then stops accepting, lets
-    /// connections finish what they owe and returns.
+    /// connections finish what they owe and returns. A stream-fed service
+    /// whose node was down at [`bind`] asks it, once it answers, whether it
+    /// hosts the stream: `'unknown stream` then stops the service with
+    /// [`ServiceError::UnknownStream`].
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServiceError> {
-        let Bound { shell, lb: lb_addr, engine, stream, .. } = self;
+        let Bound { shell, lb: lb_addr, engine, stream, data_lock, ask_later, .. } = self;
         let name = shell.identity().name.clone();
         let smetrics = ServiceMetrics::new(shell.metrics());
         smetrics.store_bytes.set(engine.store().bytes() as i64);
@@ -582,12 +621,31 @@ impl Bound {
         }
         let stream_stop = CancellationToken::new();
         let mut stream_task = None;
+        let mut probe_task = None;
+        let refused: Arc<Mutex<Option<qmesh_rt::probe::UnknownStream>>> = Arc::default();
         if let Some((sc, pos, restored)) = stream {
             let status = StreamStatus::new(&sc.node, &sc.stream, pos, restored);
             status.register(shell.metrics());
             api = api.merge(crate::stream::router(Arc::clone(&status)));
             let applier = Applier::new(Arc::clone(engine.store()), status, pos);
             let source = CopySource::new(sc.node.clone(), sc.stream.clone(), sc.copy_dir());
+            if ask_later {
+                let (stop, shutdown, slot) = (stream_stop.clone(), shutdown.clone(), Arc::clone(&refused));
+                let (node, name) = (sc.node.clone(), sc.stream.clone());
+                probe_task = Some(tokio::spawn(async move {
+                    let role = qmesh_rt::probe::Role::Subscriber;
+                    tokio::select! {
+                        r = qmesh_rt::probe::until_answered(std::slice::from_ref(&node), &name, &role) => {
+                            if let Err(e) = r {
+                                error!(error = %e, "stopping: the node does not host the stream");
+                                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                                shutdown.trigger();
+                            }
+                        }
+                        _ = stop.cancelled() => {}
+                    }
+                }));
+            }
             stream_task = Some(tokio::spawn(crate::stream::run(source, applier, sc, stream_stop.clone())));
         }
         shell.health().set_ready(true);
@@ -605,6 +663,14 @@ impl Bound {
         // the stream's last snapshot is written before the process ends
         if let Some(t) = stream_task {
             let _ = t.await;
+        }
+        if let Some(t) = probe_task {
+            let _ = t.await;
+        }
+        // the data directory is free once the last snapshot is written and the copy closed
+        drop(data_lock);
+        if let Some(e) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(ServiceError::UnknownStream(e));
         }
         served.map_err(ServiceError::from)
     }

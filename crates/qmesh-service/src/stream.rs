@@ -40,6 +40,17 @@
 //! the messages after `P` are delivered from the local copy — while the
 //! node is down too — and the copy then grows from where it ends.
 //!
+//! # One service per data directory; a stream the node hosts
+//!
+//! `DIR` is locked ([`DATA_LOCK_FILE`]) before the snapshot is loaded: a
+//! second service started on it exits at once, naming the first's pid,
+//! rather than serve a snapshot it cannot keep up. Before serving, the
+//! node is asked whether it hosts the stream ([`qmesh_rt::probe`]): a
+//! definite `'unknown stream` stops the service at start; a node that is
+//! down does not (the snapshot and the copy serve), and it is asked again
+//! in the background until it answers, `'unknown stream` then stopping the
+//! service with that error.
+//!
 //! # The node going away
 //!
 //! Delivery does not stop: the copy serves what it holds and its copying
@@ -131,6 +142,12 @@ use tracing::{debug, error, info, warn};
 use crate::protocol::{self, Request};
 use crate::snapshot::{self, NO_POSITION, Snapshot, SnapshotError, TableSnapshot};
 use crate::store::{Ingest, Store};
+
+/// The lock file in a stream-fed service's data directory
+/// ([`qmesh_rt::dirlock`]): held while the service runs, so a second
+/// service started on the same directory refuses at once, naming the
+/// first's pid, instead of serving a snapshot it cannot keep up to date.
+pub const DATA_LOCK_FILE: &str = "service.lock";
 
 /// Default time between two snapshots (when something was applied).
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);

@@ -18,13 +18,13 @@ use super::flags::{AccessFlags, TlsFlags, parse_duration};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// kdb+ IPC port for heartbeats and lookups (0: pick one and print it).
-    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
+    #[arg(allow_negative_numbers = true, short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
     pub port: u16,
     /// Address to listen on.
     #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
     /// HTTP port for the dashboard, /api/processes, /ws, /sd, /healthz and /metrics (0: pick one).
-    #[arg(long, env = "QMESH_HTTP")]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_HTTP")]
     pub http: Option<u16>,
     /// Directory of the store that keeps the last-known registry across restarts (none: nothing kept).
     #[arg(long, env = "QMESH_DATA")]
@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long, env = "QMESH_REMOVE_AFTER", default_value = "10m", value_parser = parse_duration)]
     pub remove_after: Duration,
     /// Good beats in a row before `active` again after a fault (flap damping; 1: none).
-    #[arg(long, env = "QMESH_RISE", default_value_t = 2)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_RISE", default_value_t = 2)]
     pub rise: u32,
     /// Thresholds for one kind: KIND=WARN/ERROR/REMOVE/RISE, e.g. `rdb=10s/30s/5m/3` (repeatable).
     #[arg(long, env = "QMESH_KIND_POLICY", value_delimiter = ',')]

@@ -3,10 +3,15 @@
 //! [--path DIR | --data DIR] [--discovery HOST:PORT]`: publishes trades and
 //! quotes to a stream through a publisher with a local log (see
 //! `qmesh_service::feed`). A client, not a server: no ports; SIGINT/SIGTERM
-//! stop it after the batch being written. With `--count` it waits until
-//! the node has acknowledged every message, prints
-//! `feed published N messages, position P` (P: the local log's position of
-//! the last) and exits.
+//! stop it after the batch being written, after waiting at most
+//! `qmesh_service::feed::STOP_ACK_WAIT` for the node to acknowledge the rest
+//! (what it has not acknowledged stays in the local log for the next
+//! start). With `--count` it waits until the node has acknowledged every
+//! message. Either way it prints
+//! `feed published N messages to its local log, A acknowledged by the node, position P`
+//! (P: the local log's position of the last) and exits 0. A node that
+//! answers that it has no such stream is an error (exit 1), at start or
+//! once a node that was down answers; a node that is down is not.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,31 +22,34 @@ use qmesh_process::Shutdown;
 use qmesh_service::demo::DEFAULT_SEED;
 use qmesh_service::feed::{FeedConfig, FeedSpec};
 
+use super::flags::parse_address;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The stream node (`host:port`, `:host:port:user:password`); several, comma-separated, are tried in turn.
-    #[arg(long, env = "QMESH_RT", value_delimiter = ',', required = true)]
+    #[arg(long, env = "QMESH_RT", value_delimiter = ',', required = true, value_parser = parse_address)]
     pub rt: Vec<String>,
-    /// The stream to publish to.
+    /// The stream to publish to. The feed starts while the node is down; a node answering that it has no such
+    /// stream stops it (exit 1).
     #[arg(long, env = "QMESH_STREAM")]
     pub stream: String,
     /// Messages per second, on average.
-    #[arg(long, env = "QMESH_RATE", default_value_t = 1000.0)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_RATE", default_value_t = 1000.0)]
     pub rate: f64,
     /// The symbols (default: the demo's ten, FDP first).
     #[arg(long, env = "QMESH_SYMBOLS", value_delimiter = ',')]
     pub symbols: Vec<String>,
     /// Seed of prices, sizes and symbol choices.
-    #[arg(long, env = "QMESH_SEED", default_value_t = DEFAULT_SEED)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_SEED", default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Stop after this many messages (default: until stopped).
-    #[arg(long, env = "QMESH_COUNT")]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_COUNT")]
     pub count: Option<u64>,
     /// Most messages written to the local log together (one write, one fsync).
-    #[arg(long, env = "QMESH_BATCH", default_value_t = 100)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_BATCH", default_value_t = 100)]
     pub batch: usize,
     /// Rows in each message's table.
-    #[arg(long, env = "QMESH_ROWS", default_value_t = 1)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_ROWS", default_value_t = 1)]
     pub rows: usize,
     /// The feed's name: its publisher id (names its local log and the publisher on the node; unique on a host)
     /// and its name to discovery.
@@ -91,7 +99,11 @@ pub async fn run(args: Args, _common: &crate::Common) -> anyhow::Result<ExitCode
     shutdown.trigger();
     let report = report?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "feed published {} messages, position {}", report.sent, report.position)?;
+    writeln!(
+        out,
+        "feed published {} messages to its local log, {} acknowledged by the node, position {}",
+        report.sent, report.acknowledged_messages, report.position
+    )?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,13 +16,13 @@ use qmesh_process::{Access, ShellOptions};
 #[derive(Debug, clap::Args)]
 pub struct ServerFlags {
     /// kdb+ IPC port (0: pick a free one and print it).
-    #[arg(short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
+    #[arg(allow_negative_numbers = true, short = 'p', long, env = "QMESH_PORT", default_value_t = 0)]
     pub port: u16,
     /// Address to listen on.
     #[arg(long, env = "QMESH_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
     /// HTTP port for this kind's API, /healthz, /metrics and /api/identity (0: pick a free one).
-    #[arg(long, env = "QMESH_HTTP")]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_HTTP")]
     pub http: Option<u16>,
     /// Password file (`user:password` lines, as q's -u).
     #[arg(short = 'u', long, env = "QMESH_USERS")]
@@ -31,7 +31,7 @@ pub struct ServerFlags {
     #[arg(long, env = "QMESH_ADVERTISE")]
     pub advertise: Option<String>,
     /// Most HTTP connections open at once; more are closed at accept.
-    #[arg(long, env = "QMESH_MAX_HTTP_CONNECTIONS", default_value_t = DEFAULT_MAX_HTTP_CONNECTIONS)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_HTTP_CONNECTIONS", default_value_t = DEFAULT_MAX_HTTP_CONNECTIONS)]
     pub max_http_connections: usize,
     #[command(flatten)]
     pub access: AccessFlags,
@@ -105,6 +105,13 @@ impl ServerFlags {
     }
 }
 
+/// A node address as [`qmesh_ipc::Address`] reads it (`host:port`, `:host:port:user:password`, `:unix://port` …),
+/// kept as written: a flag whose address cannot be connected to (`localhost:99999`) is refused when the flags are
+/// read, not retried forever. With `value_delimiter = ','` each address of a list is checked.
+pub fn parse_address(s: &str) -> Result<String, String> {
+    qmesh_ipc::Address::parse(s).map(|_| s.to_string()).map_err(|e| format!("not a node address: {e}"))
+}
+
 /// `10s`, `500ms`, `2m`, `1h`, `1.5` (seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -171,6 +178,15 @@ mod tests {
         assert_eq!(Server::try_parse_from(["x", "-E", "2"]).unwrap().server.tls.mode, TlsMode::Only);
         let bad = Server::try_parse_from(["x", "--tls", "maybe"]).unwrap_err().to_string();
         assert!(bad.contains("off, on or only"), "{bad}");
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_address("localhost:5010"), Ok("localhost:5010".to_string()));
+        assert_eq!(parse_address(":h:5010:u:p"), Ok(":h:5010:u:p".to_string()));
+        let bad = parse_address("localhost:99999").unwrap_err();
+        assert!(bad.contains("bad port") && bad.contains("99999"), "{bad}");
+        assert!(parse_address("").is_err());
     }
 
     #[test]

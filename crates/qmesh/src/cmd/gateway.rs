@@ -45,22 +45,22 @@ pub struct Args {
     #[arg(long, env = "QMESH_MAX_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub max_timeout: Duration,
     /// Most requests in flight in this gateway.
-    #[arg(long, env = "QMESH_MAX_REQUESTS", default_value_t = qmesh_routing::gw::DEFAULT_MAX_REQUESTS)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_REQUESTS", default_value_t = qmesh_routing::gw::DEFAULT_MAX_REQUESTS)]
     pub max_requests: usize,
     /// Most parts of one fan-out.
-    #[arg(long, env = "QMESH_MAX_FANOUT", default_value_t = qmesh_routing::gw::DEFAULT_MAX_FANOUT)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_FANOUT", default_value_t = qmesh_routing::gw::DEFAULT_MAX_FANOUT)]
     pub max_fanout: usize,
     /// With --embedded-lb: most requests queued per service.
-    #[arg(long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
     pub queue_limit: usize,
     /// With --embedded-lb: time after a request's deadline before an instance that has not reported back is dropped.
     #[arg(long, env = "QMESH_STUCK_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub stuck_grace: Duration,
     /// With --embedded-lb: queries one instance may hold at once (1: the whitepaper's one query per free instance).
-    #[arg(long, env = "QMESH_INSTANCE_CONCURRENCY", default_value_t = 1)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_INSTANCE_CONCURRENCY", default_value_t = 1)]
     pub instance_concurrency: usize,
     /// Largest message accepted from clients and services (bytes; `1GiB`, `512MiB`).
-    #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub max_message_bytes: u64,
     /// Time requests in flight get to finish on SIGINT/SIGTERM.
     #[arg(long, env = "QMESH_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]

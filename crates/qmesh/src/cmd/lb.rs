@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, env = "QMESH_NAME", default_value = "lb")]
     pub name: String,
     /// Most requests queued per service.
-    #[arg(long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
     pub queue_limit: usize,
     /// Deadline of a request from a gateway that gives none (a whitepaper gateway).
     #[arg(long, env = "QMESH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -30,10 +30,10 @@ pub struct Args {
     #[arg(long, env = "QMESH_STUCK_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub stuck_grace: Duration,
     /// queries one instance may hold at once (1: the whitepaper's one query per free instance).
-    #[arg(long, env = "QMESH_INSTANCE_CONCURRENCY", default_value_t = 1)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_INSTANCE_CONCURRENCY", default_value_t = 1)]
     pub instance_concurrency: usize,
     /// Largest message accepted (bytes; `1GiB`, `64MiB`).
-    #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub max_message_bytes: u64,
     /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_DISCOVERY")]

@@ -41,16 +41,16 @@ pub struct Args {
     #[arg(long, env = "QMESH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Most queries waiting for a free instance.
-    #[arg(long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_QUEUE_LIMIT", default_value_t = qmesh_routing::lb::DEFAULT_QUEUE_LIMIT)]
     pub queue_limit: usize,
     /// Time after a query's deadline before an instance that has not answered is dropped (and reconnected).
     #[arg(long, env = "QMESH_STUCK_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub stuck_grace: Duration,
     /// Queries one instance may hold at once (1: only free instances get a query, as q runs one at a time).
-    #[arg(long, env = "QMESH_INSTANCE_CONCURRENCY", default_value_t = 1)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_INSTANCE_CONCURRENCY", default_value_t = 1)]
     pub instance_concurrency: usize,
     /// Largest message accepted from clients and instances (bytes; `1GiB`, `512MiB`).
-    #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub max_message_bytes: u64,
     /// Time queries in flight get to finish on SIGINT/SIGTERM.
     #[arg(long, env = "QMESH_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]

@@ -18,7 +18,7 @@ pub struct Args {
     /// whole message, after decompression); a larger one is not read: the
     /// connection closes (`message too large` is logged) and `qmesh q`
     /// exits 1. Default: what capability 6 can carry (1 TB), as a q client.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RESULT_BYTES, value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RESULT_BYTES, value_parser = parse_bytes)]
     pub max_result_bytes: u64,
 }
 

@@ -54,7 +54,7 @@ pub struct SubscribeArgs {
     #[arg(long)]
     pub stream: String,
     /// A node to copy from (repeatable; none: read the local copy only).
-    #[arg(long = "cluster", value_delimiter = ',')]
+    #[arg(long = "cluster", value_delimiter = ',', value_parser = super::flags::parse_address)]
     pub cluster: Vec<String>,
     /// The local copy's directory (default `$RT_LOG_PATH/$stream`).
     #[arg(long)]
@@ -63,7 +63,7 @@ pub struct SubscribeArgs {
     #[arg(long, default_value = "start")]
     pub from: String,
     /// Exit after this many messages.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     pub count: Option<u64>,
     /// Deliver only `(`upd;`TABLE;…)` messages for these tables (a cached filter).
     #[arg(long, value_delimiter = ',')]
@@ -79,7 +79,7 @@ pub struct PublishArgs {
     #[arg(long)]
     pub stream: String,
     /// A node to ship to (repeatable).
-    #[arg(long = "cluster", value_delimiter = ',')]
+    #[arg(long = "cluster", value_delimiter = ',', value_parser = super::flags::parse_address)]
     pub cluster: Vec<String>,
     /// The parent directory of publisher logs (default `$RT_LOG_PATH`).
     #[arg(long)]
@@ -88,22 +88,22 @@ pub struct PublishArgs {
     #[arg(long)]
     pub publisher_id: String,
     /// The last message id to publish; ids run from one after the last id in the local log (or 1).
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     pub to: i64,
     /// The first message id, instead of one after the last id in the local log.
     #[arg(long)]
     pub first_id: Option<i64>,
     /// Messages per local write (one fsync each).
-    #[arg(long, default_value_t = 100)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 100)]
     pub batch: usize,
     /// The local log's durability: always, interval or never.
     #[arg(long, default_value = "always", value_parser = parse_durability)]
     pub durability: Durability,
     /// The local log's roll point.
-    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, default_value = "1GiB", value_parser = parse_bytes)]
     pub segment_bytes: u64,
     /// Messages per second at most (0: as fast as the local log takes them).
-    #[arg(long, default_value_t = 0)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 0)]
     pub rate: u64,
 }
 
@@ -121,7 +121,7 @@ pub struct ServeArgs {
     #[arg(long = "stream", env = "QMESH_STREAM", value_delimiter = ',')]
     pub streams: Vec<String>,
     /// Segment size at which a stream's log rolls (`1GiB`, `64MiB`, bytes; at most 1GiB).
-    #[arg(long, env = "QMESH_SEGMENT_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_SEGMENT_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub segment_bytes: u64,
     /// When a sync .rt.pub is answered: `always` (after fsync; group commit), `interval` (once written; fsync each second) or `never`.
     #[arg(long, env = "QMESH_DURABILITY", default_value = "always", value_parser = parse_durability)]
@@ -130,10 +130,10 @@ pub struct ServeArgs {
     #[arg(long, env = "QMESH_ARCHIVE_MAX_AGE", value_parser = parse_duration)]
     pub archive_max_age: Option<Duration>,
     /// Archiver: keep a stream's segments under this many bytes, removing rolled ones oldest first.
-    #[arg(long, env = "QMESH_ARCHIVE_MAX_BYTES", value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_ARCHIVE_MAX_BYTES", value_parser = parse_bytes)]
     pub archive_max_bytes: Option<u64>,
     /// Archiver: remove rolled segments, oldest first, while the data disk is fuller than this percentage.
-    #[arg(long, env = "QMESH_ARCHIVE_MAX_DISK_PERCENT")]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_ARCHIVE_MAX_DISK_PERCENT")]
     pub archive_max_disk_percent: Option<f64>,
     /// How often the archiver looks at each stream.
     #[arg(long, env = "QMESH_ARCHIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -153,7 +153,7 @@ pub struct TailArgs {
     #[arg(long, default_value = "latest")]
     pub from: String,
     /// Stop after this many messages.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     pub count: Option<u64>,
 }
 

@@ -2,7 +2,9 @@
 //! with `--rt HOST:PORT --stream NAME [--data DIR]` its tables are fed from
 //! a stream through a log-shipping subscriber (a local copy of the node's
 //! log under `DATA/rt/STREAM`) and kept in a snapshot (see
-//! `qmesh_service::stream`).
+//! `qmesh_service::stream`); DATA is locked while it runs, and a stream
+//! the node does not host is an error (exit 1), at start or once a node
+//! that was down answers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +18,7 @@ use qmesh_service::load::LoadSpec;
 use qmesh_service::stream::StreamConfig;
 use qmesh_service::{Config, Limits};
 
-use super::flags::{ServerFlags, parse_bytes, parse_bytes_usize, parse_duration};
+use super::flags::{ServerFlags, parse_address, parse_bytes, parse_bytes_usize, parse_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,7 +29,7 @@ pub struct Args {
     #[command(flatten)]
     pub server: ServerFlags,
     /// Largest message accepted (bytes; `1GiB`, `64MiB`): an upd, a query.
-    #[arg(long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_MESSAGE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub max_message_bytes: u64,
     /// The load balancer to register with (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_LB")]
@@ -39,40 +41,42 @@ pub struct Args {
     #[arg(long, env = "QMESH_DEMO")]
     pub demo: bool,
     /// Rows of each demo table.
-    #[arg(long, env = "QMESH_DEMO_ROWS", default_value_t = 100_000)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_DEMO_ROWS", default_value_t = 100_000)]
     pub demo_rows: usize,
     /// Seed of the demo data.
-    #[arg(long, env = "QMESH_DEMO_SEED", default_value_t = DEFAULT_SEED)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_DEMO_SEED", default_value_t = DEFAULT_SEED)]
     pub demo_seed: u64,
     /// Per-query time limit (`10s`, `500ms`, `2m`); the query is cancelled when it passes.
     #[arg(long, env = "QMESH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Per-query memory for DataFusion's operators (`1GiB`, `256MiB`, bytes).
-    #[arg(long, env = "QMESH_QUERY_MEMORY", default_value = "1GiB", value_parser = parse_bytes_usize)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_QUERY_MEMORY", default_value = "1GiB", value_parser = parse_bytes_usize)]
     pub query_memory: usize,
     /// Most rows a result may have.
-    #[arg(long, env = "QMESH_MAX_RESULT_ROWS", default_value_t = qmesh_service::engine::DEFAULT_MAX_RESULT_ROWS)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_RESULT_ROWS", default_value_t = qmesh_service::engine::DEFAULT_MAX_RESULT_ROWS)]
     pub max_result_rows: usize,
     /// Most Arrow bytes a result may have.
-    #[arg(long, env = "QMESH_MAX_RESULT_BYTES", default_value = "512MiB", value_parser = parse_bytes_usize)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_RESULT_BYTES", default_value = "512MiB", value_parser = parse_bytes_usize)]
     pub max_result_bytes: usize,
     /// Most bytes all tables may hold; appends past it are refused.
-    #[arg(long, env = "QMESH_MAX_STORE_BYTES", default_value = "8GiB", value_parser = parse_bytes_usize)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_MAX_STORE_BYTES", default_value = "8GiB", value_parser = parse_bytes_usize)]
     pub max_store_bytes: usize,
     /// Threads running queries (0: one per core).
-    #[arg(long, env = "QMESH_QUERY_THREADS", default_value_t = 0)]
+    #[arg(allow_negative_numbers = true, long, env = "QMESH_QUERY_THREADS", default_value_t = 0)]
     pub query_threads: usize,
     /// Discovery registry to heartbeat to (`host:port`, `:host:port:user:password`).
     #[arg(long, env = "QMESH_DISCOVERY")]
     pub discovery: Option<String>,
-    /// Feed the tables from this stream node (`host:port`, `:host:port:user:password`); needs --stream.
-    #[arg(long, env = "QMESH_RT", requires = "stream", conflicts_with_all = ["load", "demo"])]
+    /// Feed the tables from this stream node (`host:port`, `:host:port:user:password`); needs --stream. The service
+    /// starts while the node is down; a node answering that it has no such stream stops it (exit 1).
+    #[arg(long, env = "QMESH_RT", requires = "stream", conflicts_with_all = ["load", "demo"], value_parser = parse_address)]
     pub rt: Option<String>,
     /// The stream to apply (`upd;table;data` messages) from the --rt node.
     #[arg(long, env = "QMESH_STREAM", requires = "rt")]
     pub stream: Option<String>,
     /// Directory of the stream-fed tables' snapshot and position, and of the subscriber's local copy of the stream
-    /// (`DATA/rt/STREAM`; none: a temporary copy, and every start replays the stream from its start).
+    /// (`DATA/rt/STREAM`; none: a temporary copy, and every start replays the stream from its start). Locked while
+    /// the service runs: a second service on it refuses to start.
     #[arg(long, env = "QMESH_DATA", requires = "rt")]
     pub data: Option<PathBuf>,
     /// Time between snapshots of the stream-fed tables (written only when something changed; also at shutdown).
