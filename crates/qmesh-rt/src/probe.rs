@@ -64,7 +64,9 @@ pub enum Answer {
 
 fn question(stream: &str, role: &Role) -> K {
     match role {
-        Role::Publisher { key } => ShipRequest::Hello { stream: stream.to_string(), key: key.clone() }.to_k(),
+        Role::Publisher { key } => {
+            ShipRequest::Hello { stream: stream.to_string(), key: key.clone(), session: None }.to_k()
+        }
         Role::Subscriber => K::list(vec![K::sym(".rt.get_latest_position"), K::sym(stream)]),
     }
 }
