@@ -470,6 +470,12 @@ async fn opt_out_prune_and_the_lead_subscriber() {
     for s in [&follower, &lead, &optout] {
         wait_copied(s, port).await;
     }
+    // the process copies too before the lead prunes (started late on a loaded machine, it would rightly start
+    // its copy at the node's new first segment)
+    until("the environment's opted-out copy to hold the first segment", || {
+        env_dir.join("log.0000000.00000").exists()
+    })
+    .await;
     let segs = optout.local_copy().segments();
     assert!(segs.len() >= 4, "{} segments", segs.len());
 
