@@ -730,8 +730,9 @@ async fn rebase(
     warn!(
         key = %inner.key, %addr, node_mark = %Position::from_u64(mark), session_start = %session,
         "the node holds local positions of this publisher up to its mark, at or beyond this run's first position: \
-         the local log directory was wiped or replaced; asking the node to forget the mark (rebase) and shipping the \
-         whole local log"
+         the mark is not from this local log (its directory was wiped or replaced, or another publisher used this \
+         id with another path: publisher ids must be unique per host and stream); asking the node to forget the \
+         mark (rebase) and shipping the whole local log"
     );
     // records of earlier runs: published away from the node since the wipe, or a restored older copy of the log
     // (whose records the node held: they arrive twice)

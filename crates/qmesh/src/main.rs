@@ -83,6 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    use std::io::Write;
     if let Err(e) = config::apply_config_file(std::env::args_os(), &Cli::command()) {
         eprintln!("qmesh: {e:#}");
         return ExitCode::from(2);
@@ -133,8 +134,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // the reader of stdout went away (`qmesh rt tail … | head`): done, as for any Unix filter
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qmesh: {}", error_chain(&e));
+            // not eprintln!: a closed stderr must not turn an error into a panic
+            let _ = writeln!(std::io::stderr(), "qmesh: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -165,6 +169,13 @@ fn init_logging(common: &Common) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether `e` is a write to a pipe whose reader has gone.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// An error and its causes as one line, `outer: cause: …`, leaving out a

@@ -385,6 +385,18 @@ fn up_supervises_an_estate_restarts_a_killed_instance_and_stops_cleanly() {
         (s == "disconnected" || s == "error").then_some(s)
     });
     eprintln!("rdb1 in discovery after kill -9: {seen}");
+    // `qmesh status` with a config that does not name rdb1 lists its row but judges only its own processes
+    let subset: String = demo_config(base)
+        .split("[[process]]")
+        .filter(|block| !block.contains("name = \"rdb1\""))
+        .collect::<Vec<_>>()
+        .join("[[process]]");
+    let subset_cfg = dir.0.join("subset.toml");
+    std::fs::write(&subset_cfg, subset).unwrap();
+    let st = Command::new(BIN).args(["status", "--config", subset_cfg.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success(), "a process the config does not name changed the status:\n{text}");
+    assert!(text.contains(&s1), "rdb1's row is still listed:\n{text}");
     // queries keep working on the other
     for _ in 0..5 {
         let a = eventually("the pool answers with one instance", || run_printed_curl(&curl_cmd));

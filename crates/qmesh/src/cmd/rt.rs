@@ -149,7 +149,8 @@ pub struct TailArgs {
     pub addr: String,
     /// The stream.
     pub stream: String,
-    /// Where to start: `start` (oldest unarchived), `latest`, or a position.
+    /// Where to start: `start` (oldest unarchived), `latest`, or a position. The position printed above each
+    /// message is the one after it (rt.qpk's restart point): `--from` it resumes with the next message.
     #[arg(long, default_value = "latest")]
     pub from: String,
     /// Stop after this many messages.

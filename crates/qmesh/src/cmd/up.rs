@@ -35,9 +35,12 @@ pub struct Args {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when every process is active; 3 when some process is not active \
-(starting, warning, error, disconnected or absent); 1 when discovery cannot be reached or another error \
-stops the command.")]
+#[command(
+    after_help = "Exit status: 0 when every process of the config is active; 3 when one of them is not \
+active (starting, warning, error, disconnected or absent); 1 when discovery cannot be reached or another error \
+stops the command. Processes discovery knows that the config does not name (started by another config or an \
+earlier --only run) are listed after the config's and do not change the status."
+)]
 pub struct StatusArgs {
     /// Base port of the embedded default estate (default 5000). Ignored, with a warning, when a config file gives the ports.
     #[arg(long, env = "QMESH_BASE_PORT", value_name = "N")]
@@ -245,6 +248,9 @@ fn where_things_are(s: &Summary) -> String {
 
 pub async fn status(args: StatusArgs, common: &crate::Common) -> anyhow::Result<ExitCode> {
     let (estate, _) = estate(common, args.base_port)?;
+    // the config's processes come first; rows discovery has of others (a process an earlier `--only` run or
+    // another config started) follow, shown but not judged
+    let configured = estate.processes.len();
     let lines = tokio::task::spawn_blocking(move || qmesh_supervisor::status::status(&estate)).await??;
     let w = |f: fn(&qmesh_supervisor::status::Line) -> &str, min: usize| {
         lines.iter().map(|l| f(l).len()).max().unwrap_or(0).max(min)
@@ -257,8 +263,8 @@ pub async fn status(args: StatusArgs, common: &crate::Common) -> anyhow::Result<
         "name", "kind", "address", "state", "pid", "beat"
     )?;
     let mut all_active = true;
-    for l in &lines {
-        all_active &= l.state == "active";
+    for (n, l) in lines.iter().enumerate() {
+        all_active &= n >= configured || l.state == "active";
         let pid = if l.pid > 0 { l.pid.to_string() } else { "-".into() };
         let age = if l.age_ms >= 0 { format!("{:.1}s", l.age_ms as f64 / 1000.0) } else { "-".into() };
         writeln!(
