@@ -12,6 +12,7 @@ use qmesh_rt::{From, Request, RequestError, SubOptions};
 use tracing::{debug, info, warn};
 
 use crate::metrics::NodeMetrics;
+use crate::shipping::CopyCtl;
 use crate::stream::{Append, Rebase, Reply, ShipBatch, Stream};
 use crate::subscription::{self, SubCtl};
 
@@ -30,6 +31,8 @@ pub struct Node {
     /// The connection shipping each publisher key, by (stream, key), with its session's first position: one at a
     /// time ([`qmesh_rt::ship`]).
     pub(crate) shippers: Mutex<HashMap<(String, String), Shipper>>,
+    /// The connections copying a stream (`.rt.ship.pull`), by connection and stream.
+    pub(crate) copies: Mutex<HashMap<(ConnId, String), Arc<CopyCtl>>>,
 }
 
 /// The connection that shipped a publisher key last, and the session it named.
@@ -46,6 +49,15 @@ impl Node {
 
     fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, BTreeMap<String, Arc<SubCtl>>>> {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn copies(&self) -> std::sync::MutexGuard<'_, HashMap<(ConnId, String), Arc<CopyCtl>>> {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every copying connection, for the HTTP API.
+    pub(crate) fn copy_list(&self) -> Vec<Arc<CopyCtl>> {
+        self.copies().values().cloned().collect()
     }
 
     /// Every subscription, for the HTTP API.
@@ -266,7 +278,13 @@ impl Node {
                 }
                 debug!(conn = %peer.id(), stream = s.name(), %start, "subscriber copies the log");
                 let resume = Position::from_u64(pos);
-                tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader, resume));
+                let ctl = CopyCtl::new(peer, s.name(), start.as_u64());
+                let labels = NodeMetrics::stream(s.name());
+                let replaced = self.copies().insert((peer.id(), s.name().to_string()), ctl.clone());
+                if replaced.is_none() {
+                    self.metrics.copies.get_or_create(&labels).inc();
+                }
+                tokio::spawn(crate::shipping::ship_out(s, peer.clone(), reader, resume, ctl));
                 Ok(None)
             }
             ShipRequest::Rebase { stream, key, mark, session } => {
@@ -399,5 +417,14 @@ impl Handler for NodeHandler {
     async fn on_close(&self, peer: &Peer) {
         let _ = self.0.control(peer.id(), None, SubCtl::stop, true);
         self.0.shippers.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.peer.id() != peer.id());
+        let gone: Vec<String> = {
+            let mut copies = self.0.copies();
+            let keys: Vec<(ConnId, String)> =
+                copies.keys().filter(|(c, _)| *c == peer.id()).cloned().collect();
+            keys.into_iter().filter_map(|k| copies.remove(&k).map(|_| k.1)).collect()
+        };
+        for stream in gone {
+            self.0.metrics.copies.get_or_create(&NodeMetrics::stream(&stream)).dec();
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! * `GET /api/streams`: per stream its first and latest positions, segments
 //!   and bytes on disk, publishers (by origin: messages, duplicates, last id,
 //!   rate in messages/s), subscribers (connection, user, position, lag in
-//!   bytes within the session, paused, filter), dedup watermarks and shipping
+//!   bytes within the session, paused, filter), copies (connections shipping
+//!   the log to a subscriber's local copy: connection, user, remote, the
+//!   position shipped to, lag in bytes), dedup watermarks and shipping
 //!   publishers (by key: `mark`, the last local position held, `null` after
 //!   a rebase until the next record; `rebases` since the node started).
 //! * `POST /api/streams/{stream}/reset`: a hard reset — the stream starts a
@@ -30,6 +32,7 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn streams(State(node): State<Arc<Node>>) -> Json<Value> {
     let subs = node.subscriptions();
+    let copies = node.copy_list();
     let mut out = serde_json::Map::new();
     for (name, s) in &node.streams {
         let mut v = s.view();
@@ -51,8 +54,25 @@ async fn streams(State(node): State<Arc<Node>>) -> Json<Value> {
                 })
             })
             .collect();
+        // subscribers with a local copy (a Subscriber, a stream-fed service): how far their copy is shipped
+        let copies: Vec<Value> = copies
+            .iter()
+            .filter(|c| &c.stream == name)
+            .map(|c| {
+                let pos = c.shipped();
+                let same_session = pos >> 44 == latest >> 44;
+                json!({
+                    "conn": c.conn.0,
+                    "user": c.user,
+                    "remote": c.remote,
+                    "shipped": pos,
+                    "lag_bytes": if same_session { Some(latest.saturating_sub(pos)) } else { None },
+                })
+            })
+            .collect();
         if let Some(o) = v.as_object_mut() {
             o.insert("subscribers".into(), Value::Array(subscribers));
+            o.insert("copies".into(), Value::Array(copies));
         }
         out.insert(name.clone(), v);
     }

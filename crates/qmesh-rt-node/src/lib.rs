@@ -251,6 +251,7 @@ pub async fn bind(mut config: Config) -> Result<Bound, NodeError> {
         host: host_name(),
         permissions: shell.permissions(),
         shippers: Mutex::new(HashMap::new()),
+        copies: Mutex::new(HashMap::new()),
     });
     Ok(Bound { config, node, shell })
 }

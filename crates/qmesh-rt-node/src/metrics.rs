@@ -22,6 +22,7 @@ pub struct NodeMetrics {
     pub delivered: Family<Labels, Counter>,
     pub events: Family<Labels, Counter>,
     pub subscribers: Family<Labels, Gauge>,
+    pub copies: Family<Labels, Gauge>,
     pub archived_segments: Family<Labels, Counter>,
     pub latest_position: Family<Labels, Gauge>,
     pub rebases: Family<Labels, Counter>,
@@ -45,6 +46,7 @@ impl NodeMetrics {
             delivered: Family::default(),
             events: Family::default(),
             subscribers: Family::default(),
+            copies: Family::default(),
             archived_segments: Family::default(),
             latest_position: Family::default(),
             rebases: Family::default(),
@@ -84,6 +86,11 @@ impl NodeMetrics {
         );
         metrics.register("qmesh_rt_events", "Events pushed to subscribers, by event.", m.events.clone());
         metrics.register("qmesh_rt_subscribers", "Subscriptions open.", m.subscribers.clone());
+        metrics.register(
+            "qmesh_rt_copies",
+            "Connections copying the stream to a subscriber's local copy (.rt.ship.pull).",
+            m.copies.clone(),
+        );
         metrics.register(
             "qmesh_rt_archived_segments",
             "Segments removed, by reason (age, size, disk, prune).",

@@ -14,10 +14,11 @@
 //! and the push says so with `next` = that position.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qmesh_codec::MsgType;
-use qmesh_ipc::Peer;
+use qmesh_ipc::{ConnId, Peer};
 use qmesh_log::{Event, Item, Position, Reader, Start};
 use qmesh_rt::ship::{self, Batch};
 use tracing::{debug, warn};
@@ -28,9 +29,48 @@ use crate::subscription::SUB_QUEUE_BYTES;
 /// How often an idle copying connection checks whether the node's first unarchived position moved.
 pub const FIRST_CHECK: Duration = Duration::from_secs(1);
 
+/// A copying connection as `/api/streams` shows it (`copies`): whose copy, and how far it has been shipped.
+#[derive(Debug)]
+pub struct CopyCtl {
+    /// The connection (`.z.w`).
+    pub conn: ConnId,
+    /// Its user name.
+    pub user: String,
+    /// Its address (`.z.a`).
+    pub remote: String,
+    /// The stream copied.
+    pub stream: String,
+    /// The position shipping has reached: every record before it was sent (queued on the connection).
+    shipped: AtomicU64,
+}
+
+impl CopyCtl {
+    /// A copy of `stream` for `peer`, shipped from `start`.
+    pub fn new(peer: &Peer, stream: &str, start: u64) -> Arc<CopyCtl> {
+        Arc::new(CopyCtl {
+            conn: peer.id(),
+            user: peer.user().to_string(),
+            remote: peer.info().remote.to_string(),
+            stream: stream.to_string(),
+            shipped: AtomicU64::new(start),
+        })
+    }
+
+    /// The position shipping has reached.
+    pub fn shipped(&self) -> u64 {
+        self.shipped.load(Ordering::Acquire)
+    }
+}
+
 /// Feeds `peer`'s copy from `reader` (at the start of `resume`'s segment) until the connection closes; `resume` is
 /// the position the copy asked from.
-pub async fn ship_out(stream: Arc<Stream>, peer: Peer, mut reader: Reader, resume: Position) {
+pub async fn ship_out(
+    stream: Arc<Stream>,
+    peer: Peer,
+    mut reader: Reader,
+    resume: Position,
+    ctl: Arc<CopyCtl>,
+) {
     let mut tip = stream.tip();
     let mut batch = Batch::new();
     let mut sent_first = u64::MAX;
@@ -88,6 +128,7 @@ pub async fn ship_out(stream: Arc<Stream>, peer: Peer, mut reader: Reader, resum
             }
             sent_first = first;
         }
+        ctl.shipped.store(reader.position().as_u64(), Ordering::Release);
         if let Some((at, next)) = badtail {
             warn!(stream = stream.name(), conn = %peer.id(), %at, %next, "copy crosses a corrupt record (badtail)");
             if peer.send_async(&ship::badtail_k(stream.name(), at.as_u64(), next.as_u64())).is_err() {

@@ -765,3 +765,50 @@ async fn a_start_position_inside_a_record_is_refused() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// The node's `/api/streams` lists a Subscriber's copying connection (`copies`: how far its copy is shipped, its
+/// lag) and `/metrics` counts it; both forget it when the Subscriber goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_lists_copying_subscribers() {
+    let dir = tmpdir("copies");
+    let n = node(&dir, 0, "64KiB", &[]);
+    let port = n.port("ipc");
+    let c = connect(port).await.unwrap();
+    for i in 1..=20 {
+        publish(&c, upd("t", i)).await;
+    }
+    let sub = Subscriber::start(cfg(&tmpdir("copies-copy"), port), From::Start, |_| {}).await.unwrap();
+    wait_copied(&sub, port).await;
+    let want = latest(port).await.unwrap();
+    let view = || async {
+        let (status, body) = common::http_get(n.addr("http"), "/api/streams").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["streams"]["s"]["copies"].clone()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let copies = view().await;
+        if copies[0]["shipped"] == want && copies[0]["lag_bytes"] == 0 {
+            assert_eq!(copies.as_array().map(Vec::len), Some(1), "{copies}");
+            assert!(copies[0]["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1")), "{copies}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy is not listed as shipped to {want}: {copies}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = common::http_get(n.addr("http"), "/metrics").await.unwrap();
+    assert!(metrics.contains("qmesh_rt_copies{stream=\"s\"} 1"), "{metrics}");
+    drop(sub);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while view().await.as_array().is_none_or(|a| !a.is_empty()) {
+        assert!(tokio::time::Instant::now() < deadline, "the closed copy is still listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(n);
+    for d in ["copies", "copies-copy"] {
+        let _ = std::fs::remove_dir_all(tmpdir(d));
+    }
+}
