@@ -805,7 +805,10 @@ fn config_mistakes_and_ignored_flags_are_said() {
     assert_eq!(code, Some(1), "{err}");
     let help = Command::new(BIN).args(["status", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("0 when every process of the config is active; 3 when one of them is not"), "{help}");
+    assert!(
+        help.contains("0 when every process of the config is active; 3 when one of them is not"),
+        "{help}"
+    );
     assert!(help.contains("1 when discovery cannot be reached"), "{help}");
     // base port 0: what is wrong with it, not arithmetic
     let (code, err) = run(&["up", "--base-port", "0", "--print-config"]);
