@@ -75,6 +75,7 @@
 //!   supervisor restarts it.
 
 pub mod access;
+pub mod dirlock;
 pub mod error;
 pub mod fail_fast;
 pub mod feed;

@@ -30,6 +30,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// Bytes from `pos` to `latest` when both are in one session (positions of different sessions have no distance).
+fn lag_bytes(latest: u64, pos: u64) -> Option<u64> {
+    let (l, p) = (qmesh_log::Position::from_u64(latest), qmesh_log::Position::from_u64(pos));
+    (l.segment().session == p.segment().session).then(|| latest.saturating_sub(pos))
+}
+
 async fn streams(State(node): State<Arc<Node>>) -> Json<Value> {
     let subs = node.subscriptions();
     let copies = node.copy_list();
@@ -42,12 +48,11 @@ async fn streams(State(node): State<Arc<Node>>) -> Json<Value> {
             .filter(|c| &c.stream == name)
             .map(|c| {
                 let pos = c.position();
-                let same_session = pos >> 44 == latest >> 44;
                 json!({
                     "conn": c.conn.0,
                     "user": c.user,
                     "position": pos,
-                    "lag_bytes": if same_session { Some(latest.saturating_sub(pos)) } else { None },
+                    "lag_bytes": lag_bytes(latest, pos),
                     "delivered": c.delivered(),
                     "paused": c.is_paused(),
                     "filter": c.filter,
@@ -60,13 +65,12 @@ async fn streams(State(node): State<Arc<Node>>) -> Json<Value> {
             .filter(|c| &c.stream == name)
             .map(|c| {
                 let pos = c.shipped();
-                let same_session = pos >> 44 == latest >> 44;
                 json!({
                     "conn": c.conn.0,
                     "user": c.user,
                     "remote": c.remote,
                     "shipped": pos,
-                    "lag_bytes": if same_session { Some(latest.saturating_sub(pos)) } else { None },
+                    "lag_bytes": lag_bytes(latest, pos),
                 })
             })
             .collect();

@@ -70,14 +70,12 @@
 //! * [`probe`]: whether the node hosts the stream a publisher or subscriber was given (a definite
 //!   `'unknown stream` is a configuration error; a node that is down is not).
 //! * [`backlog`]: what a publisher's local log holds that the node has not acknowledged.
-//! * [`dirlock`]: an exclusive lock on a directory one process owns (a stream-fed service's data directory).
 //! * [`client`]: a subscriber over IPC (what `qmesh rt tail` uses); the one
 //!   module here that does I/O.
 
 pub mod backlog;
 pub mod client;
 pub mod dedup;
-pub mod dirlock;
 pub mod event;
 pub mod filter;
 pub mod header;

@@ -116,7 +116,7 @@ pub enum ServiceError {
     /// Another process (another `qmesh service`) holds the data directory: its snapshot and its copy of the
     /// stream are that process's ([`crate::stream::DATA_LOCK_FILE`]).
     #[error("{0}: one service per data directory (give this one its own --data)")]
-    DataInUse(#[from] qmesh_rt::dirlock::DirLockError),
+    DataInUse(#[from] qmesh_process::dirlock::DirLockError),
     /// The node answered that it has no such stream: a configuration error, not retried.
     #[error("{0}")]
     UnknownStream(#[from] qmesh_rt::probe::UnknownStream),
@@ -471,7 +471,7 @@ pub struct Bound {
     /// (from the snapshot) and whether a snapshot was loaded.
     stream: Option<(StreamConfig, i64, bool)>,
     /// The lock on the stream's data directory, held while the service runs.
-    data_lock: Option<qmesh_rt::dirlock::DirLock>,
+    data_lock: Option<qmesh_process::dirlock::DirLock>,
     /// Whether the node could not be asked at bind whether it hosts the
     /// stream: then it is asked in the background once the service runs.
     ask_later: bool,
@@ -501,7 +501,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServiceError> {
     let data_lock = match config.stream.as_ref().and_then(|s| s.data.clone()) {
         Some(dir) => Some(
             tokio::task::spawn_blocking(move || {
-                qmesh_rt::dirlock::DirLock::take(&dir, crate::stream::DATA_LOCK_FILE)
+                qmesh_process::dirlock::DirLock::take(&dir, crate::stream::DATA_LOCK_FILE)
             })
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))??,

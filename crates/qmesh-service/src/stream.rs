@@ -144,7 +144,7 @@ use crate::snapshot::{self, NO_POSITION, Snapshot, SnapshotError, TableSnapshot}
 use crate::store::{Ingest, Store};
 
 /// The lock file in a stream-fed service's data directory
-/// ([`qmesh_rt::dirlock`]): held while the service runs, so a second
+/// ([`qmesh_process::dirlock`]): held while the service runs, so a second
 /// service started on the same directory refuses at once, naming the
 /// first's pid, instead of serving a snapshot it cannot keep up to date.
 pub const DATA_LOCK_FILE: &str = "service.lock";

@@ -7,17 +7,14 @@
 //! the other is writing); two `--only` runs with disjoint names share a data
 //! directory freely.
 //!
-//! The locks are kernel `flock`s, as the stream log's directory lock
-//! (`qmesh-log`'s `LOCK` file): released when the supervisor exits however it
-//! exits (a SIGKILL included), so a stale lock file never keeps an estate
-//! down. The file holds the holder's pid (text), for the refusal's message
-//! only; the lock, not the file's content, is what counts.
+//! The locks are [`qmesh_process::dirlock`]'s kernel `flock`s: released when
+//! the supervisor exits however it exits (a SIGKILL included), so a stale lock
+//! file never keeps an estate down; the file holds the holder's pid, for the
+//! refusal's message only.
 
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, flock};
+use qmesh_process::dirlock::{DirLock, DirLockError};
 
 use crate::Error;
 use crate::config::ProcessSpec;
@@ -26,14 +23,10 @@ use crate::launch;
 /// The directory under `DATA` holding the lock files.
 pub const LOCK_DIR: &str = ".locks";
 
-/// Most bytes of a lock file read for the holder's pid (a pid in decimal is
-/// at most 10 digits; the rest is ignored).
-const MAX_PID_BYTES: u64 = 32;
-
 /// The locks of one running `qmesh up`: held while this lives.
 #[derive(Debug)]
 pub struct Locks {
-    _files: Vec<File>,
+    _held: Vec<DirLock>,
 }
 
 /// The lock file of the process called `name` under `data`.
@@ -46,42 +39,23 @@ pub fn lock_file(data: &Path, name: &str) -> PathBuf {
 /// so far are released).
 pub fn lock(data: &Path, selected: &[&ProcessSpec]) -> Result<Locks, Error> {
     let dir = data.join(LOCK_DIR);
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
-    let mut files = Vec::with_capacity(selected.len());
+    let mut held = Vec::with_capacity(selected.len());
     for p in selected {
-        let path = lock_file(data, &p.name);
-        let io = |source| Error::Io { path: path.clone(), source };
-        let mut f =
-            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
-        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if std::io::Error::from(e).kind() == ErrorKind::WouldBlock => {
+        match DirLock::take(&dir, &p.name) {
+            Ok(l) => held.push(l),
+            Err(DirLockError::InUse { pid, .. }) => {
                 return Err(Error::InUse {
                     name: p.name.clone(),
                     dir: launch::data_dir(data, p),
-                    holder: holder_pid(&mut f),
+                    holder: pid.map_or_else(|| "pid unknown".into(), |pid| format!("pid {pid}")),
                 });
             }
-            Err(e) => return Err(io(e.into())),
+            Err(DirLockError::Io { source, .. }) => {
+                return Err(Error::Io { path: lock_file(data, &p.name), source });
+            }
         }
-        // ours now: the pid for whoever is refused next
-        f.set_len(0).map_err(io)?;
-        f.rewind().map_err(io)?;
-        f.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
-        files.push(f);
     }
-    Ok(Locks { _files: files })
-}
-
-/// `pid N` of the lock's holder as its file says, or words saying it is not
-/// known (the holder may not have written it yet).
-fn holder_pid(f: &mut File) -> String {
-    let mut text = String::new();
-    let _ = f.take(MAX_PID_BYTES).read_to_string(&mut text);
-    match text.trim().parse::<u32>() {
-        Ok(pid) => format!("pid {pid}"),
-        Err(_) => "pid unknown".into(),
-    }
+    Ok(Locks { _held: held })
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! An exclusive lock on a directory that one process owns (a stream-fed service's data directory: its snapshot
-//! and its subscriber's local copy), so a second process started on it refuses at once, naming the first, instead
-//! of starting and then failing on every step.
+//! and its subscriber's local copy; each process `qmesh up` runs, under `DATA/.locks`), so a second process started
+//! on it refuses at once, naming the first, instead of starting and then failing on every step.
 //!
 //! The lock is an exclusive `flock` on a file in the directory, held while the [`DirLock`] lives and released by
 //! the kernel when the process ends, however it ends (a SIGKILLed holder leaves no stale lock). The holder writes
 //! its process id into the file, so the refusal says who holds it. The same mechanism as the log's own `LOCK`
-//! file ([`qmesh_log::LOCK_FILE`]).
+//! file (`qmesh_log::LOCK_FILE`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
