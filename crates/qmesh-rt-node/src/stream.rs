@@ -746,6 +746,9 @@ impl Writer {
             ));
         }
         self.ship.remove(&r.key);
+        // stored even when the marks equal the file's (a second rebase of the key in one run): what counts is the
+        // file's position, past the records that raised the key since
+        self.stored = None;
         if let Err(e) = self.store_marks() {
             // not durable: keep the mark, the publisher asks again
             observe_ship(&mut self.ship, &r.key, r.mark);

@@ -469,3 +469,30 @@ async fn two_publishers_with_one_id_lose_none_of_each_others_messages() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// A publisher wiped twice in one run of the node: the second rebase leaves the same marks as the first, and is
+/// stored all the same (the file's position must pass the records of the second life), so a SIGKILLed node does
+/// not raise the mark back from them and the third life loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_wipe_in_one_node_run_is_durable_too() {
+    let dir = tmpdir("wipe2-node");
+    let logs = tmpdir("wipe2-pubs");
+    let mut n = node(&dir, 0);
+    let port = n.port("ipc");
+    let key = format!("W.{}.s", qmesh_process::host_name());
+    publish_ids(&logs, port, 1, 300).await;
+    std::fs::remove_dir_all(logs.join(&key)).unwrap();
+    publish_ids(&logs, port, 301, 500).await;
+    std::fs::remove_dir_all(logs.join(&key)).unwrap();
+    publish_ids(&logs, port, 501, 600).await;
+    let mark = ship_mark(port, &key).await.expect("a mark");
+    n.kill();
+    n = node(&dir, port);
+    assert_eq!(ship_mark(port, &key).await, Some(mark), "the restart raised the mark back");
+    publish_ids(&logs, port, 601, 650).await;
+    assert_every_id_once(port, 650).await;
+    drop(n);
+    for d in [dir, logs] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
